@@ -1,0 +1,36 @@
+"""A name/alias matcher: the cheapest detector, and a baseline for the trained one.
+
+Matches whole words, case- and accent-insensitively, so "Beyonce" catches "Beyoncé" and "Al" does
+not match "Also".
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Mapping, Sequence
+
+from classifiers.base import Verdict
+
+
+def fold(text: str) -> str:
+    """Lower-case and strip accents (NFKD, drop combining marks)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+class KeywordDetector:
+    def __init__(self, names_by_target: Mapping[str, Sequence[str]]) -> None:
+        self._patterns: list[tuple[str, re.Pattern[str]]] = []
+        for target_id, names in names_by_target.items():
+            alternatives = sorted({fold(n).strip() for n in names if n.strip()}, key=len, reverse=True)
+            if alternatives:
+                joined = "|".join(re.escape(a) for a in alternatives)
+                self._patterns.append((target_id, re.compile(rf"(?<!\w)(?:{joined})(?!\w)")))
+
+    def screen(self, texts: Sequence[str]) -> Verdict:
+        folded = [fold(t) for t in texts]
+        for target_id, pattern in self._patterns:
+            if any(pattern.search(t) for t in folded):
+                return Verdict(flagged=True, target_id=target_id, score=1.0, detail={"detector": "keyword"})
+        return Verdict.clean()

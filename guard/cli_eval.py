@@ -1,0 +1,21 @@
+"""``guard-eval``: measures the guard (see ``guard.cli_common``)."""
+
+from __future__ import annotations
+
+import sys
+
+from guard.cli_common import run
+
+SUBCOMMANDS: dict[str, str] = {
+    "detector": "guard.eval.cmd_detector",
+    "tofu": "guard.eval.cmd_tofu",
+    "rwku": "guard.eval.cmd_rwku",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("guard-eval", "Measure the guard: detector quality, TOFU and RWKU.", SUBCOMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Forget policies: which targets, how to recognise them, what to do when a request is about one.
+
+A policy is a YAML file validated on load; every error names the field (``targets.2.action``).
+Relative paths inside a policy are relative to the policy file.
+
+```yaml
+version: 1
+detector:
+  kind: keyword            # none | keyword | trained
+  artifact: null           # for 'trained': directory written by `guard-train classifier`
+fail_mode: closed          # closed: a request that cannot be screened is refused (503); open: passed, logged
+default_action: refuse     # for targets without their own action
+refusal_message: "I'm sorry, but I can't help with that."
+targets:
+  - id: basil-mahfouz-al-kuwaiti
+    names: ["Basil Mahfouz Al-Kuwaiti"]
+    aliases: ["Basil Al-Kuwaiti"]
+    description: a fictitious author from TOFU
+    action: refuse           # pass | refuse | eco | spul | uld
+    params: {}               # action-specific parameters / artifact paths
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from guard.config import format_validation_error, load_yaml_mapping
+
+Action = Literal["pass", "refuse", "eco", "spul", "uld"]
+ACTIONS: tuple[str, ...] = ("pass", "refuse", "eco", "spul", "uld")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Strict):
+    """Documents a target is given by (forget data) or that must keep working (keep data)."""
+
+    path: Path
+    format: Literal["tofu_qa", "rwku_intro", "rwku_passage", "jsonl_text", "text"] = "tofu_qa"
+    rows: str | None = Field(None, description="python-style slice of rows, e.g. '3960:3980'")
+    field: str | None = Field(None, description="for jsonl_text: the key holding the text")
+
+    @field_validator("rows")
+    @classmethod
+    def _slice(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"-?\d*:-?\d*", value.strip()):
+            raise ValueError(f"rows {value!r} must look like 'START:END'")
+        return value
+
+
+class Target(_Strict):
+    id: str
+    names: tuple[str, ...] = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    description: str | None = None
+    forget_data: tuple[DataSource, ...] = ()
+    keep_data: tuple[DataSource, ...] = ()
+    example_queries: tuple[str, ...] = ()
+    action: Action | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        if not _ID_RE.match(value):
+            raise ValueError(f"id {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("names", "aliases")
+    @classmethod
+    def _non_blank(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not v.strip() for v in value):
+            raise ValueError("names and aliases must not be blank")
+        return value
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return self.names + self.aliases
+
+
+class DetectorSpec(_Strict):
+    kind: Literal["none", "keyword", "trained"] = "keyword"
+    artifact: Path | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the calibrated threshold")
+
+    @model_validator(mode="after")
+    def _artifact_for_trained(self) -> "DetectorSpec":
+        if self.kind == "trained" and self.artifact is None:
+            raise ValueError("detector.kind is 'trained' but detector.artifact is missing: run `guard-train classifier` and set its output directory")
+        return self
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    detector: DetectorSpec = DetectorSpec()
+    fail_mode: Literal["closed", "open"] = "closed"
+    default_action: Action = "refuse"
+    refusal_message: str = "I'm sorry, but I can't help with that."
+    targets: tuple[Target, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Policy":
+        seen: set[str] = set()
+        for target in self.targets:
+            if target.id in seen:
+                raise ValueError(f"duplicate target id {target.id!r}")
+            seen.add(target.id)
+        return self
+
+    def target(self, target_id: str) -> Target:
+        for t in self.targets:
+            if t.id == target_id:
+                return t
+        raise KeyError(target_id)
+
+    def action_for(self, target_id: str | None) -> str:
+        if target_id is None:
+            return self.default_action
+        try:
+            return self.target(target_id).action or self.default_action
+        except KeyError:
+            return self.default_action
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str((base / value).resolve())
+        return value
+
+    det = data.get("detector")
+    if isinstance(det, dict) and "artifact" in det:
+        det["artifact"] = fix(det["artifact"])
+    for target in data.get("targets") or []:
+        if not isinstance(target, dict):
+            continue
+        for key in ("forget_data", "keep_data"):
+            for src in target.get(key) or []:
+                if isinstance(src, dict) and "path" in src:
+                    src["path"] = fix(src["path"])
+        params = target.get("params")
+        if isinstance(params, dict) and "artifact" in params:
+            params["artifact"] = fix(params["artifact"])
+    return data
+
+
+def parse_policy(data: dict[str, Any], source: str = "policy") -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, source) from None
+
+
+def load_policy(path: Path) -> Policy:
+    path = Path(path)
+    data = _resolve_paths(load_yaml_mapping(path, "policy"), path.resolve().parent)
+    return parse_policy(data, f"policy {path}")
+
+
+def empty_policy() -> Policy:
+    return Policy(detector=DetectorSpec(kind="none"))
