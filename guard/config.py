@@ -57,6 +57,7 @@ class Settings(_Strict):
     local: LocalEngineSettings = LocalEngineSettings()
     policy: Path | None = Field(None, description="policy YAML; without one every request passes")
     api_keys: tuple[ApiKey, ...] = ()
+    admin_api_key: str | None = Field(None, min_length=8, description="enables /admin/* (policy reload)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a client may ask for")
     debug: bool = Field(False, description="show target ids and detector scores in responses")
@@ -83,7 +84,7 @@ _ENV_PREFIX = "GUARD_"
 # Env var -> dotted settings path. Explicit, so a typo'd variable is not silently half-applied.
 _ENV_FIELDS = {
     "HOST": "host", "PORT": "port", "MODEL": "model", "SERVED_MODEL_NAME": "served_model_name",
-    "POLICY": "policy", "API_KEYS": "api_keys", "DEBUG": "debug", "LOG_LEVEL": "log_level",
+    "POLICY": "policy", "API_KEYS": "api_keys", "ADMIN_API_KEY": "admin_api_key", "DEBUG": "debug", "LOG_LEVEL": "log_level",
     "MAX_BODY_BYTES": "max_body_bytes", "MAX_TOKENS_LIMIT": "max_tokens_limit",
     "UPSTREAM": "upstream.kind", "UPSTREAM_URL": "upstream.url", "UPSTREAM_MODEL": "upstream.model",
     "UPSTREAM_API_KEY": "upstream.api_key", "UPSTREAM_READ_TIMEOUT_S": "upstream.read_timeout_s",

@@ -9,6 +9,7 @@ GuardError                      500  internal_error (never carries a traceback t
 │   ├── NotFound                404  not_found_error (unknown model, route)
 │   ├── PayloadTooLarge         413  invalid_request_error
 │   └── Overloaded              429  rate_limit_error (queue full; carries Retry-After)
+├── ScreeningUnavailable        503  the detector failed and the policy is fail-closed
 └── UpstreamError               502  upstream_error (refused, garbage, error status)
     ├── UpstreamTimeout         504  upstream_timeout
     └── UpstreamUnsupported     502  the upstream lacks a feature the action needs
@@ -84,6 +85,12 @@ class Overloaded(RequestError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class ScreeningUnavailable(GuardError):
+    status = 503
+    type = "service_unavailable"
+    code = "screening_unavailable"
 
 
 class UpstreamError(GuardError):

@@ -1,0 +1,134 @@
+"""HTTP routes and middlewares. Thin: parsing and business logic live in ``guard.serving``."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from guard import app_keys as keys
+from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: GuardError) -> web.Response:
+    return web.json_response(exc.to_openai(), status=exc.status, headers=exc.headers())
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where exceptions become OpenAI error objects. Never leaks a traceback."""
+    try:
+        return await handler(request)
+    except GuardError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(PayloadTooLarge(f"request body too large: the limit is {exc.max_size} bytes (max_body_bytes)"))
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"no route {request.method} {request.path}", code="unknown_route"))
+    except web.HTTPMethodNotAllowed as exc:
+        err = InvalidRequest(f"method {request.method} not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}")
+        err.status = 405
+        return error_response(err)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(GuardError("internal error; see the guard's log"))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[keys.SETTINGS]
+    if request.path.startswith("/v1/") and settings.api_keys:
+        name = _match_key(request, [(k.name, k.key) for k in settings.api_keys])
+        if name is None:
+            raise AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <key>'")
+        request[keys.KEY_NAME] = name
+    elif request.path.startswith("/admin/"):
+        admin = settings.admin_api_key
+        if not admin:
+            raise NotFound("admin endpoints are disabled: set admin_api_key to enable them", code="unknown_route")
+        if _match_key(request, [("admin", admin)]) is None:
+            raise AuthenticationError("missing or invalid admin key: send 'Authorization: Bearer <admin key>'")
+    return await handler(request)
+
+
+def _match_key(request: web.Request, candidates: list[tuple[str, str]]) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    supplied = token.strip().encode()
+    found = None
+    for name, key in candidates:  # compare against every key: timing does not reveal which matched
+        if hmac.compare_digest(supplied, key.encode()):
+            found = name
+    return found
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body too large: the limit is {exc.max_size} bytes (max_body_bytes)") from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[keys.SERVICE].handle(request, "chat", await _read_body(request))
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[keys.SERVICE].handle(request, "completion", await _read_body(request))
+
+
+async def models(request: web.Request) -> web.Response:
+    engine = request.app[keys.ENGINE]
+    return web.json_response({"object": "list", "data": [
+        {"id": engine.served_model_name, "object": "model", "created": request.app[keys.STARTED],
+         "owned_by": "unlearning-guard"}]})
+
+
+async def health(request: web.Request) -> web.Response:
+    engine_health = await request.app[keys.ENGINE].health()
+    holder = request.app[keys.PIPELINES]
+    policy = holder.current.policy
+    body = {
+        "status": "ok" if engine_health.get("ready") else "unavailable",
+        "engine": engine_health,
+        "policy": {"targets": len(policy.targets), "detector": policy.detector.kind, "fail_mode": policy.fail_mode,
+                   "last_reload_error": holder.last_reload_error},
+        "uptime_s": round(time.time() - request.app[keys.STARTED], 1),
+    }
+    return web.json_response(body, status=200 if engine_health.get("ready") else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload, content_type = request.app[keys.METRICS].exposition()
+    return web.Response(body=payload, headers={"Content-Type": content_type})
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    holder = request.app[keys.PIPELINES]
+    started = time.perf_counter()
+    try:
+        pipeline = await holder.reload()
+    except GuardError as exc:
+        raise InvalidRequest(f"policy reload failed, still serving the previous policy: {exc}", param=exc.param) from None
+    return web.json_response({"status": "reloaded", "targets": len(pipeline.policy.targets),
+                              "seconds": round(time.perf_counter() - started, 3)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/reload", admin_reload)

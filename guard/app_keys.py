@@ -1,0 +1,22 @@
+"""Typed keys for what ``build_app`` stores on the aiohttp application and requests."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from guard.config import Settings
+    from guard.engines.base import Engine
+    from guard.metrics import GuardMetrics
+    from guard.pipeline import PipelineHolder
+    from guard.serving import GenerationService
+
+SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
+ENGINE: web.AppKey["Engine"] = web.AppKey("engine")
+PIPELINES: web.AppKey["PipelineHolder"] = web.AppKey("pipelines")
+METRICS: web.AppKey["GuardMetrics"] = web.AppKey("metrics")
+SERVICE: web.AppKey["GenerationService"] = web.AppKey("service")
+STARTED: web.AppKey[int] = web.AppKey("started")
+KEY_NAME = "guard_api_key_name"  # request-scoped: which API key authenticated the request

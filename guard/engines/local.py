@@ -1,0 +1,214 @@
+"""In-process transformers engine (the default: bundled SmolLM2-135M-Instruct).
+
+Generation runs in worker threads so the event loop stays free. At most ``max_concurrency``
+generations run at once; up to ``max_queue`` more wait, beyond that requests get 429. Closing the
+stream (client gone) sets a cancel flag that a stopping criterion checks after every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import torch
+
+from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.rendering import IncrementalDecoder, StopMatcher, render_chat
+from guard.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+
+class _Streamer:
+    """transformers streamer that hands each new token id to the event loop.
+
+    ``generate`` first "puts" the prompt ids (an empty tensor when prompting with embeddings);
+    that first call is skipped.
+    """
+
+    def __init__(self, put: Callable[[Any], None]) -> None:
+        self._put = put
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        self._put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled:
+    """Stopping criterion: true once the consumer has gone away."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool)
+
+
+class LocalEngine(Engine):
+    kind = "local"
+
+    def __init__(self, model_path: Path | str, served_model_name: str, *, max_concurrency: int = 1,
+                 max_queue: int = 64, threads: int | None = None) -> None:
+        self.model_path = model_path
+        self.served_model_name = served_model_name
+        self._max_concurrency = max_concurrency
+        self._max_queue = max_queue
+        self._threads = threads
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0
+        self._stop_ids: set[int] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        await asyncio.to_thread(self._load)
+        self._executor = ThreadPoolExecutor(max_workers=self._max_concurrency, thread_name_prefix="guard-gen")
+        self._slots = asyncio.Semaphore(self._max_concurrency)
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self._model.eval()
+        self._stop_ids = self.stop_token_ids()
+        log.info("local engine loaded %s in %.1fs", self.model_path, time.perf_counter() - started)
+
+    async def close(self) -> None:
+        if self._executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    # -- prompt side ------------------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
+        return render_chat(self._tokenizer, messages, add_generation_prompt)
+
+    def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return self._model.get_input_embeddings()(torch.tensor([list(token_ids)]))[0].detach().clone()
+
+    # -- generation -------------------------------------------------------------------------------
+    async def _admit(self) -> None:
+        assert self._slots is not None, "engine not started"
+        if self._slots.locked() and self._waiting >= self._max_queue:
+            raise Overloaded(f"the local engine is busy ({self._max_concurrency} running, {self._waiting} queued); retry shortly")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+
+    async def generate(self, prompt: PromptInput, params: SamplingParams,
+                       logits_processors: Sequence[Any] = ()) -> AsyncIterator[GenerationChunk]:
+        await self._admit()
+        assert self._slots is not None and self._executor is not None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+        future = loop.run_in_executor(self._executor, self._generate_blocking, prompt, params, put, cancel, list(logits_processors))
+        decoder = IncrementalDecoder(self._tokenizer)
+        stops = StopMatcher(params.stop)
+        completion_tokens = 0
+        last_id: int | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                completion_tokens += len(item)
+                last_id = item[-1]
+                text = stops.feed(decoder.push(item))
+                if stops.stopped:
+                    cancel.set()
+                    yield GenerationChunk(text=text, token_ids=item, finish_reason="stop",
+                                          prompt_tokens=prompt.length, completion_tokens=completion_tokens)
+                    return
+                if item:
+                    yield GenerationChunk(text=text, token_ids=item)
+            tail = stops.flush()
+            finish = "stop" if last_id in self._stop_ids else "length"
+            if last_id is None and params.max_tokens > 0:
+                finish = "stop"
+            yield GenerationChunk(text=tail, finish_reason=finish, prompt_tokens=prompt.length,
+                                  completion_tokens=completion_tokens)
+        finally:
+            cancel.set()
+            try:
+                await asyncio.shield(future)
+            except Exception:  # the error, if any, was already delivered through the queue
+                pass
+            self._slots.release()
+
+    def _generate_blocking(self, prompt: PromptInput, params: SamplingParams, put: Callable[[Any], None],
+                           cancel: threading.Event, logits_processors: list[Any]) -> None:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        try:
+            config = GenerationConfig(
+                max_new_tokens=params.max_tokens,
+                do_sample=not params.greedy,
+                temperature=params.temperature if not params.greedy else None,
+                top_p=params.top_p if not params.greedy else None,
+                top_k=None,
+                eos_token_id=sorted(self._stop_ids),
+                pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+            )
+            kwargs: dict[str, Any] = {}
+            if prompt.token_ids is not None:
+                ids = torch.tensor([prompt.token_ids])
+                kwargs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+            else:
+                embeds = prompt.embeds.to(self._model.dtype).unsqueeze(0)
+                kwargs.update(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.no_grad():
+                self._model.generate(
+                    **kwargs,
+                    generation_config=config,
+                    streamer=_Streamer(put),
+                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                    logits_processor=LogitsProcessorList(logits_processors),
+                )
+        except BaseException as exc:  # delivered to the consumer, re-raised there
+            put(exc)
+        finally:
+            put(None)
+
+    async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
+        def run() -> list[tuple[int, float]]:
+            with torch.no_grad():
+                logits = self._model(torch.tensor([list(token_ids)])).logits[0, -1]
+                values, indices = torch.log_softmax(logits.float(), -1).topk(k)
+            return list(zip(indices.tolist(), values.tolist()))
+
+        return await asyncio.to_thread(run)
+
+    async def health(self) -> dict[str, Any]:
+        return {"ready": self._model is not None, "engine": "local", "model": str(self.model_path)}

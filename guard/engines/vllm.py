@@ -1,0 +1,256 @@
+"""Engine backed by a vLLM OpenAI-compatible server.
+
+* ``forward``: the fast path for unflagged traffic. The client's body goes upstream unchanged and
+  the upstream's bytes come back unchanged (status, content type, SSE chunks).
+* ``generate``: ``/v1/completions`` with a token-id prompt or base64 ``prompt_embeds`` (the server
+  must run with ``--enable-prompt-embeds``), streamed.
+* ``top_logprobs``: one-token completions with ``logprobs=k`` and token ids as keys.
+
+The tokenizer and the input-embedding matrix come from a local copy of the served model; only the
+embedding tensor is read from its safetensors, not the whole model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+import aiohttp
+import torch
+
+from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.rendering import render_chat
+from guard.engines.sse import iter_sse_data
+from guard.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUnsupported
+
+log = logging.getLogger(__name__)
+
+_EMBED_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+
+
+def load_input_embeddings(model_dir: Path) -> torch.Tensor:
+    """The input-embedding matrix alone, read lazily from the model's safetensors files."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"no .safetensors files in {model_dir}; the vllm engine needs a local copy of the served model", param="model")
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():
+                if key.endswith(_EMBED_KEYS):
+                    return fh.get_tensor(key).float()
+    raise ConfigError(f"no input-embedding tensor ({', '.join(_EMBED_KEYS)}) found in {model_dir}", param="model")
+
+
+def encode_prompt_embeds(embeds: torch.Tensor) -> str:
+    """vLLM's wire format: base64 of ``torch.save`` of a ``[seq, hidden]`` tensor."""
+    buf = io.BytesIO()
+    torch.save(embeds.detach().to(torch.float32).contiguous().cpu(), buf)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class VllmEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, url: str, model_path: Path | str, served_model_name: str | None, *,
+                 upstream_model: str | None = None, api_key: str | None = None,
+                 connect_timeout_s: float = 5.0, read_timeout_s: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        if self.url.endswith("/v1"):
+            self.url = self.url[:-3]
+        self.model_path = model_path
+        self._served_override = served_model_name
+        self.served_model_name = served_model_name or upstream_model or ""
+        self.upstream_model = upstream_model
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._tokenizer: Any = None
+        self._embeddings: torch.Tensor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=0))
+        await asyncio.to_thread(self._load_local_parts)
+        if not self.upstream_model:
+            try:
+                self.upstream_model = await self._discover_model()
+            except UpstreamError as exc:
+                log.warning("upstream not reachable at start-up (%s); will retry on first request", exc.message)
+        if not self._served_override:
+            self.served_model_name = self.upstream_model or Path(str(self.model_path)).name
+
+    def _load_local_parts(self) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if Path(str(self.model_path)).is_dir():
+            self._embeddings = load_input_embeddings(Path(str(self.model_path)))
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "engine not started"
+        return self._session
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    # -- prompt side ------------------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
+        return render_chat(self._tokenizer, messages, add_generation_prompt)
+
+    def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
+        if self._embeddings is None:
+            raise ConfigError("the vllm engine needs a local model folder (--model) to compute prompt embeddings", param="model")
+        return self._embeddings[torch.tensor(list(token_ids), dtype=torch.long)].clone()
+
+    # -- HTTP plumbing ----------------------------------------------------------------------------
+    def _translate(self, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return UpstreamTimeout(f"the upstream at {self.url} did not answer in time; check the vLLM server's load or raise upstream.read_timeout_s")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamError(f"cannot connect to the upstream at {self.url} ({exc.os_error.strerror if exc.os_error else exc}); is the vLLM server running?")
+        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            return UpstreamError(f"the upstream at {self.url} closed the connection mid-response")
+        return UpstreamError(f"upstream request to {self.url} failed: {type(exc).__name__}: {exc}")
+
+    async def _discover_model(self) -> str:
+        try:
+            async with self.session.get(f"{self.url}/v1/models", headers=self.headers(),
+                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"GET {self.url}/v1/models answered {resp.status}")
+                data = await resp.json()
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every transport error becomes an UpstreamError
+            raise self._translate(exc) from None
+        models = [m["id"] for m in data.get("data", [])]
+        if not models:
+            raise UpstreamError(f"the upstream at {self.url} serves no models")
+        return models[0]
+
+    async def ensure_model(self) -> str:
+        if not self.upstream_model:
+            self.upstream_model = await self._discover_model()
+            if not self.served_model_name:
+                self.served_model_name = self.upstream_model
+        return self.upstream_model
+
+    async def forward(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """POST ``body`` unchanged to ``path``; the caller streams the response and releases it."""
+        headers = {"Content-Type": "application/json", **self.headers()}
+        try:
+            return await self.session.post(f"{self.url}{path}", data=body, headers=headers)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc) from None
+
+    async def _post_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        resp = await self.forward("/v1/completions", json.dumps(payload).encode())
+        try:
+            if resp.status != 200:
+                raise await self._error_from(resp, payload)
+            async for data in iter_sse_data(resp.content):
+                if data == "[DONE]":
+                    return
+                try:
+                    yield json.loads(data)
+                except json.JSONDecodeError:
+                    raise UpstreamError(f"the upstream at {self.url} sent a malformed stream chunk") from None
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc) from None
+        finally:
+            resp.release()
+
+    async def _error_from(self, resp: aiohttp.ClientResponse, payload: dict[str, Any]) -> UpstreamError:
+        text = (await resp.text())[:2000]
+        try:
+            message = json.loads(text)["error"]["message"]
+        except Exception:  # noqa: BLE001
+            message = text
+        if "prompt_embeds" in payload and "embed" in message.lower():
+            return UpstreamUnsupported(
+                f"the upstream at {self.url} rejected prompt embeddings ({message.strip()[:300]}); "
+                "start vLLM with --enable-prompt-embeds to use ECO/SPUL")
+        return UpstreamError(f"the upstream at {self.url} answered {resp.status}: {message.strip()[:500]}")
+
+    # -- generation -------------------------------------------------------------------------------
+    def _completion_payload(self, prompt: PromptInput, params: SamplingParams) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.upstream_model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.stop:
+            payload["stop"] = list(params.stop)
+        if params.seed is not None:
+            payload["seed"] = params.seed
+        if prompt.token_ids is not None:
+            payload["prompt"] = list(prompt.token_ids)
+        else:
+            payload["prompt_embeds"] = encode_prompt_embeds(prompt.embeds)
+        return payload
+
+    async def generate(self, prompt: PromptInput, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        await self.ensure_model()
+        payload = self._completion_payload(prompt, params)
+        finish: str | None = None
+        usage: dict[str, int] = {}
+        async for chunk in self._post_stream(payload):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                if choice.get("text"):
+                    yield GenerationChunk(text=choice["text"])
+        yield GenerationChunk(finish_reason=finish or "stop",
+                              prompt_tokens=usage.get("prompt_tokens", prompt.length),
+                              completion_tokens=usage.get("completion_tokens", 0))
+
+    async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
+        await self.ensure_model()
+        payload = {"model": self.upstream_model, "prompt": list(token_ids), "max_tokens": 1, "temperature": 0.0,
+                   "logprobs": k, "return_tokens_as_token_ids": True}
+        resp = await self.forward("/v1/completions", json.dumps(payload).encode())
+        try:
+            if resp.status != 200:
+                raise await self._error_from(resp, payload)
+            data = await resp.json()
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc) from None
+        finally:
+            resp.release()
+        top = data["choices"][0]["logprobs"]["top_logprobs"][0]
+        pairs = [(int(key.split(":", 1)[1]), float(lp)) for key, lp in top.items()]
+        return sorted(pairs, key=lambda p: -p[1])[:k]
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            async with self.session.get(f"{self.url}/v1/models", headers=self.headers(),
+                                        timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                ready = resp.status == 200
+                detail = {} if ready else {"status": resp.status}
+        except Exception as exc:  # noqa: BLE001
+            ready, detail = False, {"error": self._translate(exc).message}
+        return {"ready": ready, "engine": "vllm", "upstream": self.url, **detail}

@@ -1,0 +1,54 @@
+"""The Intervention seam and the normalised request every intervention receives."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Literal
+
+from classifiers.base import Verdict
+from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.policy import Target
+
+
+@dataclass(frozen=True)
+class GuardRequest:
+    """A chat or text-completion request, validated and normalised."""
+
+    kind: Literal["chat", "completion"]
+    params: SamplingParams
+    messages: tuple[dict[str, str], ...] = ()
+    prompt: str = ""
+
+    def render(self, engine: Engine) -> RenderedPrompt | None:
+        """The chat-templated prompt (chat requests only)."""
+        return engine.render_chat(list(self.messages)) if self.kind == "chat" else None
+
+    def prompt_ids(self, engine: Engine) -> list[int]:
+        if self.kind == "chat":
+            return engine.render_chat(list(self.messages)).token_ids
+        return list(engine.tokenizer(self.prompt)["input_ids"])
+
+
+class Intervention(abc.ABC):
+    """Answers a request. Never changes model weights; yields the same chunks whatever the method."""
+
+    name: str
+
+    @abc.abstractmethod
+    def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+               engine: Engine) -> AsyncIterator[GenerationChunk]: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"action": self.name}
+
+
+class PassThrough(Intervention):
+    """The unguarded answer: the plain prompt through the engine."""
+
+    name = "pass"
+
+    async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                     engine: Engine) -> AsyncIterator[GenerationChunk]:
+        async for chunk in engine.generate(PromptInput(token_ids=request.prompt_ids(engine)), request.params):
+            yield chunk

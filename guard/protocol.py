@@ -1,0 +1,259 @@
+"""OpenAI request schemas, validation and response shapes for /v1/chat/completions and /v1/completions.
+
+Validation happens before anything else: a request the guard cannot screen is never forwarded.
+Fields are allow-listed; upstream-internal fields (``prompt_embeds``, ``vllm_xargs`` …) are
+refused by name, other unknown fields are refused as unsupported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from guard.engines.base import SamplingParams
+from guard.errors import InvalidRequest
+
+# Fields that steer vLLM's internals. A client must never reach them through the guard:
+# prompt_embeds would bypass screening, vllm_xargs would switch logits processors, etc.
+INTERNAL_FIELDS = frozenset({
+    "prompt_embeds", "vllm_xargs", "kv_transfer_params", "return_tokens_as_token_ids", "return_token_ids",
+    "cache_salt", "priority", "request_id", "mm_processor_kwargs", "chat_template", "chat_template_kwargs",
+    "add_special_tokens", "add_generation_prompt", "continue_final_message", "echo", "prompt_logprobs",
+    "allowed_token_ids", "bad_words", "logits_processors", "guided_json", "guided_regex", "guided_choice",
+    "guided_grammar", "guided_decoding_backend", "structured_outputs", "documents", "tools", "tool_choice",
+    "functions", "function_call", "logit_bias",
+})
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1, description="the guard generates one choice per request")
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        if any(not s for s in items):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        unknown = set(value) - {"include_usage", "continuous_usage_stats"}
+        if unknown:
+            raise ValueError(f"unknown stream_options key(s): {', '.join(sorted(unknown))}")
+        if "include_usage" in value and not isinstance(value["include_usage"], bool):
+            raise ValueError("stream_options.include_usage must be a boolean")
+        return value
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=64)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        if value not in ROLES:
+            raise ValueError(f"role {value!r} is not supported; use one of {', '.join(ROLES)} (tool calls are not supported)")
+        return value
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, part in enumerate(value):
+                if isinstance(part, dict) and part.get("type") not in (None, "text"):
+                    raise ValueError(f"content[{i}] has type {part.get('type')!r}; only text parts are supported")
+        return value
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _last_not_empty(self) -> "ChatCompletionRequest":
+        if not any(m.text.strip() for m in self.messages if m.role in ("user", "system", "developer")):
+            raise ValueError("messages contain no non-empty user, system or developer content")
+        return self
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        """Messages as the chat template wants them (``developer`` is a system message for these models)."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in self.messages]
+
+    def screen_texts(self) -> list[str]:
+        return [m.text for m in self.messages if m.text]
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if value and all(isinstance(v, int) for v in value) or value and isinstance(value[0], list):
+                raise ValueError("token-id prompts cannot be screened; send the prompt as text")
+            if len(value) != 1:
+                raise ValueError("send exactly one prompt string per request")
+        return value
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def screen_texts(self) -> list[str]:
+        return [self.prompt_text]
+
+
+def parse_request(raw: bytes, schema: type[_Request]) -> tuple[_Request, dict[str, Any]]:
+    """Decode and validate; returns the model and the decoded JSON (for forwarding decisions)."""
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    internal = sorted(INTERNAL_FIELDS & set(body))
+    if internal:
+        raise InvalidRequest(f"field {internal[0]!r} is not accepted by the guard; remove it from the request",
+                             param=internal[0], code="forbidden_field")
+    try:
+        return schema.model_validate(body), body
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise InvalidRequest(f"unsupported field {loc!r}; remove it from the request", param=loc, code="unsupported_field") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InvalidRequest(f"invalid value for {loc!r}: {msg}", param=loc or None, code="invalid_value") from None
+
+
+def sampling_params(req: _Request, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:
+    max_tokens = req.max_new_tokens or default_max_tokens
+    if max_tokens > max_tokens_limit:
+        field_name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+        raise InvalidRequest(f"{field_name} is {max_tokens}, above this server's limit of {max_tokens_limit}",
+                             param=field_name, code="invalid_value")
+    return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                          stop=req.stop_list, seed=req.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# responses
+
+
+@dataclass
+class ResponseMeta:
+    kind: Literal["chat", "completion"]
+    model: str
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
+            self.id = f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def full_response(meta: ResponseMeta, text: str, finish_reason: str, prompt_tokens: int,
+                  completion_tokens: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    if meta.kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": finish_reason}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    out = {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [choice],
+           "usage": usage(prompt_tokens, completion_tokens)}
+    if extra:
+        out.update(extra)
+    return out
+
+
+def stream_chunk(meta: ResponseMeta, text: str | None, finish_reason: str | None = None, *,
+                 first: bool = False) -> dict[str, Any]:
+    if meta.kind == "chat":
+        delta: dict[str, Any] = {}
+        if first:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [choice]}
+
+
+def usage_chunk(meta: ResponseMeta, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    obj = "chat.completion.chunk" if meta.kind == "chat" else "text_completion"
+    return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens)}

@@ -1,0 +1,210 @@
+"""The generation endpoints' logic: validate -> screen -> decide -> forward or intervene -> respond.
+
+Dependencies are passed in (engine, pipeline holder, metrics, settings); handlers in ``guard.api``
+only pick the schema. Pass-through on a vLLM upstream forwards the client's bytes and streams the
+upstream's bytes back untouched; everything else is produced from ``GenerationChunk`` streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from guard.config import Settings
+from guard.engines.base import Engine, GenerationChunk
+from guard.engines.sse import DONE, frame
+from guard.engines.vllm import VllmEngine
+from guard.errors import GuardError, NotFound, UpstreamError
+from guard.interventions.base import GuardRequest
+from guard.metrics import GuardMetrics
+from guard.pipeline import Decision, PipelineHolder
+from guard.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseMeta,
+    full_response,
+    parse_request,
+    sampling_params,
+    stream_chunk,
+    usage_chunk,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 512
+_CLIENT_GONE = (ConnectionResetError, ConnectionError, asyncio.CancelledError)
+
+
+class GenerationService:
+    def __init__(self, settings: Settings, engine: Engine, pipelines: PipelineHolder, metrics: GuardMetrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.pipelines = pipelines
+        self.metrics = metrics
+
+    async def handle(self, request: web.Request, kind: str, raw: bytes) -> web.StreamResponse:
+        route = "chat" if kind == "chat" else "completions"
+        started = time.perf_counter()
+        action = "none"
+        status = 500
+        try:
+            schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
+            req, body = parse_request(raw, schema)
+            if req.model != self.engine.served_model_name:
+                raise NotFound(f"model {req.model!r} does not exist; this guard serves {self.engine.served_model_name!r}",
+                               param="model", code="model_not_found")
+            params = sampling_params(req, DEFAULT_MAX_TOKENS, self.settings.max_tokens_limit)
+            decision = await self.pipelines.current.decide(req.screen_texts())
+            action = decision.action
+            self._record_decision(decision)
+            if action == "pass" and isinstance(self.engine, VllmEngine):
+                response = await self._forward(request, kind, body, raw, route, started)
+            else:
+                guard_req = GuardRequest(kind=kind, params=params,
+                                         messages=tuple(req.plain_messages()) if kind == "chat" else (),
+                                         prompt=req.prompt_text if kind == "completion" else "")
+                chunks = decision.intervention.stream(guard_req, decision.verdict, decision.target, self.engine)
+                meta = ResponseMeta(kind=kind, model=self.engine.served_model_name)
+                headers = self._debug_headers(decision)
+                if req.stream:
+                    response = await self._stream(request, meta, chunks, req.include_usage, headers, route, action, started)
+                else:
+                    response = await self._collect(meta, chunks, headers)
+            status = response.status
+            return response
+        except GuardError as exc:
+            status = exc.status
+            if isinstance(exc, UpstreamError):
+                self.metrics.upstream_errors.labels(kind=type(exc).__name__).inc()
+            raise
+        except _CLIENT_GONE:
+            status = 499
+            raise
+        finally:
+            self.metrics.requests.labels(route=route, status=str(status), action=action).inc()
+            self.metrics.latency.labels(route=route, action=action).observe(time.perf_counter() - started)
+
+    def _record_decision(self, decision: Decision) -> None:
+        self.metrics.detector_latency.observe(decision.screen_seconds)
+        if decision.screening_failed:
+            self.metrics.screening_failures.labels(outcome="passed_fail_open").inc()
+        if decision.verdict.flagged:
+            self.metrics.flagged.labels(action=decision.action).inc()
+            log.info("flagged request: target=%s action=%s score=%.3f", decision.verdict.target_id, decision.action,
+                     decision.verdict.score)
+
+    def _debug_headers(self, decision: Decision) -> dict[str, str]:
+        if not self.settings.debug:
+            return {}
+        return {"X-Guard-Action": decision.action, "X-Guard-Target": decision.verdict.target_id or "",
+                "X-Guard-Score": f"{decision.verdict.score:.4f}"}
+
+    # -- vLLM fast path ----------------------------------------------------------------------------
+    async def _forward(self, request: web.Request, kind: str, body: dict[str, Any], raw: bytes, route: str,
+                       started: float) -> web.StreamResponse:
+        assert isinstance(self.engine, VllmEngine)
+        upstream_model = await self.engine.ensure_model()
+        if body.get("model") != upstream_model:
+            raw = json.dumps({**body, "model": upstream_model}).encode()
+        path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        upstream = await self.engine.forward(path, raw)
+        try:
+            if upstream.status >= 500:
+                text = (await upstream.text())[:500]
+                raise UpstreamError(f"the upstream answered {upstream.status}: {text}")
+            response = web.StreamResponse(status=upstream.status)
+            response.content_type = upstream.content_type
+            if upstream.charset:
+                response.charset = upstream.charset
+            await response.prepare(request)
+            first = True
+            try:
+                async for data in upstream.content.iter_any():
+                    if first:
+                        self.metrics.ttft.labels(route=route, action="pass").observe(time.perf_counter() - started)
+                        first = False
+                    await response.write(data)
+            except _CLIENT_GONE:
+                raise
+            except Exception as exc:  # noqa: BLE001 - upstream died mid-stream: end the stream cleanly
+                self.metrics.upstream_errors.labels(kind="mid_stream").inc()
+                log.warning("upstream failed mid-response: %s", exc)
+                if upstream.content_type == "text/event-stream":
+                    err = UpstreamError("the upstream closed the connection mid-stream")
+                    await response.write(frame(err.to_openai()) + DONE)
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+    # -- generated responses -----------------------------------------------------------------------
+    async def _collect(self, meta: ResponseMeta, chunks: AsyncIterator[GenerationChunk],
+                       headers: dict[str, str]) -> web.Response:
+        parts: list[str] = []
+        last = GenerationChunk(finish_reason="stop")
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            if chunk.finish_reason:
+                last = chunk
+        body = full_response(meta, "".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens)
+        return web.json_response(body, headers=headers)
+
+    async def _stream(self, request: web.Request, meta: ResponseMeta, chunks: AsyncIterator[GenerationChunk],
+                      include_usage: bool, headers: dict[str, str], route: str, action: str,
+                      started: float) -> web.StreamResponse:
+        iterator = chunks.__aiter__()
+        # Pull the first chunk before committing to a 200, so an upstream that is down gets a 502.
+        try:
+            first_chunk: GenerationChunk | None = await iterator.__anext__()
+        except StopAsyncIteration:
+            first_chunk = None
+        self.metrics.ttft.labels(route=route, action=action).observe(time.perf_counter() - started)
+        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", **headers})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        try:
+            if meta.kind == "chat":
+                await response.write(frame(stream_chunk(meta, "", first=True)))
+            last: GenerationChunk | None = None
+            chunk = first_chunk
+            while chunk is not None:
+                if chunk.text:
+                    await response.write(frame(stream_chunk(meta, chunk.text)))
+                if chunk.finish_reason:
+                    last = chunk
+                try:
+                    chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+            last = last or GenerationChunk(finish_reason="stop")
+            await response.write(frame(stream_chunk(meta, None if meta.kind == "chat" else "", last.finish_reason)))
+            if include_usage:
+                await response.write(frame(usage_chunk(meta, last.prompt_tokens, last.completion_tokens)))
+        except _CLIENT_GONE:
+            raise
+        except GuardError as exc:
+            log.warning("stream ended by an error: %s", exc.message)
+            await response.write(frame(exc.to_openai()))
+        except Exception:  # noqa: BLE001
+            log.exception("stream failed")
+            await response.write(frame({"error": {"message": "internal error while generating", "type": "internal_error",
+                                                  "param": None, "code": None}}))
+        finally:
+            await _aclose(iterator)
+        await response.write(DONE)
+        await response.write_eof()
+        return response
+
+
+async def _aclose(iterator: Any) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing a generation stream failed", exc_info=True)
