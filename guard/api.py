@@ -28,8 +28,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except GuardError as exc:
         return error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(PayloadTooLarge(f"request body too large: the limit is {exc.max_size} bytes (max_body_bytes)"))
     except web.HTTPNotFound:
         return error_response(NotFound(f"no route {request.method} {request.path}", code="unknown_route"))
     except web.HTTPMethodNotAllowed as exc:
@@ -76,8 +74,9 @@ def _match_key(request: web.Request, candidates: list[tuple[str, str]]) -> str |
 async def _read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body too large: the limit is {exc.max_size} bytes (max_body_bytes)") from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[keys.SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"request body too large: the limit is {limit} bytes (max_body_bytes)") from None
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

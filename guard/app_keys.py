@@ -19,4 +19,4 @@ PIPELINES: web.AppKey["PipelineHolder"] = web.AppKey("pipelines")
 METRICS: web.AppKey["GuardMetrics"] = web.AppKey("metrics")
 SERVICE: web.AppKey["GenerationService"] = web.AppKey("service")
 STARTED: web.AppKey[int] = web.AppKey("started")
-KEY_NAME = "guard_api_key_name"  # request-scoped: which API key authenticated the request
+KEY_NAME: web.RequestKey[str] = web.RequestKey("api_key_name")  # which API key authenticated the request

@@ -242,9 +242,14 @@ def model_name(preset: str, twin: str, base_model: str = "default", prefix: str 
     return f"tofu-{preset}-{_slug(base_model)}-{twin}"
 
 
+# evaluation settings: recorded in the manifest, but they do not change the weights
+HASH_EXCLUDE = ("eval_max_new_tokens", "eval_limit")
+
+
 def recipe_hash(recipe: Recipe, rows: list[int]) -> str:
-    """A stable hash of everything that determines the trained weights."""
-    payload = {"version": RECIPE_VERSION, "recipe": recipe.to_dict(), "rows": spans_of(rows)}
+    """A stable hash of everything that determines the trained weights (not the eval settings)."""
+    weights = {k: v for k, v in recipe.to_dict().items() if k not in HASH_EXCLUDE}
+    payload = {"version": RECIPE_VERSION, "recipe": weights, "rows": spans_of(rows)}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 

