@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from guard.config import load_settings
+from guard.errors import ConfigError
+
+
+def test_defaults():
+    s = load_settings(None, {}, environ={})
+    assert (s.host, s.port, s.model, s.upstream.kind, s.policy) == ("127.0.0.1", 8000, "default", "local", None)
+
+
+def test_layers_flags_over_env_over_yaml(tmp_path: Path):
+    cfg = tmp_path / "guard.yaml"
+    cfg.write_text("port: 9000\nhost: 0.0.0.0\nupstream: {kind: vllm, url: 'http://a:1'}\npolicy: p.yaml\n")
+    s = load_settings(cfg, {}, environ={"GUARD_PORT": "9100"})
+    assert s.port == 9100 and s.host == "0.0.0.0" and s.upstream.url == "http://a:1"
+    assert s.policy == tmp_path / "p.yaml"  # relative to the config file
+    s = load_settings(cfg, {"port": 9200, "upstream.url": "http://b:2"}, environ={"GUARD_PORT": "9100"})
+    assert s.port == 9200 and s.upstream.url == "http://b:2"
+
+
+def test_api_keys_from_env():
+    s = load_settings(None, {}, environ={"GUARD_API_KEYS": "alice:sk-aaaaaaaa,sk-bbbbbbbb"})
+    assert [(k.name, k.key) for k in s.api_keys] == [("alice", "sk-aaaaaaaa"), ("key1", "sk-bbbbbbbb")]
+
+
+@pytest.mark.parametrize("yaml_text, field, fragment", [
+    ("port: eighty\n", "port", "integer"),
+    ("upstream: {kind: vllm}\n", "upstream", "--upstream-url"),
+    ("upstream: {kind: tgi}\n", "upstream.kind", "'local' or 'vllm'"),
+    ("prot: 80\n", "prot", "Extra inputs"),
+    ("api_keys: ['a:short']\n", "api_keys.0.key", "at least 8"),
+    ("- just\n- a list\n", "config", "mapping"),
+    ("port: [\n", "config", "not valid YAML"),
+])
+def test_config_errors_name_the_field(tmp_path: Path, yaml_text, field, fragment):
+    cfg = tmp_path / "guard.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, {}, environ={})
+    assert info.value.param == field
+    assert fragment in str(info.value)
+
+
+def test_unknown_env_var_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {}, environ={"GUARD_PROT": "1"})
+    assert info.value.param == "GUARD_PROT" and "GUARD_PORT" in info.value.message
+
+
+def test_missing_config_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_settings(tmp_path / "nope.yaml", {}, environ={})
+
+
+def test_example_config_is_valid():
+    example = Path(__file__).parent.parent / "guard.example.yaml"
+    s = load_settings(example, {}, environ={})
+    assert s.port == 8000

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from guard.errors import ConfigError
+from guard.policy import load_policy
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_fixture_policy_loads():
+    policy = load_policy(FIXTURES / "refuse_keyword.yaml")
+    assert policy.targets[0].all_names == ("Basil Mahfouz Al-Kuwaiti", "Basil Al-Kuwaiti")
+    assert policy.action_for("tofu-basil") == "refuse" and policy.action_for(None) == "refuse"
+
+
+@pytest.mark.parametrize("text, field", [
+    ("targets: [{id: a, names: [A], action: forget}]", "targets.0.action"),
+    ("targets: [{id: a, names: []}]", "targets.0.names"),
+    ("targets: [{id: 'bad id!', names: [A]}]", "targets.0.id"),
+    ("targets: [{id: a, names: [A]}, {id: a, names: [B]}]", "(top level)"),
+    ("detector: {kind: trained}", "detector"),
+    ("fail_mode: maybe", "fail_mode"),
+    ("targets: [{id: a, names: [A], forget_data: [{path: x.json, rows: 'ten'}]}]", "targets.0.forget_data.0.rows"),
+])
+def test_bad_policy_names_the_field(tmp_path: Path, text, field):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_policy(path)
+    assert info.value.param == field, info.value
+
+
+def test_relative_data_paths_resolve_against_the_policy(tmp_path: Path):
+    path = tmp_path / "sub" / "p.yaml"
+    path.parent.mkdir()
+    path.write_text("targets: [{id: a, names: [A], forget_data: [{path: ../data.json}]}]")
+    assert load_policy(path).targets[0].forget_data[0].path == tmp_path / "data.json"
+
+
+async def test_unavailable_action_fails_at_start(local_engine, guard_server, tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    path.write_text("targets: [{id: a, names: [A], action: pass}, {id: b, names: [B], action: uld}]")
+    from guard import interventions  # noqa: F401
+    from guard.interventions.registry import FACTORIES
+
+    if "uld" in FACTORIES:
+        pytest.skip("uld is available in this version")
+    with pytest.raises(ConfigError) as info:
+        await guard_server(local_engine, policy=str(path))
+    assert info.value.param == "targets.1.action"
