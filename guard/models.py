@@ -72,7 +72,7 @@ def convert_default_model(target: Path) -> Path:
     return target
 
 
-def resolve_model(name: str) -> Path | str:
+def resolve_model(name: str) -> Path:
     """A local folder for ``name``, converting the bundled default on first use; a hub id otherwise."""
     if name in (DEFAULT_MODEL, DEFAULT_MODEL_DIRNAME):
         return convert_default_model(models_dir() / DEFAULT_MODEL_DIRNAME)
@@ -86,9 +86,21 @@ def resolve_model(name: str) -> Path | str:
         return local
     if name.startswith((".", "/", "~")):
         raise ConfigError(f"model path {name} does not exist", param="model")
+    return _hub_snapshot(name)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The user named a hub model: fetch (or reuse from the HF cache) its config, tokenizer and weights."""
+    from huggingface_hub import snapshot_download
+
     known = sorted(p.name for p in models_dir().iterdir() if (p / "config.json").exists())
-    log.warning("model %r is not local (cached models: %s); treating it as a hub id", name, ", ".join(known) or "none")
-    return name
+    log.info("model %r is not a local name (cached: %s); resolving it on the Hugging Face hub", repo_id, ", ".join(known) or "none")
+    try:
+        path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"])
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated model…
+        raise ConfigError(f"model {repo_id!r} is neither local nor obtainable from the hub ({type(exc).__name__}: {exc}); "
+                          f"use 'default', a cached name ({', '.join(known) or 'none yet'}) or a local folder", param="model") from None
+    return Path(path)
 
 
 def served_name_for(name: str) -> str:

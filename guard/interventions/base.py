@@ -6,8 +6,11 @@ import abc
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
 
+import torch
+
 from classifiers.base import Verdict
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.interventions.scoring import LogitsTransform
 from guard.policy import Target
 
 
@@ -41,6 +44,13 @@ class Intervention(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"action": self.name}
+
+    def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                       engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:
+        """What a teacher-forced score (TOFU probabilities, truth ratios) sees under this
+        intervention: the prompt embeddings ``[P, H]`` and an optional logits transform. Used with
+        ``guard.interventions.scoring.answer_nll`` on the local engine. Default: the plain prompt."""
+        return engine.embed(request.prompt_ids(engine)), None
 
 
 class PassThrough(Intervention):
