@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
+import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from guard import app_keys as keys
-from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, PayloadTooLarge
+from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, Overloaded, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(GuardError("internal error; see the guard's log"))
 
 
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request gets an id (the client's ``X-Request-Id`` if well-formed), echoed in the response."""
+    supplied = request.headers.get("X-Request-Id", "")
+    request[keys.REQUEST_ID] = supplied if _REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex
+    return await handler(request)
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: works for streamed responses too (headers go out at prepare)."""
+    request_id = request.get(keys.REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
@@ -56,6 +76,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if _match_key(request, [("admin", admin)]) is None:
             raise AuthenticationError("missing or invalid admin key: send 'Authorization: Bearer <admin key>'")
     return await handler(request)
+
+
+@web.middleware
+async def inflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Backpressure: beyond ``max_inflight`` generation requests, answer 429 instead of queueing."""
+    if request.method != "POST" or not request.path.startswith("/v1/"):
+        return await handler(request)
+    gate = request.app[keys.INFLIGHT]
+    if gate.count >= request.app[keys.SETTINGS].max_inflight:
+        raise Overloaded(f"the guard is at its limit of {gate.count} requests in flight; retry shortly")
+    gate.count += 1
+    try:
+        return await handler(request)
+    finally:
+        gate.count -= 1
 
 
 def _match_key(request: web.Request, candidates: list[tuple[str, str]]) -> str | None:
@@ -105,6 +140,12 @@ async def health(request: web.Request) -> web.Response:
                    "last_reload_error": holder.last_reload_error},
         "uptime_s": round(time.time() - request.app[keys.STARTED], 1),
     }
+    # actions that need prompt embeddings on an upstream that refuses them: say so (still serving the rest)
+    embed_actions = sorted({"eco", "spul"} & set(holder.current.interventions))
+    if embed_actions and engine_health.get("prompt_embeds") is False:
+        body["status"] = "degraded"
+        body["warnings"] = [f"the policy uses {', '.join(embed_actions)} but the upstream does not accept prompt "
+                            "embeddings: flagged requests get 502 until vLLM runs with --enable-prompt-embeds"]
     return web.json_response(body, status=200 if engine_health.get("ready") else 503)
 
 

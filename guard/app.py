@@ -14,7 +14,14 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from guard import app_keys as keys
-from guard.api import add_routes, auth_middleware, errors_middleware
+from guard.api import (
+    add_routes,
+    auth_middleware,
+    echo_request_id,
+    errors_middleware,
+    inflight_middleware,
+    request_id_middleware,
+)
 from guard.config import Settings
 from guard.engines.base import Engine
 from guard.metrics import GuardMetrics
@@ -50,12 +57,13 @@ def create_engine(settings: Settings) -> Engine:
 
 def build_app(settings: Settings, *, engine: Engine | None = None,
               detector_factory: DetectorFactory | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware, auth_middleware])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_id_middleware, errors_middleware, auth_middleware, inflight_middleware])
     owns_engine = engine is None
     app[keys.SETTINGS] = settings
     app[keys.ENGINE] = engine if engine is not None else create_engine(settings)
     app[keys.METRICS] = GuardMetrics.create()
     app[keys.STARTED] = int(time.time())
+    app[keys.INFLIGHT] = keys.InflightGate()
     factory: Callable = detector_factory or default_detector_factory
     eng = app[keys.ENGINE]
     # Policy and detector load here, before the server binds: a bad policy fails at start-up.
@@ -72,5 +80,6 @@ def build_app(settings: Settings, *, engine: Engine | None = None,
             await eng.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(echo_request_id)
     add_routes(app)
     return app

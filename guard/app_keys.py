@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,10 +14,17 @@ if TYPE_CHECKING:
     from guard.pipeline import PipelineHolder
     from guard.serving import GenerationService
 
+@dataclass
+class InflightGate:
+    count: int = 0
+
+
 SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
 ENGINE: web.AppKey["Engine"] = web.AppKey("engine")
 PIPELINES: web.AppKey["PipelineHolder"] = web.AppKey("pipelines")
 METRICS: web.AppKey["GuardMetrics"] = web.AppKey("metrics")
 SERVICE: web.AppKey["GenerationService"] = web.AppKey("service")
 STARTED: web.AppKey[int] = web.AppKey("started")
+INFLIGHT: web.AppKey[InflightGate] = web.AppKey("inflight")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 KEY_NAME: web.RequestKey[str] = web.RequestKey("api_key_name")  # which API key authenticated the request

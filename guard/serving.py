@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from guard import app_keys as keys
 from guard.config import Settings
 from guard.engines.base import Engine, GenerationChunk
 from guard.engines.sse import DONE, frame
@@ -35,6 +36,7 @@ from guard.protocol import (
 )
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("guard.audit")  # one JSON line per flagged request; no prompt text unless configured
 
 DEFAULT_MAX_TOKENS = 512
 _CLIENT_GONE = (ConnectionResetError, ConnectionError, asyncio.CancelledError)
@@ -61,7 +63,7 @@ class GenerationService:
             params = sampling_params(req, DEFAULT_MAX_TOKENS, self.settings.max_tokens_limit)
             decision = await self.pipelines.current.decide(req.screen_texts())
             action = decision.action
-            self._record_decision(decision)
+            self._record_decision(request, decision, req.screen_texts())
             if action == "pass" and isinstance(self.engine, VllmEngine):
                 response = await self._forward(request, kind, body, raw, route, started)
             else:
@@ -89,16 +91,21 @@ class GenerationService:
             self.metrics.requests.labels(route=route, status=str(status), action=action).inc()
             self.metrics.latency.labels(route=route, action=action).observe(time.perf_counter() - started)
 
-    def _record_decision(self, decision: Decision) -> None:
+    def _record_decision(self, request: web.Request, decision: Decision, texts: list[str]) -> None:
         self.metrics.detector_latency.observe(decision.screen_seconds)
         if decision.screening_failed:
             self.metrics.screening_failures.labels(outcome="passed_fail_open").inc()
         if decision.verdict.flagged:
             self.metrics.flagged.labels(action=decision.action).inc()
-            log.info("flagged request: target=%s action=%s score=%.3f", decision.verdict.target_id, decision.action,
-                     decision.verdict.score)
+            record = {"event": "flagged", "request_id": request.get(keys.REQUEST_ID), "key": request.get(keys.KEY_NAME),
+                      "target": decision.verdict.target_id, "action": decision.action,
+                      "score": round(decision.verdict.score, 4)}
+            if self.settings.audit_prompts:
+                record["prompt"] = texts
+            audit_log.info(json.dumps(record, ensure_ascii=False))
 
     def _debug_headers(self, decision: Decision) -> dict[str, str]:
+        # X-Request-Id is set on every response by the request-id middleware.
         if not self.settings.debug:
             return {}
         return {"X-Guard-Action": decision.action, "X-Guard-Target": decision.verdict.target_id or "",
