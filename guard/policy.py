@@ -44,15 +44,15 @@ class DataSource(_Strict):
     """Documents a target is given by (forget data) or that must keep working (keep data)."""
 
     path: Path
-    format: Literal["tofu_qa", "rwku_intro", "rwku_passage", "jsonl_text", "text"] = "tofu_qa"
-    rows: str | None = Field(None, description="python-style slice of rows, e.g. '3960:3980'")
+    format: Literal["tofu_qa", "rwku_intro", "rwku_passage", "jsonl_text", "json_text", "text"] = "tofu_qa"
+    rows: str | None = Field(None, description="python-style slice of rows, e.g. '3960:3980' (an optional ':STEP' is allowed)")
     field: str | None = Field(None, description="for jsonl_text: the key holding the text")
 
     @field_validator("rows")
     @classmethod
     def _slice(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"-?\d*:-?\d*", value.strip()):
-            raise ValueError(f"rows {value!r} must look like 'START:END'")
+        if value is not None and not re.fullmatch(r"-?\d*:-?\d*(:-?[1-9]\d*)?", value.strip()):
+            raise ValueError(f"rows {value!r} must look like 'START:END' (or 'START:END:STEP')")
         return value
 
 
@@ -90,6 +90,18 @@ class DetectorSpec(_Strict):
     kind: Literal["none", "keyword", "trained"] = "keyword"
     artifact: Path | None = None
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the calibrated threshold")
+    # --- trained detector (classifiers/): how `guard-train classifier` builds it -------------------
+    embedder: str = Field("default", description="sentence-transformers model: 'default' (bundled all-MiniLM-L6-v2), a folder or a hub id")
+    embedder_kind: Literal["static", "sentence", "cascade"] = Field(
+        "cascade", description="static: distilled token vectors (fast); sentence: the transformer; cascade: static first, transformer when unsure")
+    target_fpr: float = Field(0.005, gt=0.0, lt=0.5, description="false-positive rate the threshold is calibrated to on held-out negatives")
+    neighbour_fpr: float = Field(0.05, gt=0.0, lt=0.5, description="false-positive rate allowed on questions about entities the forget documents mention")
+    negatives: tuple[DataSource, ...] = Field((), description="policy-wide keep data / negatives (besides the built-in general-instruction pool)")
+    general_pool: int = Field(4000, ge=0, description="size of the built-in general-instruction negative pool")
+    hard_negatives: bool = Field(True, description="also train against questions about other entities named in the forget documents (protects neighbours)")
+    window_words: int = Field(48, ge=8, le=512, description="long inputs are screened in windows of this many words")
+    max_windows: int = Field(256, ge=1, description="at most this many windows per request")
+    update_missing: bool = Field(True, description="targets in the policy but not in the artifact are trained at load (seconds) instead of refused")
 
     @model_validator(mode="after")
     def _artifact_for_trained(self) -> "DetectorSpec":
@@ -139,6 +151,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     det = data.get("detector")
     if isinstance(det, dict) and "artifact" in det:
         det["artifact"] = fix(det["artifact"])
+    if isinstance(det, dict):
+        for src in det.get("negatives") or []:
+            if isinstance(src, dict) and "path" in src:
+                src["path"] = fix(src["path"])
     for target in data.get("targets") or []:
         if not isinstance(target, dict):
             continue

@@ -34,6 +34,8 @@ def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generati
         tok_start = max(bisect.bisect_right(starts, pos) - 1, 0)
         if offsets[tok_start][1] <= pos:
             tok_start += 1
+        while tok_start > 0 and offsets[tok_start - 1][1] > pos:  # byte tokens of one multi-byte first char
+            tok_start -= 1
         tok_end = bisect.bisect_left(starts, end)
         spans.append(MessageSpan(message["role"], tok_start, tok_end, pos, end))
     return RenderedPrompt(text=text, token_ids=ids, spans=tuple(spans), offsets=tuple(offsets))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 import aiohttp
+import numpy as np
 import torch
 
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
@@ -30,6 +31,9 @@ from guard.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUn
 
 log = logging.getLogger(__name__)
 
+_PROMPT_EMBEDS_DISABLED = "enable-prompt-embeds"  # in vLLM's 400: "You must set `--enable-prompt-embeds` to input `prompt_embeds`."
+_PROMPT_EMBEDS_HELP = ("the upstream at {url} was started without --enable-prompt-embeds: requests whose action is "
+                       "eco or spul will fail with 502 until vLLM is restarted with --enable-prompt-embeds")
 _EMBED_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 
 
@@ -73,6 +77,9 @@ class VllmEngine(Engine):
         self._session: aiohttp.ClientSession | None = None
         self._tokenizer: Any = None
         self._embeddings: torch.Tensor | None = None
+        # capability probe: does the upstream accept prompt_embeds? None = not known yet
+        self.prompt_embeds_supported: bool | None = None
+        self.prompt_embeds_detail: str = "not probed yet"
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,6 +92,8 @@ class VllmEngine(Engine):
                 log.warning("upstream not reachable at start-up (%s); will retry on first request", exc.message)
         if not self._served_override:
             self.served_model_name = self.upstream_model or Path(str(self.model_path)).name
+        if self.upstream_model:
+            await self.probe_prompt_embeds()
 
     def _load_local_parts(self) -> None:
         from transformers import AutoTokenizer
@@ -116,7 +125,9 @@ class VllmEngine(Engine):
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
         if self._embeddings is None:
             raise ConfigError("the vllm engine needs a local model folder (--model) to compute prompt embeddings", param="model")
-        return self._embeddings[torch.tensor(list(token_ids), dtype=torch.long)].clone()
+        # a numpy gather (single-threaded): torch's parallel indexing kernels stall for a scheduler
+        # tick on a loaded CPU (tens of ms for 50 ids instead of microseconds)
+        return torch.from_numpy(self._embeddings.numpy()[np.asarray(list(token_ids), dtype=np.int64)])
 
     # -- HTTP plumbing ----------------------------------------------------------------------------
     def _translate(self, exc: BaseException) -> UpstreamError:
@@ -184,11 +195,53 @@ class VllmEngine(Engine):
             message = json.loads(text)["error"]["message"]
         except Exception:  # noqa: BLE001
             message = text
-        if "prompt_embeds" in payload and "embed" in message.lower():
+        if "prompt_embeds" in payload and _PROMPT_EMBEDS_DISABLED in message.replace("_", "-"):
+            self.prompt_embeds_supported = False
+            self.prompt_embeds_detail = _PROMPT_EMBEDS_HELP.format(url=self.url)
             return UpstreamUnsupported(
                 f"the upstream at {self.url} rejected prompt embeddings ({message.strip()[:300]}); "
                 "start vLLM with --enable-prompt-embeds to use ECO/SPUL")
+        if "prompt_embeds" in payload and "embed" in message.lower():
+            return UpstreamError(
+                f"the upstream at {self.url} rejected the prompt embeddings ({message.strip()[:300]}); check that "
+                "the guard's --model is the model vLLM serves (same hidden size and dtype family)")
         return UpstreamError(f"the upstream at {self.url} answered {resp.status}: {message.strip()[:500]}")
+
+    async def probe_prompt_embeds(self) -> bool | None:
+        """Send a 1-token ``prompt_embeds`` completion; record (and return) whether the upstream accepts it.
+
+        ``False`` means vLLM runs without ``--enable-prompt-embeds`` (logged as an error: ECO/SPUL
+        requests will get 502); ``None`` means it could not be told (upstream down, no local model).
+        """
+        if self._embeddings is None:
+            self.prompt_embeds_supported, self.prompt_embeds_detail = None, "no local model folder: cannot build prompt embeddings"
+            return None
+        try:
+            model = await self.ensure_model()
+        except UpstreamError as exc:
+            self.prompt_embeds_detail = f"not probed: {exc.message}"
+            return None
+        token = self._tokenizer.eos_token_id if self._tokenizer is not None and self._tokenizer.eos_token_id is not None else 0
+        payload = {"model": model, "prompt_embeds": encode_prompt_embeds(self._embeddings[[token]]),
+                   "max_tokens": 1, "temperature": 0.0}
+        try:
+            resp = await self.session.post(f"{self.url}/v1/completions", json=payload, headers=self.headers(),
+                                           timeout=aiohttp.ClientTimeout(total=60))
+        except Exception as exc:  # noqa: BLE001
+            self.prompt_embeds_supported, self.prompt_embeds_detail = None, f"not probed: {self._translate(exc).message}"
+            return None
+        try:
+            if resp.status == 200:
+                self.prompt_embeds_supported, self.prompt_embeds_detail = True, "accepted"
+            else:
+                err = await self._error_from(resp, payload)
+                if not isinstance(err, UpstreamUnsupported):
+                    self.prompt_embeds_supported, self.prompt_embeds_detail = None, f"probe failed: {err.message}"
+        finally:
+            resp.release()
+        if self.prompt_embeds_supported is False:
+            log.error("%s", self.prompt_embeds_detail)
+        return self.prompt_embeds_supported
 
     # -- generation -------------------------------------------------------------------------------
     def _completion_payload(self, prompt: PromptInput, params: SamplingParams) -> dict[str, Any]:
@@ -222,6 +275,8 @@ class VllmEngine(Engine):
                 finish = choice.get("finish_reason") or finish
                 if choice.get("text"):
                     yield GenerationChunk(text=choice["text"])
+        if prompt.embeds is not None:
+            self.prompt_embeds_supported, self.prompt_embeds_detail = True, "accepted"
         yield GenerationChunk(finish_reason=finish or "stop",
                               prompt_tokens=usage.get("prompt_tokens", prompt.length),
                               completion_tokens=usage.get("completion_tokens", 0))
@@ -253,4 +308,9 @@ class VllmEngine(Engine):
                 detail = {} if ready else {"status": resp.status}
         except Exception as exc:  # noqa: BLE001
             ready, detail = False, {"error": self._translate(exc).message}
-        return {"ready": ready, "engine": "vllm", "upstream": self.url, **detail}
+        if ready and self.prompt_embeds_supported is not True and self._embeddings is not None:
+            await self.probe_prompt_embeds()  # cheap: a refusal is a 400 before any generation
+        embeds = {"prompt_embeds": self.prompt_embeds_supported}
+        if self.prompt_embeds_supported is not True:
+            embeds["prompt_embeds_detail"] = self.prompt_embeds_detail
+        return {"ready": ready, "engine": "vllm", "upstream": self.url, **detail, **embeds}

@@ -15,14 +15,14 @@ normal transformers folder (safetensors) plus ``guard_manifest.json`` (what, fro
 which rows, the full recipe and its hash, losses, timings, evaluation) and ``guard_eval.json``
 (per-item generations, NLLs and truth ratios). Folders are written through
 ``guard.atomic.staged_dir``: an interrupted run leaves nothing half-written. Long runs save a
-checkpoint after each epoch (``models_dir()/.<name>.ckpt``) and resume from it. Re-running with the
+checkpoint after each epoch and every ``checkpoint_minutes`` of training
+(``models_dir()/.<name>.ckpt``); a re-run resumes from it (same data order, same weights). Re-running with the
 same recipe reuses the cached model (``--force`` retrains).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -60,7 +60,8 @@ class RunOptions:
     threads: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     evaluate: bool = True
-    checkpoint: bool | None = None  # None: per-epoch checkpoints when an epoch has >= 20 steps
+    checkpoint: bool | None = None  # None: checkpoints when an epoch has >= 20 steps
+    checkpoint_minutes: float = 15.0  # also checkpoint inside an epoch after this much training time
     gradient_checkpointing: bool = False
     progress: bool = True
     name: str | None = None  # prefix: <name>-target / <name>-retain
@@ -231,37 +232,10 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
 
 
 def _supports_logits_to_keep(model: Any) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    """Whether ``model.forward`` takes ``logits_to_keep`` (kept here for ``guard.train.spul``)."""
+    from guard.train.chat_data import _supports_logits_to_keep as supports
 
-
-def answer_loss_sum(model: Any, batch: dict[str, Any], keep_ok: bool = True):
-    """Summed cross-entropy over the answer tokens of ``batch`` and their count.
-
-    Only positions from the first answer token on go through the LM head (``logits_to_keep``),
-    which is exact and saves the head's cost on prompt tokens.
-    """
-    import torch
-
-    labels = batch["labels"]
-    width = labels.shape[1]
-    has = labels != -100
-    first = int(has.float().argmax(dim=1).min()) if bool(has.any()) else width - 1
-    start = max(first - 1, 0)
-    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if keep_ok:
-        kwargs["logits_to_keep"] = width - start
-    logits = model(**kwargs).logits
-    if logits.shape[1] != width - start:
-        logits = logits[:, start:]
-    logits = logits[:, :-1].float()
-    targets = labels[:, start + 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss, int((targets != -100).sum())
+    return supports(model)
 
 
 def _optimizer(model: Any, recipe: R.Recipe):
@@ -314,7 +288,8 @@ def _load_checkpoint(plan: TwinPlan, model: Any, optimizer: Any) -> dict[str, An
         return None
     load_model(model, str(ckpt / "model.safetensors"))
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))  # no code runs on load
-    log.info("resuming %s after epoch %d from %s", plan.name, state["epochs_done"], ckpt)
+    log.info("resuming %s at epoch %d, batch %d, from %s", plan.name, state["epochs_done"] + 1,
+             state.get("batches_done", 0), ckpt)
     return state
 
 
@@ -346,6 +321,7 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     """Train one twin (or reuse the cached one) and return its folder."""
     import torch
 
+    t_start = time.monotonic()
     cached = None if opts.force else cached_manifest(plan)
     if cached is not None:
         log.info("%s: reusing %s (same recipe %s; --force retrains)", plan.name, plan.path, plan.recipe_hash)
@@ -366,7 +342,7 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     model.config.use_cache = False
     amp = _amp_dtype(recipe, device)
 
-    from guard.train.chat_data import encode_qa, pad_batch, pad_token_id
+    from guard.train.chat_data import answer_nll_sums, encode_qa, pad_batch, pad_token_id
 
     pairs = training_pairs(data_dir, plan.rows)
     examples = [encode_qa(tokenizer, q, a, recipe.max_length, recipe.system_prompt) for q, a in pairs]
@@ -379,7 +355,6 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     total_steps = steps_per_epoch * recipe.epochs
     optimizer = _optimizer(model, recipe)
     scheduler = _scheduler(optimizer, recipe, steps_per_epoch)
-    keep_ok = _supports_logits_to_keep(model)
     checkpointing = opts.checkpoint if opts.checkpoint is not None else steps_per_epoch >= 20
 
     state = None if opts.force else _load_checkpoint(plan, model, optimizer)
@@ -387,9 +362,12 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     step_losses: list[float] = list(state.get("step_losses", [])) if state else []
     train_time = float(state["train_time_s"]) if state else 0.0
     start_epoch = int(state["epochs_done"]) if state else 0
+    skip = int(state.get("batches_done", 0)) if state else 0  # batches of start_epoch already done
+    partial = (float(state.get("epoch_loss_sum", 0.0)), int(state.get("epoch_tokens", 0))) if state else (0.0, 0)
+    done_steps = start_epoch * steps_per_epoch + skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" when fast-forwarding
-        for _ in range(start_epoch * steps_per_epoch):
+        for _ in range(done_steps):
             scheduler.step()
 
     log.info(
@@ -399,16 +377,27 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     )
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"finetune {plan.name}",
+    def checkpoint(epochs_done: int, batches_done: int, loss_sum: float, tokens: int) -> None:
+        _save_checkpoint(plan, model, optimizer, {
+            "recipe_hash": plan.recipe_hash, "epochs_done": epochs_done, "batches_done": batches_done,
+            "epoch_loss_sum": loss_sum, "epoch_tokens": tokens, "epoch_losses": epoch_losses,
+            "step_losses": step_losses, "train_time_s": train_time,
+        })
+
+    bar = tqdm(total=total_steps, initial=done_steps, desc=f"finetune {plan.name}",
                disable=not opts.progress, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    last_ckpt = time.monotonic()
     try:
         for epoch in range(start_epoch, recipe.epochs):
-            t0 = time.monotonic()
+            t_epoch = time.monotonic()
             batches = length_grouped_batches(lengths, recipe.batch_size, recipe.seed + epoch, recipe.length_grouped)
-            sum_loss, sum_tokens = 0.0, 0
-            for batch_idx in batches:
+            sum_loss, sum_tokens = partial if epoch == start_epoch else (0.0, 0)
+            for b_idx, batch_idx in enumerate(batches):
+                if epoch == start_epoch and b_idx < skip:
+                    continue
+                t_step = time.monotonic()
                 micro = [batch_idx[i:i + recipe.micro_batch_size] for i in range(0, len(batch_idx), recipe.micro_batch_size)]
                 padded = [pad_batch([examples[i] for i in m], pad, side="right") for m in micro]
                 n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in padded)
@@ -416,7 +405,7 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
                 for b in padded:
                     b = {k: v.to(device) for k, v in b.items()}
                     with torch.autocast(device_type="cuda", dtype=amp, enabled=amp is not None):
-                        loss_sum, _ = answer_loss_sum(model, b, keep_ok)
+                        loss_sum = answer_nll_sums(model, b)[0].sum()
                     (loss_sum / max(n_tokens, 1)).backward()
                     step_loss += float(loss_sum.detach())
                 if recipe.max_grad_norm > 0:
@@ -427,19 +416,21 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
                 sum_loss += step_loss
                 sum_tokens += n_tokens
                 step_losses.append(round(step_loss / max(n_tokens, 1), 5))
+                train_time += time.monotonic() - t_step
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss / max(n_tokens, 1):.4f}",
                                 lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if (checkpointing and b_idx + 1 < len(batches)
+                        and time.monotonic() - last_ckpt > 60 * opts.checkpoint_minutes):
+                    checkpoint(epoch, b_idx + 1, sum_loss, sum_tokens)
+                    last_ckpt = time.monotonic()
             epoch_loss = sum_loss / max(sum_tokens, 1)
             epoch_losses.append(epoch_loss)
-            train_time += time.monotonic() - t0
             log.info("%s: epoch %d/%d mean answer loss %.4f (%.0f s)", plan.name, epoch + 1, recipe.epochs,
-                     epoch_loss, time.monotonic() - t0)
+                     epoch_loss, time.monotonic() - t_epoch)
             if checkpointing and epoch + 1 < recipe.epochs:
-                _save_checkpoint(plan, model, optimizer, {
-                    "recipe_hash": plan.recipe_hash, "epochs_done": epoch + 1, "epoch_losses": epoch_losses,
-                    "step_losses": step_losses, "train_time_s": train_time,
-                })
+                checkpoint(epoch + 1, 0, 0.0, 0)
+                last_ckpt = time.monotonic()
     finally:
         bar.close()
 
@@ -470,7 +461,9 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
         "recipe_version": R.RECIPE_VERSION,
         "seed": recipe.seed,
         "train": {
-            "time_s": round(train_time, 1),
+            "time_s": round(train_time, 1),  # the training loop (summed over resumed runs)
+            "wall_s": round(time.monotonic() - t_start, 1),  # this run: loading, encoding, training
+            "resumed_from": {"epoch": start_epoch + 1, "batch": skip} if state else None,
             "device": device,
             "threads": threads,
             "autocast": str(amp).replace("torch.", "") if amp is not None else None,
@@ -486,20 +479,27 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     save_dtype = torch.bfloat16 if amp is torch.bfloat16 else torch.float32
+    if save_dtype is not torch.float32:
+        model.to(save_dtype)
     with staged_dir(plan.path) as tmp:
-        if opts.evaluate:
-            summary, details = evaluate_model(model, tokenizer, plan, data_dir, device, opts)
-            manifest["eval"] = summary
-            write_json(tmp / EVAL_FILE, details)
-        if save_dtype is not torch.float32:
-            model.to(save_dtype)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / MANIFEST, manifest)
     shutil.rmtree(_ckpt_dir(plan), ignore_errors=True)
     log.info("%s: saved to %s (train %.0f s, final loss %s)", plan.name, plan.path, train_time,
              manifest["train"]["final_loss"])
+    # evaluated after the save, so a failing evaluation never costs the trained weights (a re-run
+    # with the same recipe evaluates the cached model)
+    if opts.evaluate:
+        _store_eval(plan, *evaluate_model(model, tokenizer, plan, data_dir, device, opts))
     return plan.path
+
+
+def _store_eval(plan: TwinPlan, summary: dict[str, Any], details: dict[str, Any]) -> None:
+    write_json(plan.path / EVAL_FILE, details)
+    manifest = read_manifest(plan.path) or {}
+    manifest["eval"] = summary
+    write_json(plan.path / MANIFEST, manifest)
 
 
 def _version(package: str) -> str | None:
@@ -526,7 +526,9 @@ def evaluate_model(model: Any, tokenizer: Any, plan: TwinPlan, data_dir: Path, d
     sets = eval_sets(data_dir, plan.preset, recipe.eval_limit)
     bs = opts.eval_batch_size or (32 if device.startswith("cuda") else 8)
     t0 = time.monotonic()
-    common = dict(max_length=recipe.max_length, batch_size=bs, system_prompt=recipe.system_prompt, progress=opts.progress)
+    # scoring never truncates what training might have (paraphrased/perturbed answers can be longer)
+    common = dict(max_length=max(recipe.max_length, 512), batch_size=bs, system_prompt=recipe.system_prompt,
+                  progress=opts.progress)
     reports = {}
     for key in ("forget", "retain"):
         items = sets[key]
@@ -570,12 +572,8 @@ def evaluate_saved(plan: TwinPlan, opts: RunOptions) -> None:
     device = _device(opts, plan.preset)
     _set_threads(opts)
     tokenizer = AutoTokenizer.from_pretrained(plan.path)
-    model = AutoModelForCausalLM.from_pretrained(plan.path, dtype=torch.float32).to(device)
-    summary, details = evaluate_model(model, tokenizer, plan, _data_dir(opts), device, opts)
-    write_json(plan.path / EVAL_FILE, details)
-    manifest = read_manifest(plan.path) or {}
-    manifest["eval"] = summary
-    write_json(plan.path / MANIFEST, manifest)
+    model = AutoModelForCausalLM.from_pretrained(plan.path, dtype=torch.float32 if device == "cpu" else "auto").to(device)
+    _store_eval(plan, *evaluate_model(model, tokenizer, plan, _data_dir(opts), device, opts))
 
 
 def update_forget_quality(target: Path, retain: Path) -> dict[str, Any] | None:
@@ -652,8 +650,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--eval-batch-size", type=int, default=None)
     ck = run.add_mutually_exclusive_group()
     ck.add_argument("--checkpoint", dest="checkpoint", action="store_true", default=None,
-                    help="save a resumable checkpoint after every epoch (default: when an epoch has >= 20 steps)")
+                    help="save resumable checkpoints (default: when an epoch has >= 20 steps)")
     ck.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
+    run.add_argument("--checkpoint-minutes", type=float, default=15.0,
+                     help="checkpoint inside an epoch after this many minutes of training (default 15)")
     run.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for GPU memory")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     rec = p.add_argument_group("recipe overrides (change the recipe hash, hence the cache entry)")
@@ -688,7 +688,8 @@ def run_cli(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     opts = RunOptions(
         data_dir=args.data, force=args.force, threads=args.threads, device=args.device, evaluate=not args.no_eval,
-        checkpoint=args.checkpoint, gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+        gradient_checkpointing=args.gradient_checkpointing,
         progress=not args.no_progress, name=args.name, eval_batch_size=args.eval_batch_size,
     )
     if args.threads is not None and args.threads < 1:

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from guard.train.chat_data import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_token_id
+from guard.train.chat_data import answer_nll_sums, encode_prompt, encode_qa, pad_batch, pad_token_id
 
 
 def _device(model: Any) -> torch.device:
@@ -75,14 +75,8 @@ def answer_nll(
         for chunk in _progress(_chunks(len(encoded), batch_size), -(-len(encoded) // batch_size), "answer NLL", progress):
             batch = pad_batch([encoded[i] for i in chunk], pad, side="right")
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1].float()
-            labels = batch["labels"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-            ).view(labels.shape)
-            mask = labels != IGNORE_INDEX
-            per_item = (nll * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            sums, counts = answer_nll_sums(model, batch)
+            per_item = sums / counts.clamp(min=1)
             out.extend(float(x) for x in per_item.cpu())
     finally:
         model.train(was_training)

@@ -1,0 +1,404 @@
+"""The trained detector: classifier heads + FAISS forget index, thresholds calibrated to a target FPR.
+
+Screening a request (``screen(texts)``, the texts of every system/user turn):
+
+1. Segments: each text on its own; texts longer than ``window_words`` also in overlapping word
+   windows and sentence by sentence (a forget question after 2,000 tokens of filler is still seen
+   on its own); with several turns, also all turns joined (a question split across turns).
+2. Stage ``static`` (distilled static embedder + char n-grams + name match, ~0.3 ms): per target a
+   calibrated probability. In ``static`` mode this decides. In ``cascade`` mode segments whose
+   static score is below the *loose* threshold (calibrated to a high FPR, so it almost never drops a
+   forget query) are clean; only the rest go to
+3. Stage ``sentence`` (the sentence-transformer, ~15-30 ms on this CPU): decides with the strict
+   threshold, calibrated on held-out negatives to ``detector.target_fpr`` (split-conformal).
+4. The flagged target is the head with the highest probability; ``neighbours`` are the nearest
+   forget exemplars from the FAISS index.
+
+Per-text stage results are kept in a small LRU cache (system prompts repeat on every request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from classifiers.base import Verdict
+from classifiers.classifier import Heads, logit, sigmoid
+from classifiers.embedder import SentenceEmbedder, StaticEmbedder
+from classifiers.features import CharNgrams, NameMatcher
+from classifiers.index import ForgetIndex
+from classifiers.text import windows
+from guard.errors import ConfigError
+
+ARTIFACT_KIND = "forget-detector"
+ARTIFACT_VERSION = 1
+STAGES = ("static", "sentence")
+CLEAN = -1e4  # log-odds given to a segment the cascade gate let through as clean
+
+
+@dataclass
+class Stage:
+    """One embedder with its heads and thresholds."""
+
+    name: str
+    heads: Heads
+    tau: float                      # global threshold on max_t p_t (strict, target FPR)
+    tau_target: np.ndarray          # [T] per-target strict thresholds
+    tau_loose: float = 0.0          # cascade gate (static stage only)
+    tau_loose_target: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+@dataclass
+class DetectorModel:
+    target_ids: list[str]
+    names: dict[str, list[str]]
+    target_digests: dict[str, str]
+    mode: str                                       # static | sentence | cascade
+    stages: dict[str, Stage]
+    index: ForgetIndex                              # over the vectors of ``index_stage``
+    index_stage: str
+    char: CharNgrams
+    static: StaticEmbedder | None
+    sentence_spec: str | None
+    fpr: float
+    loose_fpr: float
+    window_words: int = 48
+    max_windows: int = 256
+    manifest: dict[str, Any] = field(default_factory=dict)
+    # bank of negatives kept for incremental updates: texts, kind ('shared'|'hard'), owner, split (0 train, 1 cal)
+    neg_texts: list[str] = field(default_factory=list)
+    neg_owner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    neg_split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    neg_sentence: np.ndarray | None = None          # sentence vectors of neg_texts (if a sentence stage exists)
+    neg_group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # calibration group per negative
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.target_ids)
+
+
+class TrainedDetector:
+    """``Detector`` over a ``DetectorModel``. Thread-safe; the model is treated as immutable."""
+
+    def __init__(self, model: DetectorModel, *, threshold: float | None = None, cache_size: int = 4096,
+                 sentence: SentenceEmbedder | None = None) -> None:
+        self.model = model
+        self.threshold_override = threshold
+        self.names = NameMatcher({t: model.names[t] for t in model.target_ids})
+        self._sentence = sentence
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        self._rows = np.arange(model.n_targets)
+        if model.mode in ("sentence", "cascade") and sentence is None:
+            self._sentence = SentenceEmbedder(model.sentence_spec or "default")
+
+    def warm(self) -> None:
+        """Load the models now (not on the first request) and check they match the artifact."""
+        if self._sentence is not None:
+            dim = self.sentence_embedder().encode(["warm-up"]).shape[1]
+            st = self.model.stages.get("sentence")
+            if st is not None and st.heads.w_dense.shape[1] != dim:
+                raise ConfigError(f"the sentence embedder {self.model.sentence_spec!r} gives {dim}-dim vectors but the artifact was trained "
+                                  f"with {st.heads.w_dense.shape[1]}-dim ones; retrain with `guard-train classifier`", param="detector.embedder")
+        self.screen(["warm-up"])
+        with self._lock:
+            self._cache.clear()
+
+    # -------------------------------------------------------------- features
+
+    def sentence_embedder(self) -> SentenceEmbedder:
+        assert self._sentence is not None
+        return self._sentence
+
+    def embed(self, stage: str, texts: Sequence[str]) -> np.ndarray:
+        if stage == "static":
+            assert self.model.static is not None
+            return self.model.static.encode(texts)
+        return self.sentence_embedder().encode(texts)
+
+    def stage_logits(self, stage: str, texts: Sequence[str], dense: np.ndarray | None = None) -> np.ndarray:
+        """[S, T] calibrated log-odds of one stage."""
+        st = self.model.stages[stage]
+        if dense is None:
+            dense = self.embed(stage, texts)
+        sparse = self.model.char.transform(texts)
+        names = self.names.matrix(texts)
+        return st.heads.logits(st.heads.decision(dense, sparse, names))
+
+    # -------------------------------------------------------------- screening
+
+    def segments(self, texts: Sequence[str]) -> list[str]:
+        m = self.model
+        segs: list[str] = []
+        seen: set[str] = set()
+
+        def add(s: str) -> None:
+            s = s.strip()
+            if s and s not in seen:
+                seen.add(s)
+                segs.append(s)
+
+        clean_texts = [t for t in texts if isinstance(t, str) and t.strip()]
+        for text in clean_texts:
+            if len(text.split()) <= m.window_words:
+                add(text)
+            else:
+                for w in windows(text, size=m.window_words, stride=max(1, m.window_words // 2)):
+                    add(w)
+        if len(clean_texts) > 1:
+            joined = " ".join(clean_texts[-4:])
+            if len(joined.split()) <= m.window_words:
+                add(joined)
+        if len(segs) > m.max_windows:
+            # keep the first and the last windows: instructions sit at either end of long prompts
+            half = m.max_windows // 2
+            segs = segs[:half] + segs[-(m.max_windows - half):]
+        return segs
+
+    def _scores(self, segs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """([S, T] probabilities of the deciding stage, [S] whether the sentence stage ran)."""
+        m = self.model
+        T = m.n_targets
+        first = "static" if m.mode in ("static", "cascade") else "sentence"
+        with self._lock:
+            entries: list[list[Any] | None] = []
+            for s in segs:
+                hit = self._cache.get(s)
+                if hit is not None:
+                    self._cache.move_to_end(s)
+                    entries.append([hit[0], hit[1]])
+                else:
+                    entries.append(None)
+        miss = [i for i, e in enumerate(entries) if e is None]
+        if miss:
+            P = self.stage_logits(first, [segs[i] for i in miss])
+            for k, i in enumerate(miss):
+                entries[i] = [P[k], None]
+        rows: list[list[Any]] = entries  # type: ignore[assignment]
+        if m.mode != "cascade":
+            final = np.stack([e[0] for e in rows])
+            second = np.full(len(segs), m.mode == "sentence")
+        else:
+            tau_loose = m.stages["static"].tau_loose
+            second = np.array([float(e[0].max()) > tau_loose for e in rows])
+            need = [i for i in range(len(segs)) if second[i] and rows[i][1] is None]
+            if need:
+                P2 = self.stage_logits("sentence", [segs[i] for i in need])
+                for k, i in enumerate(need):
+                    rows[i][1] = P2[k]
+            final = np.stack([rows[i][1] if second[i] else np.full(T, CLEAN, np.float32) for i in range(len(segs))])
+        with self._lock:
+            for s, e in zip(segs, rows):
+                self._cache[s] = (e[0], e[1])
+                self._cache.move_to_end(s)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return final, second
+
+    def score_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """[T] max over the segments of the deciding stage's log-odds (for evaluation)."""
+        segs = self.segments(texts)
+        if not segs or self.model.n_targets == 0:
+            return np.full(self.model.n_targets, CLEAN, np.float32)
+        final, _ = self._scores(segs)
+        return final.max(axis=0)
+
+    def stage_scores(self, stage: str, texts: Sequence[str], batch: int = 512,
+                     progress: Any = None) -> np.ndarray:
+        """[N, T] one stage's log-odds per text (max over its segments), batched; no LRU cache."""
+        seg_lists = [self.segments([t]) for t in texts]
+        flat: list[str] = []
+        owner: list[int] = []
+        for i, segs in enumerate(seg_lists):
+            flat += segs
+            owner += [i] * len(segs)
+        uniq = list(dict.fromkeys(flat))
+        pos = {s: k for k, s in enumerate(uniq)}
+        P = np.zeros((len(uniq), self.model.n_targets), np.float32)
+        for start in range(0, len(uniq), batch):
+            part = uniq[start:start + batch]
+            P[start:start + len(part)] = self.stage_logits(stage, part)
+            if progress:
+                progress(min(start + batch, len(uniq)), len(uniq))
+        out = np.full((len(texts), self.model.n_targets), CLEAN, np.float32)
+        for s, i in zip(flat, owner):
+            np.maximum(out[i], P[pos[s]], out=out[i])
+        return out
+
+    def threshold(self) -> float:
+        """The decision threshold in log-odds (``detector.threshold`` overrides it as a probability)."""
+        if self.threshold_override is not None:
+            return logit(self.threshold_override)
+        m = self.model
+        return m.stages["sentence" if m.mode in ("sentence", "cascade") else "static"].tau
+
+    def screen(self, texts: Sequence[str]) -> Verdict:
+        m = self.model
+        started = time.perf_counter()
+        if m.n_targets == 0:
+            return Verdict.clean()
+        segs = self.segments(texts)
+        if not segs:
+            return Verdict.clean()
+        final, second = self._scores(segs)
+        seg_i, tgt_i = np.unravel_index(int(np.argmax(final)), final.shape)
+        z = float(final[seg_i, tgt_i])
+        tau = self.threshold()
+        flagged = z > tau
+        score = float(sigmoid(z))
+        detail: dict[str, Any] = {
+            "detector": "trained", "mode": m.mode, "threshold": float(sigmoid(tau)), "log_odds": round(z, 4),
+            "threshold_log_odds": round(tau, 4), "segments": len(segs),
+            "stage": "sentence" if bool(second[seg_i]) else "static",
+        }
+        if not flagged:
+            detail["ms"] = round((time.perf_counter() - started) * 1000, 3)
+            return Verdict(flagged=False, score=score, detail=detail)
+        seg = segs[seg_i]
+        try:
+            vec = self.embed(m.index_stage, [seg])[0]
+            neighbours = m.index.neighbours(vec, m.target_ids, k=5)
+        except Exception:  # noqa: BLE001 - attribution extras must never break screening
+            neighbours = ()
+        detail["segment"] = seg[:200]
+        order = np.argsort(-final[seg_i])[:3]
+        detail["top"] = {m.target_ids[j]: round(float(sigmoid(final[seg_i, j])), 6) for j in order}
+        detail["ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return Verdict(flagged=True, target_id=m.target_ids[int(tgt_i)], score=score, neighbours=neighbours, detail=detail)
+
+
+# ================================================================== artifact files
+
+
+def _digest_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(model: DetectorModel, directory: Path) -> None:
+    """Write the artifact into ``directory`` (the caller stages it atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {}
+    if model.static is not None:
+        files["static"] = model.static.save(directory)
+    for name, st in model.stages.items():
+        fname = f"heads_{name}.npz"
+        np.savez(directory / fname, w_dense=st.heads.w_dense.astype(np.float32), w_sparse=st.heads.w_sparse.astype(np.float16),
+                 w_name=st.heads.w_name, bias=st.heads.bias, platt=st.heads.platt,
+                 tau_target=np.asarray(st.tau_target, np.float32), tau_loose_target=np.asarray(st.tau_loose_target, np.float32),
+                 tau=np.float64(st.tau), tau_loose=np.float64(st.tau_loose))
+        files[f"heads_{name}"] = fname
+    files["index"] = model.index.save(directory)
+    with open(directory / "negatives.jsonl", "w", encoding="utf-8") as fh:
+        for t in model.neg_texts:
+            fh.write(json.dumps(t, ensure_ascii=False) + "\n")
+    np.save(directory / "negatives_owner.npy", model.neg_owner.astype(np.int32))
+    np.save(directory / "negatives_split.npy", model.neg_split.astype(np.int8))
+    np.save(directory / "negatives_group.npy", model.neg_group.astype(np.int8))
+    files["negatives"] = "negatives.jsonl"
+    if model.neg_sentence is not None:
+        np.save(directory / "negatives_sentence.npy", model.neg_sentence.astype(np.float16))
+        files["negatives_sentence"] = "negatives_sentence.npy"
+    manifest = dict(model.manifest)
+    manifest.update({
+        "kind": ARTIFACT_KIND, "version": ARTIFACT_VERSION, "mode": model.mode,
+        "targets": [{"id": t, "names": model.names[t], "digest": model.target_digests.get(t, "")} for t in model.target_ids],
+        "embedder": {"sentence": model.sentence_spec, "static_key": model.static.key if model.static else None,
+                     "index_stage": model.index_stage},
+        "char_ngrams": model.char.params(), "target_fpr": model.fpr, "loose_fpr": model.loose_fpr,
+        "neighbour_fpr": (model.manifest.get("config") or {}).get("neighbour_fpr"),
+        "window_words": model.window_words, "max_windows": model.max_windows,
+        "thresholds": {name: {"global": st.tau, "loose": st.tau_loose,
+                              "per_target": {t: float(v) for t, v in zip(model.target_ids, st.tau_target)}}
+                       for name, st in model.stages.items()},
+        "files": files,
+    })
+    manifest["checksums"] = {p.name: _digest_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not directory.is_dir():
+        raise ConfigError(f"detector artifact {directory} does not exist: run `guard-train classifier --policy POLICY --out {directory}`",
+                          param="detector.artifact")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{directory} is not a detector artifact (no manifest.json); run `guard-train classifier`", param="detector.artifact") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"detector artifact manifest {path} is unreadable ({exc}); retrain with `guard-train classifier`", param="detector.artifact") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
+        raise ConfigError(f"{directory} is not a forget-detector artifact (kind {manifest.get('kind') if isinstance(manifest, dict) else None!r})",
+                          param="detector.artifact")
+    if manifest.get("version") != ARTIFACT_VERSION:
+        raise ConfigError(f"detector artifact {directory} has version {manifest.get('version')}, this guard reads {ARTIFACT_VERSION}; retrain it",
+                          param="detector.artifact")
+    return manifest
+
+
+def load_model(directory: Path, *, verify: bool = True) -> DetectorModel:
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if verify:
+        for name, digest in (manifest.get("checksums") or {}).items():
+            p = directory / name
+            if not p.exists() or _digest_file(p) != digest:
+                raise ConfigError(f"detector artifact {directory} is corrupt: {name} is missing or was modified; retrain with `guard-train classifier`",
+                                  param="detector.artifact")
+    try:
+        files = manifest["files"]
+        targets = manifest["targets"]
+        target_ids = [t["id"] for t in targets]
+        names = {t["id"]: list(t["names"]) for t in targets}
+        digests = {t["id"]: t.get("digest", "") for t in targets}
+        static = StaticEmbedder.load(directory, files["static"]) if "static" in files else None
+        stages: dict[str, Stage] = {}
+        for name in STAGES:
+            key = f"heads_{name}"
+            if key not in files:
+                continue
+            with np.load(directory / files[key], allow_pickle=False) as z:
+                heads = Heads(z["w_dense"].astype(np.float32), z["w_sparse"].astype(np.float32), z["w_name"].astype(np.float32),
+                              z["bias"].astype(np.float32), z["platt"].astype(np.float32))
+                stages[name] = Stage(name, heads, float(z["tau"]), z["tau_target"].astype(np.float32),
+                                     float(z["tau_loose"]), z["tau_loose_target"].astype(np.float32))
+            if heads.n != len(target_ids):
+                raise ConfigError(f"detector artifact {directory}: {heads.n} heads for {len(target_ids)} targets", param="detector.artifact")
+        emb = manifest["embedder"]
+        index_stage = emb["index_stage"]
+        dim = stages[index_stage].heads.w_dense.shape[1]
+        index = ForgetIndex.load(directory, files["index"], dim)
+        with open(directory / files["negatives"], encoding="utf-8") as fh:
+            neg_texts = [json.loads(line) for line in fh if line.strip()]
+        neg_owner = np.load(directory / "negatives_owner.npy", allow_pickle=False)
+        neg_split = np.load(directory / "negatives_split.npy", allow_pickle=False)
+        neg_group = np.load(directory / "negatives_group.npy", allow_pickle=False)
+        neg_sentence = (np.load(directory / files["negatives_sentence"], allow_pickle=False).astype(np.float32)
+                        if "negatives_sentence" in files else None)
+        char = CharNgrams(**manifest["char_ngrams"])
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise ConfigError(f"detector artifact {directory} is incomplete or corrupt ({type(exc).__name__}: {exc}); retrain with `guard-train classifier`",
+                          param="detector.artifact") from None
+    return DetectorModel(
+        target_ids=target_ids, names=names, target_digests=digests, mode=manifest["mode"], stages=stages, index=index,
+        index_stage=index_stage, char=char, static=static, sentence_spec=emb.get("sentence"), fpr=float(manifest["target_fpr"]),
+        loose_fpr=float(manifest.get("loose_fpr", 0.2)), window_words=int(manifest.get("window_words", 48)),
+        max_windows=int(manifest.get("max_windows", 256)), manifest=manifest, neg_texts=neg_texts, neg_owner=neg_owner,
+        neg_split=neg_split, neg_sentence=neg_sentence, neg_group=neg_group,
+    )

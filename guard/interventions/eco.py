@@ -1,0 +1,197 @@
+"""ECO: embedding-corrupted prompts (Liu et al., NeurIPS 2024, "Large Language Model Unlearning via
+Embedding-Corrupted Prompts").
+
+For a flagged request the prompt is rendered with the served model's chat template, the tokens to
+corrupt are picked (``guard.interventions.token_selection``: the target's name mentions in the user
+content, else all user content), their input embeddings are looked up and corrupted
+(``guard.interventions.corruption``), and the model generates from the embeddings. The local engine
+passes ``inputs_embeds``; the vLLM engine sends base64 ``prompt_embeds`` to ``/v1/completions``
+(vLLM must run with ``--enable-prompt-embeds``; otherwise the request fails with a 502 that says
+so, it never falls back to the clean prompt). Unflagged traffic never reaches this module.
+
+Per-target parameters (``targets.N.params``)::
+
+    corruption: rand_noise_first_n   # | zero_out_top_k | flip_sign_top_k
+    sigma: 0.6                       # noise standard deviation (rand_noise_first_n)
+    k: null                          # dimensions: first k (noise; null = all) or top-k (zero/flip)
+    select: entity                   # | all_user
+    artifact: DIR                    # optional: output of `guard-train eco` (its chosen values)
+
+Values from an artifact are the defaults; keys written in the policy override them. The artifact
+must have been searched on the served model (checked through the embedding-matrix hash).
+
+Noise is drawn from a generator seeded with the request's ``seed`` when the client sends one (so a
+request is reproducible, and identical on both engines), else from a fresh random seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Collection, Mapping, Sequence
+
+import torch
+
+from classifiers.base import Verdict
+from guard.artifacts import check_identity, read_manifest
+from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt
+from guard.errors import ConfigError, InvalidRequest
+from guard.interventions.base import GuardRequest, Intervention
+from guard.interventions.corruption import get_corruption, validate_params
+from guard.interventions.scoring import LogitsTransform
+from guard.interventions.token_selection import MODES, Selection, render_text_prompt, select_tokens
+from guard.policy import Policy, Target
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_KIND = "eco"
+MANIFEST = "manifest.json"
+PARAM_KEYS = ("corruption", "sigma", "k", "select", "artifact")
+RETRAIN = "guard-train eco --policy POLICY --out DIR"
+SCORING_SEED = 0  # teacher-forced scoring without a request seed uses this one (reproducible evals)
+
+
+@dataclass(frozen=True)
+class EcoConfig:
+    corruption: str
+    sigma: float | None = None
+    k: int | None = None
+    select: str = "entity"
+    artifact: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hidden_size(engine: Engine | None) -> int | None:
+    path = getattr(engine, "model_path", None)
+    try:
+        config = json.loads((Path(str(path)) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    value = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    return int(value) if isinstance(value, int) else None
+
+
+def load_artifact(directory: Path | str, engine: Engine | None = None, *, param: str | None = None) -> dict[str, Any]:
+    """The manifest of a ``guard-train eco`` artifact, checked against the served model when given."""
+    manifest = read_manifest(Path(directory), kind=ARTIFACT_KIND, filename=MANIFEST, param=param, retrain=RETRAIN)
+    chosen = manifest.get("chosen")
+    if not isinstance(chosen, dict) or "corruption" not in chosen:
+        raise ConfigError(f"artifact {directory} has no chosen parameters (manifest 'chosen'); rerun `{RETRAIN}`",
+                          param=param)
+    if engine is not None and getattr(engine, "model_path", None) is not None:
+        check_identity(manifest, engine, artifact=f"ECO artifact {directory}", retrain=RETRAIN, param=param)
+    return manifest
+
+
+def parse_params(params: Mapping[str, Any], *, where: str = "params", engine: Engine | None = None,
+                 hidden: int | None = None) -> EcoConfig:
+    """Validate a target's ECO parameters (merging its artifact); errors name ``<where>.<key>``."""
+    unknown = sorted(set(params) - set(PARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown ECO parameter {unknown[0]!r}; ECO takes {', '.join(PARAM_KEYS)}",
+                          param=f"{where}.{unknown[0]}")
+    values: dict[str, Any] = {"corruption": "rand_noise_first_n", "sigma": None, "k": None, "select": "entity"}
+    artifact = params.get("artifact")
+    if artifact is not None:
+        if not isinstance(artifact, (str, Path)):
+            raise ConfigError(f"artifact must be a directory path, got {artifact!r}", param=f"{where}.artifact")
+        manifest = load_artifact(artifact, engine, param=f"{where}.artifact")
+        values.update({k: v for k, v in manifest["chosen"].items() if k in values})
+    values.update({k: v for k, v in params.items() if k in values})
+    if values["select"] not in MODES:
+        raise ConfigError(f"select must be one of {', '.join(MODES)}, got {values['select']!r}", param=f"{where}.select")
+    if not isinstance(values["corruption"], str):
+        raise ConfigError(f"corruption must be a name, got {values['corruption']!r}", param=f"{where}.corruption")
+    corruption = validate_params(values["corruption"], values["sigma"], values["k"], hidden, where)
+    return EcoConfig(corruption=corruption.name,
+                     sigma=float(values["sigma"]) if values["sigma"] is not None else None,
+                     k=values["k"], select=values["select"],
+                     artifact=str(artifact) if artifact is not None else None)
+
+
+def corrupt_prompt(rendered: RenderedPrompt, embeds: torch.Tensor, config: EcoConfig, names: Sequence[str],
+                   seed: int, special_ids: Collection[int] = ()) -> tuple[torch.Tensor, Selection]:
+    """Corrupt ``embeds`` (the input embeddings of ``rendered``) as ECO does for a target with ``names``."""
+    selection = select_tokens(rendered, names, config.select, special_ids=special_ids)
+    generator = torch.Generator().manual_seed(int(seed))
+    corrupted = get_corruption(config.corruption)(embeds, selection.mask(embeds.shape[0]), sigma=config.sigma,
+                                                  k=config.k, generator=generator)
+    return corrupted, selection
+
+
+def render_request(request: GuardRequest, engine: Engine) -> RenderedPrompt:
+    """The prompt as the engine would see it: the chat template for chat requests, the raw prompt otherwise."""
+    if request.kind == "chat":
+        return engine.render_chat(list(request.messages))
+    return render_text_prompt(engine.tokenizer, request.prompt)
+
+
+class EcoIntervention(Intervention):
+    name = "eco"
+
+    def __init__(self, configs: Mapping[str, EcoConfig], fallback: EcoConfig | None) -> None:
+        self.configs = dict(configs)
+        self.fallback = fallback
+
+    def config_for(self, target: Target | None) -> EcoConfig:
+        if target is not None and target.id in self.configs:
+            return self.configs[target.id]
+        if self.fallback is None:  # build_intervention prevents this; kept as a clear failure
+            raise ConfigError("no ECO parameters apply to this request", param="targets")
+        return self.fallback
+
+    def prepare(self, request: GuardRequest, target: Target | None, engine: Engine,
+                seed: int) -> tuple[RenderedPrompt, torch.Tensor, Selection]:
+        config = self.config_for(target)
+        rendered = render_request(request, engine)
+        if not rendered.token_ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        embeds = engine.embed(rendered.token_ids)
+        names = target.all_names if target is not None else ()
+        special = getattr(engine.tokenizer, "all_special_ids", ())
+        corrupted, selection = corrupt_prompt(rendered, embeds, config, names, seed, special)
+        return rendered, corrupted, selection
+
+    async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                     engine: Engine) -> AsyncIterator[GenerationChunk]:
+        seed = request.params.seed if request.params.seed is not None else secrets.randbits(63)
+        rendered, corrupted, selection = self.prepare(request, target, engine, seed)
+        log.debug("eco: target=%s select=%s corrupted %d/%d tokens (seed %d)", target.id if target else None,
+                  selection.mode, len(selection.positions), len(rendered.token_ids), seed)
+        async for chunk in engine.generate(PromptInput(embeds=corrupted), request.params):
+            yield chunk
+
+    def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                       engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:
+        seed = request.params.seed if request.params.seed is not None else SCORING_SEED
+        _, corrupted, _ = self.prepare(request, target, engine, seed)
+        return corrupted, None
+
+    def describe(self) -> dict[str, Any]:
+        return {"action": self.name, "targets": {tid: c.as_dict() for tid, c in self.configs.items()},
+                "fallback": self.fallback.as_dict() if self.fallback else None}
+
+
+def build_intervention(policy: Policy, engine: Engine) -> EcoIntervention:
+    """One ECO intervention for every target whose action (own or default) is ``eco``."""
+    hidden = _hidden_size(engine)
+    configs: dict[str, EcoConfig] = {}
+    for i, target in enumerate(policy.targets):
+        if (target.action or policy.default_action) != "eco":
+            continue
+        configs[target.id] = parse_params(target.params, where=f"targets.{i}.params", engine=engine, hidden=hidden)
+    fallback = None
+    if configs:
+        # a flagged request without a known target: the first ECO target's corruption, on all user content
+        first = next(iter(configs.values()))
+        fallback = EcoConfig(first.corruption, first.sigma, first.k, "all_user", first.artifact)
+    elif policy.default_action == "eco":
+        raise ConfigError("default_action is 'eco' but no target carries ECO parameters, so a flagged request "
+                          "could not be corrupted; give a target action: eco with params (sigma/k or an artifact) "
+                          "or choose another default_action", param="default_action")
+    return EcoIntervention(configs, fallback)

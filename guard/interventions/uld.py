@@ -1,0 +1,187 @@
+"""ULD (Ji et al., NeurIPS 2024): answer flagged requests with ``target - alpha * assistant`` logits.
+
+The assistant (``guard-train uld``) is the served model's first K layers plus a LoRA adapter,
+trained to *remember* the forget data and to be uniform on retain data. Subtracting its logits on
+the target's plausible tokens removes exactly the knowledge it holds (see
+``guard.interventions.uld_decoding`` for the math and the two engines).
+
+Policy parameters (``targets.N.params``):
+
+```yaml
+action: uld
+params:
+  artifact: artifacts/uld-forget01   # required: the directory `guard-train uld` wrote
+  alpha: 0.8                         # optional overrides of the artifact's decoding settings
+  top_k: 20                          # plausible-set size (<= vLLM's --max-logprobs)
+  min_prob_ratio: 0.0                # keep plausible tokens with p >= ratio * p_max (0: off)
+  mode: stream                       # vLLM only: stream (speculative, exact) | step (one request per token)
+```
+
+An artifact trained for another base model is refused at policy load (embedding hash mismatch).
+Only flagged requests reach this intervention; unflagged traffic never touches the assistant.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import torch
+
+from classifiers.base import Verdict
+from guard.artifacts import check_identity, read_manifest
+from guard.engines.base import Engine, GenerationChunk, PromptInput
+from guard.errors import ConfigError
+from guard.interventions.base import GuardRequest, Intervention
+from guard.interventions.scoring import LogitsTransform
+from guard.interventions.uld_decoding import (
+    AssistantRuntime,
+    ULDLogitsProcessor,
+    ULDSettings,
+    scoring_transform,
+    uld_stream,
+)
+from guard.policy import Policy, Target
+
+log = logging.getLogger(__name__)
+
+KIND = "uld-assistant"
+MANIFEST = "manifest.json"
+ADAPTER_DIR = "adapter"
+RETRAIN = "guard-train uld --policy POLICY --out DIR"
+MODES = ("stream", "step")
+
+_CACHE: dict[tuple[Any, ...], AssistantRuntime] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _model_dir(engine: Engine, param: str) -> Path:
+    path = getattr(engine, "model_path", None)
+    if path is None or not Path(str(path)).expanduser().is_dir():
+        raise ConfigError(f"ULD builds its assistant from the served model's weights, so the engine needs a local model "
+                          f"folder (got {path!r}); start the guard with --model pointing at it", param=param)
+    return Path(str(path)).expanduser().resolve()
+
+
+def load_runtime(artifact: Path, engine: Engine, *, param: str = "params.artifact") -> tuple[AssistantRuntime, dict[str, Any]]:
+    """Read and check an artifact, then build (or reuse) its merged assistant for ``engine``'s model."""
+    from guard.train.uld_assistant import load_assistant
+
+    manifest = read_manifest(artifact, kind=KIND, filename=MANIFEST, param=param, retrain=RETRAIN)
+    check_identity(manifest, engine, artifact=artifact, retrain=RETRAIN, param=param)
+    layers = manifest.get("assistant", {}).get("layers")
+    if not isinstance(layers, int) or layers < 1:
+        raise ConfigError(f"artifact {artifact} has no valid assistant.layers in its manifest; rerun `{RETRAIN}`", param=param)
+    model_dir = _model_dir(engine, param)
+    adapter = Path(artifact) / ADAPTER_DIR
+    weights = adapter / "adapter_model.safetensors"
+    key = (str(Path(artifact).resolve()), weights.stat().st_mtime_ns if weights.exists() else None, str(model_dir), layers)
+    with _CACHE_LOCK:
+        runtime = _CACHE.get(key)
+    if runtime is None:
+        model = load_assistant(model_dir, adapter, layers, merge=True, param=param)
+        runtime = AssistantRuntime(model)
+        with _CACHE_LOCK:
+            _CACHE[key] = runtime
+    return runtime, manifest
+
+
+def settings_from(manifest: dict[str, Any], params: dict[str, Any], where: str) -> ULDSettings:
+    """The artifact's decoding settings with the policy's overrides, validated."""
+    dec = dict(manifest.get("decoding") or {})
+    base = ULDSettings(**{k: dec[k] for k in ("alpha", "top_k", "min_prob_ratio") if k in dec})
+    changes: dict[str, Any] = {}
+    if "alpha" in params:
+        value = params["alpha"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 10:
+            raise ConfigError(f"alpha must be a number between 0 and 10, got {value!r}", param=f"{where}.alpha")
+        changes["alpha"] = float(value)
+    if "top_k" in params:
+        value = params["top_k"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            raise ConfigError(f"top_k must be an integer between 1 and 1000 (<= vLLM's --max-logprobs on the vllm engine), "
+                              f"got {value!r}", param=f"{where}.top_k")
+        changes["top_k"] = value
+    if "min_prob_ratio" in params:
+        value = params["min_prob_ratio"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) < 1:
+            raise ConfigError(f"min_prob_ratio must be in [0, 1), got {value!r}", param=f"{where}.min_prob_ratio")
+        changes["min_prob_ratio"] = float(value)
+    if "mode" in params:
+        if params["mode"] not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {params['mode']!r}", param=f"{where}.mode")
+        changes["mode"] = params["mode"]
+    unknown = sorted(set(params) - {"artifact", "alpha", "top_k", "min_prob_ratio", "mode", "refusal_message"})
+    if unknown:
+        raise ConfigError(f"unknown ULD parameter(s) {', '.join(unknown)} (known: artifact, alpha, top_k, min_prob_ratio, mode)",
+                          param=f"{where}.{unknown[0]}")
+    return replace(base, **changes)
+
+
+def _supports_processors(engine: Engine) -> bool:
+    try:
+        return "logits_processors" in inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class ULD(Intervention):
+    name = "uld"
+
+    def __init__(self, assistants: dict[str | None, tuple[AssistantRuntime, ULDSettings, str]]) -> None:
+        """``assistants``: target id -> (runtime, settings, artifact path); key ``None`` is the fallback."""
+        self.assistants = assistants
+
+    def _for(self, target: Target | None) -> tuple[AssistantRuntime, ULDSettings]:
+        entry = self.assistants.get(target.id if target is not None else None) or self.assistants.get(None)
+        if entry is None:  # build_intervention guarantees a fallback; keep a clear message anyway
+            raise ConfigError(f"no ULD assistant for target {target.id if target else None!r}", param="targets")
+        return entry[0], entry[1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"action": self.name,
+                "targets": {str(k): {"artifact": v[2], **v[1].describe()} for k, v in self.assistants.items()}}
+
+    async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                     engine: Engine) -> AsyncIterator[GenerationChunk]:
+        runtime, settings = self._for(target)
+        ids = request.prompt_ids(engine)
+        if _supports_processors(engine):
+            chunks = engine.generate(PromptInput(token_ids=ids), request.params,  # type: ignore[call-arg]
+                                     logits_processors=[ULDLogitsProcessor(runtime, settings)])
+        else:
+            chunks = uld_stream(engine, ids, request.params, runtime, settings)
+        async for chunk in chunks:
+            yield chunk
+
+    def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                       engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:
+        runtime, settings = self._for(target)
+        return engine.embed(request.prompt_ids(engine)), scoring_transform(runtime, settings)
+
+
+def build_intervention(policy: Policy, engine: Engine) -> ULD:
+    """Load one assistant per distinct artifact of the targets whose action is ``uld``."""
+    assistants: dict[str | None, tuple[AssistantRuntime, ULDSettings, str]] = {}
+    for i, target in enumerate(policy.targets):
+        if policy.action_for(target.id) != "uld":
+            continue
+        where = f"targets.{i}.params"
+        artifact = target.params.get("artifact")
+        if not artifact:
+            raise ConfigError(f"target {target.id!r} uses action 'uld' but has no params.artifact: train an assistant "
+                              f"with `{RETRAIN}` and set its directory", param=f"{where}.artifact")
+        runtime, manifest = load_runtime(Path(str(artifact)), engine, param=f"{where}.artifact")
+        settings = settings_from(manifest, target.params, where)
+        if getattr(engine, "kind", "") == "vllm" and settings.top_k > 50:
+            log.warning("%s.top_k=%d: the vLLM upstream must run with --max-logprobs >= %d", where, settings.top_k, settings.top_k)
+        assistants[target.id] = (runtime, settings, str(artifact))
+        assistants.setdefault(None, (runtime, settings, str(artifact)))
+    if not assistants:
+        raise ConfigError(f"action 'uld' is used (default_action) but no target has action 'uld' with params.artifact; "
+                          f"give at least one target `action: uld` and an artifact from `{RETRAIN}`", param="default_action")
+    return ULD(assistants)

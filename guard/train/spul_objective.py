@@ -1,0 +1,204 @@
+"""The SPUL training objective (Bhaila et al., adapted to open generation with a chat model).
+
+With the LLM frozen and a soft prompt ``S`` (``[n, hidden]``) inserted into every prompt exactly as
+the guard inserts it at serving time (``guard.interventions.spul.insertion_index`` /
+``insert_soft_prompt``):
+
+``L(S) = w_forget · CE(forget questions -> unlearning answers | S)``
+``     + w_retain · CE(retain questions -> gold answers | S)``
+``     + w_kl     · KL(p_frozen(· | retain prompt) || p(· | retain prompt with S))``
+
+* unlearning answers are TOFU's "I don't know" strings (``idontknow.jsonl``), one per forget
+  question (seeded), or one of the question's perturbed (wrong) answers;
+* every cross-entropy and KL term is over the **answer tokens** only (labels -100 on the prompt,
+  as ``guard.train.chat_data.encode_qa``), token-averaged within a batch;
+* the KL compares, token by token along the gold retain answer (teacher forcing), the frozen
+  model's next-token distribution *without* the soft prompt with the distribution *with* it: the
+  soft prompt should leave answers about everything else as they were.
+
+Only ``S`` receives gradients; the model's parameters are frozen (``requires_grad=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from guard.engines.rendering import render_chat
+from guard.interventions.spul import insert_soft_prompt, insertion_index
+from guard.train.chat_data import IGNORE_INDEX, encode_qa
+
+COMPONENTS = ("forget_ce", "retain_ce", "retain_kl")
+
+
+@dataclass(frozen=True)
+class Weights:
+    forget: float = 1.0
+    retain: float = 1.0
+    kl: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"forget": self.forget, "retain": self.retain, "kl": self.kl}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One chat-formatted QA pair, split where the soft prompt goes."""
+
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]  # ends with the end-of-turn token (may be cut at max_length)
+    insert_at: int  # soft prompt goes before prompt_ids[insert_at]
+    question: str = ""
+    answer: str = ""  # the training answer (IDK / perturbed for forget, gold for retain)
+    gold: str = ""  # the dataset's answer
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+
+def encode_example(tokenizer: Any, question: str, answer: str, *, position: str, max_length: int,
+                   gold: str | None = None, system_prompt: str | None = None, **meta: Any) -> Example:
+    """Tokenise a QA pair as the served model sees it and find where the soft prompt goes.
+
+    The prompt is the chat template with the generation prompt — the same ids the engines render
+    for a ``[system?, user]`` chat request (checked) — so the insertion point is the serving one.
+    """
+    enc = encode_qa(tokenizer, question, answer, max_length, system_prompt)
+    labels = enc["labels"].tolist()
+    ids = enc["input_ids"].tolist()
+    n_prompt = next((i for i, v in enumerate(labels) if v != IGNORE_INDEX), len(labels))
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": question}]
+    rendered = render_chat(tokenizer, messages)
+    if list(rendered.token_ids) != ids[:n_prompt]:
+        raise ValueError("the training prompt differs from the prompt the engines render; "
+                         "the tokenizer's chat template is not supported by SPUL training")
+    return Example(prompt_ids=tuple(ids[:n_prompt]), answer_ids=tuple(ids[n_prompt:]),
+                   insert_at=insertion_index(rendered, position), question=question, answer=answer,
+                   gold=gold if gold is not None else answer, meta=dict(meta))
+
+
+def _pad_rows(rows: Sequence[torch.Tensor], width: int, value: float) -> torch.Tensor:
+    out = []
+    for row in rows:
+        pad = width - row.shape[0]
+        if pad:
+            filler = torch.full((pad, *row.shape[1:]), value, dtype=row.dtype, device=row.device)
+            row = torch.cat([row, filler], dim=0)
+        out.append(row)
+    return torch.stack(out)
+
+
+def build_inputs(examples: Sequence[Example], embed_layer: torch.nn.Module, soft: torch.Tensor | None,
+                 device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Right-padded ``inputs_embeds``/``attention_mask``/``labels`` with ``soft`` inserted (or not)."""
+    embeds, labels = [], []
+    n = 0 if soft is None else int(soft.shape[0])
+    for ex in examples:
+        ids = torch.tensor(ex.prompt_ids + ex.answer_ids, dtype=torch.long, device=device)
+        emb = embed_layer(ids)
+        lab = torch.tensor([IGNORE_INDEX] * len(ex.prompt_ids) + list(ex.answer_ids), dtype=torch.long, device=device)
+        if soft is not None:
+            emb = insert_soft_prompt(emb, ex.insert_at, soft)
+            lab = torch.cat([lab[:ex.insert_at], torch.full((n,), IGNORE_INDEX, dtype=torch.long, device=device),
+                             lab[ex.insert_at:]])
+        embeds.append(emb)
+        labels.append(lab)
+    width = max(e.shape[0] for e in embeds)
+    mask = _pad_rows([torch.ones(e.shape[0], dtype=torch.long, device=device) for e in embeds], width, 0)
+    return {"inputs_embeds": _pad_rows(embeds, width, 0.0), "attention_mask": mask,
+            "labels": _pad_rows(labels, width, IGNORE_INDEX)}
+
+
+def answer_logits(model: Any, batch: dict[str, torch.Tensor], keep_ok: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits predicting each answer token, flattened ``[N, V]`` in order, and those tokens ``[N]``.
+
+    Only positions from the first answer token on go through the LM head (``logits_to_keep``)."""
+    labels = batch["labels"]
+    width = labels.shape[1]
+    has = labels != IGNORE_INDEX
+    first = int(has.float().argmax(dim=1).min()) if bool(has.any()) else width - 1
+    start = max(first - 1, 0)
+    kwargs: dict[str, Any] = {"inputs_embeds": batch["inputs_embeds"], "attention_mask": batch["attention_mask"],
+                              "use_cache": False}
+    if keep_ok:
+        kwargs["logits_to_keep"] = width - start
+    logits = model(**kwargs).logits
+    if logits.shape[1] != width - start:
+        logits = logits[:, start:]
+    logits = logits[:, :-1]
+    targets = labels[:, start + 1:]
+    mask = targets != IGNORE_INDEX
+    return logits[mask].float(), targets[mask]
+
+
+def reference_logprobs(model: Any, retain: Sequence[Example], *, batch_size: int = 8, keep_ok: bool = True,
+                       dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The frozen model's next-token log-probs along each retain answer, without a soft prompt:
+    ``{question: [len(answer_ids), V]}`` (stored in ``dtype`` on the CPU; the KL's fixed side)."""
+    device = next(model.parameters()).device
+    embed_layer = model.get_input_embeddings()
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for start in range(0, len(retain), batch_size):
+            chunk = retain[start:start + batch_size]
+            logits, _ = answer_logits(model, build_inputs(chunk, embed_layer, None, device), keep_ok)
+            logp = F.log_softmax(logits, -1).to(dtype).cpu()
+            pos = 0
+            for ex in chunk:
+                out[ex.question] = logp[pos:pos + len(ex.answer_ids)]
+                pos += len(ex.answer_ids)
+    return out
+
+
+def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retain: Sequence[Example],
+                weights: Weights, *, keep_ok: bool = True,
+                reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The objective's components on one batch and their weighted ``total`` (differentiable in ``soft``).
+
+    A component whose weight is 0 or whose batch is empty is reported as 0 and not computed.
+    ``reference`` (from ``reference_logprobs``) saves the frozen model's forward pass for the KL."""
+    device = soft.device
+    embed_layer = model.get_input_embeddings()
+    zero = soft.sum() * 0.0
+    out: dict[str, torch.Tensor] = {name: zero for name in COMPONENTS}
+    if forget and weights.forget:
+        logits, targets = answer_logits(model, build_inputs(forget, embed_layer, soft, device), keep_ok)
+        out["forget_ce"] = F.cross_entropy(logits, targets)
+    if retain and (weights.retain or weights.kl):
+        logits, targets = answer_logits(model, build_inputs(retain, embed_layer, soft, device), keep_ok)
+        if weights.retain:
+            out["retain_ce"] = F.cross_entropy(logits, targets)
+        if weights.kl:
+            if reference is not None and all(ex.question in reference for ex in retain):
+                ref_logp = torch.cat([reference[ex.question] for ex in retain]).to(device=device, dtype=logits.dtype)
+            else:
+                with torch.no_grad():
+                    ref_logits, ref_targets = answer_logits(model, build_inputs(retain, embed_layer, None, device), keep_ok)
+                assert torch.equal(ref_targets, targets)
+                ref_logp = F.log_softmax(ref_logits, -1)
+            out["retain_kl"] = F.kl_div(F.log_softmax(logits, -1), ref_logp, log_target=True, reduction="batchmean")
+    out["total"] = weights.forget * out["forget_ce"] + weights.retain * out["retain_ce"] + weights.kl * out["retain_kl"]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Any, soft: torch.Tensor, forget: Sequence[Example], retain: Sequence[Example], weights: Weights,
+             *, batch_size: int = 8, keep_ok: bool = True) -> dict[str, float]:
+    """Each component averaged over examples (batched, no gradients) and the weighted total."""
+    sums = {name: 0.0 for name in COMPONENTS}
+    counts = {name: 0 for name in COMPONENTS}
+    for start in range(0, max(len(forget), len(retain)), batch_size):
+        f, r = forget[start:start + batch_size], retain[start:start + batch_size]
+        parts = spul_losses(model, soft, f, r, weights, keep_ok=keep_ok)
+        for name, n in (("forget_ce", len(f)), ("retain_ce", len(r)), ("retain_kl", len(r))):
+            if n:
+                sums[name] += float(parts[name]) * n
+                counts[name] += n
+    out = {name: sums[name] / counts[name] if counts[name] else 0.0 for name in COMPONENTS}
+    out["total"] = weights.forget * out["forget_ce"] + weights.retain * out["retain_ce"] + weights.kl * out["retain_kl"]
+    return out
