@@ -46,7 +46,7 @@ def create_engine(settings: Settings) -> Engine:
         from guard.engines.vllm import VllmEngine
 
         up = settings.upstream
-        return VllmEngine(up.url or "", model_path, settings.served_model_name, upstream_model=up.model,
+        return VllmEngine(up.urls, model_path, settings.served_model_name, upstream_model=up.model,
                           api_key=up.api_key, connect_timeout_s=up.connect_timeout_s, read_timeout_s=up.read_timeout_s)
     from guard.engines.local import LocalEngine
 

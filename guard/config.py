@@ -27,7 +27,8 @@ class ApiKey(_Strict):
 
 class UpstreamSettings(_Strict):
     kind: Literal["local", "vllm"] = "local"
-    url: str | None = Field(None, description="base URL of the vLLM OpenAI server, e.g. http://127.0.0.1:8011")
+    url: str | list[str] | None = Field(None, description="base URL of the vLLM OpenAI server, e.g. http://127.0.0.1:8011; "
+                                        "several replicas as a list or comma-separated")
     model: str | None = Field(None, description="model name the upstream serves; discovered from /v1/models if unset")
     api_key: str | None = None
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -37,9 +38,17 @@ class UpstreamSettings(_Strict):
     def _url_for_vllm(self) -> "UpstreamSettings":
         if self.kind == "vllm" and not self.url:
             raise ValueError("upstream.kind is 'vllm' but upstream.url is missing: set --upstream-url http://HOST:PORT")
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"upstream.url {self.url!r} must start with http:// or https://")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream.url {url!r} must start with http:// or https://")
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        if not self.url:
+            return []
+        items = self.url.split(",") if isinstance(self.url, str) else self.url
+        return [u.strip() for u in items if u.strip()]
 
 
 class LocalEngineSettings(_Strict):

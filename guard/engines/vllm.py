@@ -27,6 +27,7 @@ import torch
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
 from guard.engines.rendering import render_chat
 from guard.engines.sse import iter_sse_data
+from guard.engines.upstreams import UpstreamPool, UpstreamResponse
 from guard.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUnsupported
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,14 @@ def encode_prompt_embeds(embeds: torch.Tensor) -> str:
 class VllmEngine(Engine):
     kind = "vllm"
 
-    def __init__(self, url: str, model_path: Path | str, served_model_name: str | None, *,
+    def __init__(self, url: str | Sequence[str], model_path: Path | str, served_model_name: str | None, *,
                  upstream_model: str | None = None, api_key: str | None = None,
-                 connect_timeout_s: float = 5.0, read_timeout_s: float = 300.0) -> None:
-        self.url = url.rstrip("/")
-        if self.url.endswith("/v1"):
-            self.url = self.url[:-3]
+                 connect_timeout_s: float = 5.0, read_timeout_s: float = 300.0,
+                 health_interval_s: float = 5.0) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        self.pool = UpstreamPool.from_urls(urls, health_interval_s)
+        self.url = self.pool.replicas[0].url if len(urls) == 1 else ",".join(r.url for r in self.pool.replicas)
+        self._health_task: asyncio.Task | None = None
         self.model_path = model_path
         self._served_override = served_model_name
         self.served_model_name = served_model_name or upstream_model or ""
@@ -94,6 +97,8 @@ class VllmEngine(Engine):
             self.served_model_name = self.upstream_model or Path(str(self.model_path)).name
         if self.upstream_model:
             await self.probe_prompt_embeds()
+        if len(self.pool.replicas) > 1:
+            self._health_task = asyncio.create_task(self.pool.run_health_checks(self.session, self.headers()))
 
     def _load_local_parts(self) -> None:
         from transformers import AutoTokenizer
@@ -103,6 +108,8 @@ class VllmEngine(Engine):
             self._embeddings = load_input_embeddings(Path(str(self.model_path)))
 
     async def close(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
         if self._session:
             await self._session.close()
 
@@ -139,9 +146,13 @@ class VllmEngine(Engine):
             return UpstreamError(f"the upstream at {self.url} closed the connection mid-response")
         return UpstreamError(f"upstream request to {self.url} failed: {type(exc).__name__}: {exc}")
 
+    def _primary_url(self) -> str:
+        """The replica to use for one-off calls (model discovery, capability probes)."""
+        return self.pool.candidates()[0].url
+
     async def _discover_model(self) -> str:
         try:
-            async with self.session.get(f"{self.url}/v1/models", headers=self.headers(),
+            async with self.session.get(f"{self._primary_url()}/v1/models", headers=self.headers(),
                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 if resp.status != 200:
                     raise UpstreamError(f"GET {self.url}/v1/models answered {resp.status}")
@@ -162,13 +173,29 @@ class VllmEngine(Engine):
                 self.served_model_name = self.upstream_model
         return self.upstream_model
 
-    async def forward(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        """POST ``body`` unchanged to ``path``; the caller streams the response and releases it."""
+    async def forward(self, path: str, body: bytes) -> UpstreamResponse:
+        """POST ``body`` unchanged to ``path`` on the least-busy healthy replica; the caller streams
+        the response and releases it. A replica that refuses the connection is marked down and the
+        next one is tried (nothing was sent)."""
         headers = {"Content-Type": "application/json", **self.headers()}
-        try:
-            return await self.session.post(f"{self.url}{path}", data=body, headers=headers)
-        except Exception as exc:  # noqa: BLE001
-            raise self._translate(exc) from None
+        last: BaseException | None = None
+        for replica in self.pool.candidates():
+            replica.outstanding += 1
+            try:
+                response = await self.session.post(f"{replica.url}{path}", data=body, headers=headers)
+            except aiohttp.ClientConnectorError as exc:
+                replica.outstanding -= 1
+                self.pool.mark_down(replica, str(exc)[:200])
+                last = exc
+                continue
+            except Exception as exc:  # noqa: BLE001
+                replica.outstanding -= 1
+                raise self._translate(exc) from None
+            self.pool.mark_up(replica)
+            replica.served += 1
+            return UpstreamResponse(response, replica)
+        assert last is not None
+        raise self._translate(last) from None
 
     async def _post_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         resp = await self.forward("/v1/completions", json.dumps(payload).encode())
@@ -225,7 +252,7 @@ class VllmEngine(Engine):
         payload = {"model": model, "prompt_embeds": encode_prompt_embeds(self._embeddings[[token]]),
                    "max_tokens": 1, "temperature": 0.0}
         try:
-            resp = await self.session.post(f"{self.url}/v1/completions", json=payload, headers=self.headers(),
+            resp = await self.session.post(f"{self._primary_url()}/v1/completions", json=payload, headers=self.headers(),
                                            timeout=aiohttp.ClientTimeout(total=60))
         except Exception as exc:  # noqa: BLE001
             self.prompt_embeds_supported, self.prompt_embeds_detail = None, f"not probed: {self._translate(exc).message}"
@@ -301,13 +328,11 @@ class VllmEngine(Engine):
         return sorted(pairs, key=lambda p: -p[1])[:k]
 
     async def health(self) -> dict[str, Any]:
-        try:
-            async with self.session.get(f"{self.url}/v1/models", headers=self.headers(),
-                                        timeout=aiohttp.ClientTimeout(total=3)) as resp:
-                ready = resp.status == 200
-                detail = {} if ready else {"status": resp.status}
-        except Exception as exc:  # noqa: BLE001
-            ready, detail = False, {"error": self._translate(exc).message}
+        await self.pool.check(self.session, self.headers())
+        ready = any(r.healthy for r in self.pool.replicas)
+        detail: dict[str, Any] = {"replicas": [r.status() for r in self.pool.replicas]}
+        if not ready:
+            detail["error"] = "; ".join(f"{r.url}: {r.last_error}" for r in self.pool.replicas)
         if ready and self.prompt_embeds_supported is not True and self._embeddings is not None:
             await self.probe_prompt_embeds()  # cheap: a refusal is a 400 before any generation
         embeds = {"prompt_embeds": self.prompt_embeds_supported}

@@ -1,0 +1,92 @@
+"""Several upstream replicas: least-outstanding balancing, failover, health checks, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from benchmarks.fake_upstream import build_fake_app
+from guard.engines.vllm import VllmEngine
+from guard.models import DEFAULT_SERVED_NAME
+from tests.conftest import free_port
+
+MODEL = DEFAULT_SERVED_NAME
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
+
+
+async def _fake(port: int | None = None, delay_s: float = 0.01) -> TestServer:
+    server = TestServer(build_fake_app(tokens=8, delay_s=delay_s), host="127.0.0.1", port=port or free_port())
+    await server.start_server()
+    return server
+
+
+async def _run(base: str, n: int) -> list[int]:
+    async with aiohttp.ClientSession() as s:
+        async def one() -> int:
+            async with s.post(f"{base}/chat/completions", json=BODY) as r:
+                body = await r.read()
+                assert body.endswith(b"data: [DONE]\n\n")
+                return r.status
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_least_outstanding_spreads_concurrent_load(default_model_path, guard_server):
+    a, b = await _fake(), await _fake()
+    engine = VllmEngine([str(a.make_url("")), str(b.make_url("/v1"))], default_model_path, MODEL, upstream_model=MODEL)
+    await engine.start()
+    try:
+        base = await guard_server(engine)
+        assert await _run(base, 40) == [200] * 40
+        served = [r.served for r in engine.pool.replicas]
+        assert sum(served) == 40 and min(served) >= 15, served
+        assert all(r.outstanding == 0 for r in engine.pool.replicas)
+    finally:
+        await engine.close()
+        await a.close()
+        await b.close()
+
+
+async def test_failover_health_and_recovery(default_model_path, guard_server):
+    alive = await _fake()
+    dead_port = free_port()
+    engine = VllmEngine([f"http://127.0.0.1:{dead_port}", str(alive.make_url(""))], default_model_path, MODEL,
+                        upstream_model=MODEL, health_interval_s=0.2)
+    await engine.start()
+    revived = None
+    try:
+        base = await guard_server(engine)
+        assert await _run(base, 10) == [200] * 10  # every request lands, the dead replica is skipped
+        dead, live = engine.pool.replicas
+        assert not dead.healthy and dead.served == 0 and live.served == 10
+        async with aiohttp.ClientSession() as s, s.get(base.removesuffix("/v1") + "/health") as r:
+            health = await r.json()
+        assert r.status == 200 and [x["healthy"] for x in health["engine"]["replicas"]] == [False, True]
+
+        revived = await _fake(port=dead_port)
+        for _ in range(50):
+            if dead.healthy:
+                break
+            await asyncio.sleep(0.1)
+        assert dead.healthy, "the health loop did not bring the replica back"
+        await _run(base, 20)
+        assert dead.served > 0
+    finally:
+        await engine.close()
+        await alive.close()
+        if revived:
+            await revived.close()
+
+
+async def test_all_replicas_down_is_502(default_model_path, guard_server):
+    engine = VllmEngine([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"], default_model_path,
+                        MODEL, upstream_model=MODEL)
+    await engine.start()
+    try:
+        base = await guard_server(engine)
+        async with aiohttp.ClientSession() as s, s.post(f"{base}/chat/completions", json=BODY) as r:
+            assert r.status == 502 and (await r.json())["error"]["type"] == "upstream_error"
+    finally:
+        await engine.close()
