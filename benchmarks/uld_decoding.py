@@ -185,13 +185,16 @@ async def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = Path(resolve_model(args.model))
     runtime, settings, which = _load_runtime(args.artifact, model_dir, None)
     forget = _questions(args.policy, "forget", args.limit)
-    retain = [tuple(x) for x in json.loads(args.retain_json)] if args.retain_json else _questions(args.policy, "retain", args.limit)
+    retain = _questions(args.policy, "retain", args.limit)
     if args.retain_rows:
         from guard.policy import DataSource
         from guard.train.uld import load_source
 
-        src = DataSource(path=args.retain_file, format="tofu_qa", rows=args.retain_rows)
-        retain = [(it.question, it.answer) for it in load_source(src, "--retain-rows")][: args.limit]
+        retain = []
+        for rows in args.retain_rows:
+            src = DataSource(path=args.retain_file.resolve(), format="tofu_qa", rows=rows)
+            retain += [(it.question, it.answer) for it in load_source(src, "--retain-rows")]
+        retain = retain[: args.limit]
     engine = LocalEngine(model_dir, served_name_for(args.model))
     await engine.start()
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
@@ -283,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--alphas", default=None, help="comma-separated alphas to compare (default: the artifact's)")
     q.add_argument("--limit", type=int, default=40)
     q.add_argument("--retain-file", type=Path, default=None, help="retain questions from this tofu_qa file (with --retain-rows)")
-    q.add_argument("--retain-rows", default=None)
-    q.add_argument("--retain-json", default=None, help=argparse.SUPPRESS)
+    q.add_argument("--retain-rows", action="append", default=None, help="rows of --retain-file (repeatable), e.g. 0:4")
     q.add_argument("--max-tokens", type=int, default=48)
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--out", type=Path, default=None)

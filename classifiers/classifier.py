@@ -37,11 +37,13 @@ class Heads:
             object.__setattr__(self, "_t", cached)
         return cached
 
-    def decision(self, dense: np.ndarray, sparse: sp.csr_matrix, names: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """[S, T] decision values (``names`` is [S, T, 2]). ``rows`` restricts to some heads."""
+    def decision(self, dense: np.ndarray, sparse: sp.csr_matrix, names: np.ndarray, rows: np.ndarray | None = None,
+                 names_selected: bool = False) -> np.ndarray:
+        """[S, T] decision values (``names`` is [S, T, 2]). ``rows`` restricts to some heads
+        (``names_selected``: ``names`` already holds only those heads' columns)."""
         if rows is not None:
             wd, ws, wn, b = self.w_dense[rows].T, np.ascontiguousarray(self.w_sparse[rows].T), self.w_name[rows], self.bias[rows]
-            names = names[:, rows]
+            names = names if names_selected else names[:, rows]
         else:
             (wd, ws), wn, b = self._transposed(), self.w_name, self.bias
         out = dense @ wd

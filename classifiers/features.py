@@ -51,42 +51,63 @@ class NameMatcher:
     """Per target: does a text name it (a full name or alias), or use a distinctive part of a name?
 
     Whole-word, case- and accent-insensitive. Returns two columns per target: ``full`` and
-    ``part`` (a name token of >= 4 letters that is not a title/particle/common first name).
+    ``part`` (a name token of >= 4 letters that is not a title/particle/common first name). One
+    combined regex per kind, whatever the number of targets.
     """
 
     def __init__(self, names_by_target: Mapping[str, Sequence[str]]) -> None:
         self.target_ids = list(names_by_target)
-        self._full: list[re.Pattern[str] | None] = []
-        self._part: list[re.Pattern[str] | None] = []
-        for tid in self.target_ids:
-            self._full.append(_alternation(names_by_target[tid]))
-            self._part.append(_alternation(name_parts(names_by_target[tid])))
+        self._full_map: dict[str, list[int]] = {}
+        self._part_map: dict[str, list[int]] = {}
+        for j, tid in enumerate(self.target_ids):
+            for n in {fold(n).strip() for n in names_by_target[tid] if n and n.strip()}:
+                self._full_map.setdefault(n, []).append(j)
+            for p in name_parts(names_by_target[tid]):
+                self._part_map.setdefault(p, []).append(j)
+        self._full = _overlapping(self._full_map)
+        self._part = _overlapping(self._part_map)
+
+    def _hits(self, folded_text: str) -> tuple[set[int], set[int]]:
+        full: set[int] = set()
+        part: set[int] = set()
+        if self._full is not None:
+            for m in self._full.finditer(folded_text):
+                full.update(self._full_map[m.group(1)])
+        if self._part is not None:
+            for m in self._part.finditer(folded_text):
+                part.update(self._part_map[m.group(1)])
+        return full, part
 
     def matrix(self, texts: Sequence[str], *, folded: bool = False) -> np.ndarray:
         """[len(texts), n_targets, 2] of 0/1 (``folded``: the texts are already ``fold``-ed)."""
         out = np.zeros((len(texts), len(self.target_ids), 2), dtype=np.float32)
         for i, text in enumerate(texts):
-            f = text if folded else fold(text)
-            for j in range(len(self.target_ids)):
-                full, part = self._full[j], self._part[j]
-                if full is not None and full.search(f):
-                    out[i, j, 0] = 1.0
-                    out[i, j, 1] = 1.0
-                elif part is not None and part.search(f):
-                    out[i, j, 1] = 1.0
+            full, part = self._hits(text if folded else fold(text))
+            for j in full:
+                out[i, j, :] = 1.0
+            for j in part:
+                out[i, j, 1] = 1.0
         return out
 
     def column(self, texts: Sequence[str], j: int, *, folded: bool = False) -> np.ndarray:
         """[len(texts), 2] for target index j."""
         out = np.zeros((len(texts), 2), dtype=np.float32)
-        full, part = self._full[j], self._part[j]
         for i, text in enumerate(texts):
-            f = text if folded else fold(text)
-            if full is not None and full.search(f):
+            full, part = self._hits(text if folded else fold(text))
+            if j in full:
                 out[i] = 1.0
-            elif part is not None and part.search(f):
+            elif j in part:
                 out[i, 1] = 1.0
         return out
+
+
+def _overlapping(alternatives: Mapping[str, object]) -> re.Pattern[str] | None:
+    """Whole-word matches of any alternative, overlapping ones included (a zero-width lookahead)."""
+    alts = sorted(alternatives, key=len, reverse=True)
+    if not alts:
+        return None
+    joined = "|".join(re.escape(a) for a in alts)
+    return re.compile(rf"(?<!\w)(?=({joined})(?!\w))")
 
 
 def name_parts(names: Iterable[str]) -> list[str]:

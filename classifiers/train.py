@@ -275,8 +275,8 @@ def _calibrate(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts
             pos_txt = list(holdouts.get(tid) or []) + list(train_pos.get(tid) or [])
             if pos_txt:
                 prow = ws.ensure(pos_txt)
-                pn = names.matrix([ws.folded[r] for r in prow], folded=True)
-                pdec = st.heads.decision(ws.dense[stage_name][prow], ws.sparse[prow], pn, rows=np.array([j]))[:, 0]
+                pn = names.column([ws.folded[r] for r in prow], j, folded=True)[:, None, :]
+                pdec = st.heads.decision(ws.dense[stage_name][prow], ws.sparse[prow], pn, rows=np.array([j]), names_selected=True)[:, 0]
             else:
                 pdec = np.zeros(0)
             a, b = fit_platt(pdec, dec[:, j])
