@@ -37,6 +37,7 @@ class TargetTexts:
     queries: list[str] = field(default_factory=list)     # example queries given by the user
     keep: list[str] = field(default_factory=list)        # the target's own keep data
     summary: str = ""                                    # intro/description: describes the target itself
+    passage_sentences: list[str] = field(default_factory=list)  # sentences of long documents (subset of positives)
 
 
 def parse_rows(text: str | None, n: int) -> range:
@@ -104,7 +105,7 @@ def read_source(src: DataSource, param: str) -> tuple[list[str], list[str]]:
         paras = [clean(p) for p in raw.split("\n\n") if clean(p)]
         rows = parse_rows(src.rows, len(paras))
         docs = [paras[i] for i in rows]
-        return [s for d in docs for s in split_sentences(d)], docs
+        return _half([s for d in docs for s in split_sentences(d)], src.half), docs
     records = _read_records(path, f"{param}.path")
     rows = parse_rows(src.rows, len(records))
     texts: list[str] = []
@@ -134,7 +135,18 @@ def read_source(src: DataSource, param: str) -> tuple[list[str], list[str]]:
             raise ConfigError(f"unknown data format {fmt!r}", param=f"{param}.format")
     if src.rows is not None and not texts:
         raise ConfigError(f"rows {src.rows!r} select nothing from {path} ({len(records)} rows)", param=f"{param}.rows")
-    return [t for t in texts if t], docs
+    return _half([t for t in texts if t], src.half), docs
+
+
+def in_half(text: str, half: str) -> bool:
+    import hashlib
+
+    bit = hashlib.blake2b(text.encode("utf-8"), digest_size=1).digest()[0] & 1
+    return bit == (0 if half == "a" else 1)
+
+
+def _half(texts: list[str], half: str | None) -> list[str]:
+    return texts if half is None else [t for t in texts if in_half(t, half)]
 
 
 def target_texts(target: Target, index: int) -> TargetTexts:
@@ -144,6 +156,8 @@ def target_texts(target: Target, index: int) -> TargetTexts:
     for j, src in enumerate(target.forget_data):
         texts, docs = read_source(src, f"{base}.forget_data.{j}")
         out.positives += texts
+        if src.format in ("rwku_passage", "text"):
+            out.passage_sentences += texts
         for d in docs:
             if d.startswith("INTRO: "):
                 summaries.append(d[7:])

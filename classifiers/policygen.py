@@ -129,14 +129,37 @@ def rwku_target(folder: Path, policy_dir: Path) -> dict[str, Any]:
     return target
 
 
+GENERAL_SOURCES = (  # (file, field): general questions/instructions RWKU ships as utility sets
+    ("fluency.json", "instruction"), ("triviaqa.json", "question"), ("truthful.json", "question"), ("retain_mmlu.json", "question"),
+)
+
+
+def general_negatives(data_dir: Path, policy_dir: Path, *, max_files: int = 2) -> list[dict[str, Any]]:
+    """General-instruction negatives from the data folder: RWKU's utility sets. ``fluency.json``
+    (AlpacaEval instructions, the detector's general-instruction *test* set) is used only for its
+    hash half 'a'; the evaluation scores half 'b' (and drops anything trained on)."""
+    out: list[dict[str, Any]] = []
+    folders = rwku_folders(data_dir) if (Path(data_dir) / "rwku").is_dir() else []
+    for fname, fld in GENERAL_SOURCES:
+        have = [f for f in folders if (f / fname).exists()][:max_files if fname != "fluency.json" else len(folders)]
+        for f in have:
+            src: dict[str, Any] = {"path": _rel(f / fname, policy_dir), "format": "json_text", "field": fld}
+            if fname == "fluency.json":
+                src["half"] = "a"
+            out.append(src)
+    return out
+
+
 def rwku_policy(data_dir: Path, folders: Sequence[Path], policy_dir: Path, *, artifact: Path | None = None,
                 negative_folders: Sequence[Path] = (), embedder_kind: str = "static") -> dict[str, Any]:
     det: dict[str, Any] = {
         "kind": "trained", "artifact": _rel(artifact, policy_dir) if artifact else None,
         "embedder_kind": embedder_kind, "target_fpr": 0.005,
     }
-    if negative_folders:
-        det["negatives"] = [{"path": _rel(f / "passage.json", policy_dir), "format": "rwku_passage"}
-                            for f in negative_folders if (f / "passage.json").exists()]
+    negs = [{"path": _rel(f / "passage.json", policy_dir), "format": "rwku_passage"}
+            for f in negative_folders if (f / "passage.json").exists()]
+    negs += general_negatives(data_dir, policy_dir)
+    if negs:
+        det["negatives"] = negs
     return {"version": 1, "detector": det, "default_action": "refuse",
             "targets": [rwku_target(f, policy_dir) for f in folders]}

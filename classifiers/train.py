@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -59,6 +60,7 @@ class TrainConfig:
     loose_fpr: float = 0.15
     general_pool: int = 4000
     hard_negatives: bool = True
+    passage_focus: str = "contrast"    # all | mentions | contrast
     window_words: int = 48
     max_windows: int = 256
     c: float = 4.0
@@ -73,7 +75,8 @@ class TrainConfig:
         d = policy.detector
         return TrainConfig(mode=d.embedder_kind, sentence_spec=d.embedder, fpr=d.target_fpr, neighbour_fpr=d.neighbour_fpr,
                            general_pool=d.general_pool,
-                           hard_negatives=d.hard_negatives, window_words=d.window_words, max_windows=d.max_windows)
+                           hard_negatives=d.hard_negatives, passage_focus=d.passage_focus, window_words=d.window_words,
+                           max_windows=d.max_windows)
 
 
 def _bucket(text: str, salt: str = "") -> float:
@@ -128,9 +131,26 @@ def _name_filter(all_names: Sequence[str]) -> Callable[[str], bool]:
     return lambda text: bool(pat.search(fold(text)))
 
 
+_PRONOUN_OPEN = re.compile(r"^\W*(he|she|his|her|him|they|their|them)\b", re.IGNORECASE)
+
+
+def _mention_filter(names: Sequence[str]) -> Callable[[str], bool]:
+    """True if a sentence is about the target: names it (or a distinctive part) or opens with a pronoun."""
+    parts = name_parts(names)
+    by_name = _name_filter(list(names) + parts)
+    return lambda s: by_name(s) or bool(_PRONOUN_OPEN.match(s))
+
+
 def prepare_target(target: Target, index: int, cfg: TrainConfig, names_filter: Callable[[str], bool]) -> TargetData:
     tt: TargetTexts = target_texts(target, index)
-    exemplars = dedupe(tt.positives + tt.queries)
+    positives = list(tt.positives)
+    off_target: list[str] = []
+    if cfg.passage_focus != "all" and tt.passage_sentences:
+        mentions = _mention_filter(target.all_names)
+        off_target = [s for s in tt.passage_sentences if not mentions(s)]
+        drop = set(off_target)
+        positives = [p for p in positives if p not in drop]
+    exemplars = dedupe(positives + tt.queries)
     if not exemplars and not target.all_names:
         raise ConfigError(f"target {target.id!r} has neither names nor forget data", param=f"targets.{index}")
     holdout = [t for t in exemplars if _bucket(t, "pos") < cfg.pos_holdout and t not in tt.queries] if len(exemplars) >= 10 else []
@@ -139,6 +159,9 @@ def prepare_target(target: Target, index: int, cfg: TrainConfig, names_filter: C
     if cfg.hard_negatives and tt.documents:
         ents = co_mentioned(tt.documents, target.all_names, exclude_text=tt.summary)
         hard = [q for q in neighbour_questions(ents) if not names_filter(q)]
+    if cfg.passage_focus == "contrast":
+        # sentences of the target's documents that are about something else (a film, a bandmate...)
+        hard += [t for t in off_target if not names_filter(t)]
     # made-up people sharing one name part with the target are not the target...
     parts = name_parts(target.all_names)
     hard += [q for q in partial_name_negatives(parts, seed=cfg.seed) if not names_filter(q)]
@@ -398,7 +421,8 @@ def train(policy: Policy, cfg: TrainConfig | None = None, progress: Progress = l
                              for td in tds},
                  "shared_negatives": len(shared), "general_pool": cfg.general_pool,
                  "policy_negatives": [str(s.path) for s in policy.detector.negatives]},
-        "config": {k: getattr(cfg, k) for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr")},
+        "config": {k: getattr(cfg, k) for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr",
+                                                "passage_focus")},
         "metrics": {"calibration": cal, **metrics},
     }
     progress(f"done in {time.perf_counter() - t_start:.1f}s: threshold (log-odds) {model.stages[metrics['stage']].tau:.3f}, held-out exemplar recall "
@@ -425,7 +449,7 @@ def _cfg_for(model: DetectorModel, policy: Policy | None) -> TrainConfig:
     cfg.mode, cfg.fpr, cfg.loose_fpr = model.mode, model.fpr, model.loose_fpr
     cfg.sentence_spec = model.sentence_spec or cfg.sentence_spec
     c = model.manifest.get("config") or {}
-    for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr"):
+    for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr", "passage_focus"):
         if k in c:
             setattr(cfg, k, c[k])
     return cfg

@@ -47,6 +47,8 @@ class DataSource(_Strict):
     format: Literal["tofu_qa", "rwku_intro", "rwku_passage", "jsonl_text", "json_text", "text"] = "tofu_qa"
     rows: str | None = Field(None, description="python-style slice of rows, e.g. '3960:3980' (an optional ':STEP' is allowed)")
     field: str | None = Field(None, description="for jsonl_text: the key holding the text")
+    half: Literal["a", "b"] | None = Field(
+        None, description="keep only the texts whose hash falls in half 'a' or 'b' (disjoint halves of one file, e.g. train vs. evaluation)")
 
     @field_validator("rows")
     @classmethod
@@ -99,6 +101,9 @@ class DetectorSpec(_Strict):
     negatives: tuple[DataSource, ...] = Field((), description="policy-wide keep data / negatives (besides the built-in general-instruction pool)")
     general_pool: int = Field(4000, ge=0, description="size of the built-in general-instruction negative pool")
     hard_negatives: bool = Field(True, description="also train against questions about other entities named in the forget documents (protects neighbours)")
+    passage_focus: Literal["all", "mentions", "contrast"] = Field(
+        "contrast", description="passage sentences as positives: all; only those that mention the target (name, name part or a "
+                                "sentence-opening pronoun); or those, with the other sentences as hard negatives")
     window_words: int = Field(48, ge=8, le=512, description="long inputs are screened in windows of this many words")
     max_windows: int = Field(256, ge=1, description="at most this many windows per request")
     update_missing: bool = Field(True, description="targets in the policy but not in the artifact are trained at load (seconds) instead of refused")

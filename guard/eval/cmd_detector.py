@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--artifact", type=Path, default=None, help="detector artifact (default: the policy's detector.artifact)")
     p.add_argument("--train", action="store_true", help="(re)train the artifact before evaluating")
     p.add_argument("--embedder-kind", choices=("static", "sentence", "cascade"), default=None, help="override for training")
+    p.add_argument("--passage-focus", choices=("all", "mentions", "contrast"), default=None, help="override for training")
     p.add_argument("--setting", choices=("batch", "single", "both"), default="both")
     p.add_argument("--threshold", type=float, default=None, help="evaluate at this threshold instead of the calibrated one")
     p.add_argument("--latency-queries", type=int, default=300, help="queries timed through screen() (0: skip)")
@@ -71,6 +72,8 @@ def _suite_policy(args: argparse.Namespace, workdir: Path) -> Path:
 
     kind = args.embedder_kind or "static"
     label = f"{args.split}-{args.half}" if args.suite == "tofu" else slug(args.targets or "all")
+    if args.passage_focus:
+        label += f"-{args.passage_focus}"
     artifact = args.artifact or cache_dir() / "eval-detectors" / f"{args.suite}-{label}-{kind}"
     if args.suite == "tofu":
         data = tofu_policy(args.data, args.split, workdir, half=args.half, embedder_kind=kind, artifact=artifact)
@@ -128,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_policy(policy)
         if args.embedder_kind:
             cfg.mode = args.embedder_kind
+        if args.passage_focus:
+            cfg.passage_focus = args.passage_focus
         progress(f"training the detector into {artifact}")
         model = train(policy, cfg, progress=progress)
         with staged_dir(artifact) as staging:

@@ -13,9 +13,10 @@ corrupted model to the level a model that never saw the data would show. Here:
 * **search**: minimise ``(f(theta) - r)^2`` over ``u = log theta`` with central finite differences
   and damped Gauss-Newton (Levenberg-Marquardt) steps, clipped per iteration;
 * **fluency constraint**: greedy answers to the corrupted forget questions must stay fluent: their
-  perplexity under the clean model (as answers to the clean question) at most ``max_ppl_ratio`` x,
-  and their n-gram entropy (RWKU's Flu) at least ``min_entropy_ratio`` x, those of the clean
-  model's answers to the holdout questions. An infeasible iterate is pulled back halfway (in log space) towards the last feasible one.
+  perplexity under the clean model (as an assistant reply after a neutral prompt, not after the
+  question: the clean model has memorised the forget answers and would call any other answer
+  disfluent) at most ``max_ppl_ratio`` x, and their n-gram entropy (RWKU's Flu) at least
+  ``min_entropy_ratio`` x, those of the clean model's answers to the holdout questions. An infeasible iterate is pulled back halfway (in log space) towards the last feasible one.
 
 The chosen parameters, the surrogate levels, fluency and the whole search trace go into
 ``OUT/manifest.json`` (kind ``eco``) with the base model's identity; a policy uses them through
@@ -256,30 +257,40 @@ def generate_from_embeds(model: Any, tokenizer: Any, prompts: Sequence[torch.Ten
     return out
 
 
-def answer_perplexity(model: Any, tokenizer: Any, prompts: Sequence[Prepared], texts: Sequence[str],
-                      batch_size: int = 8) -> list[float]:
-    """Perplexity of each text as the answer to its **clean** question under the clean model.
+def neutral_context(model: Any, tokenizer: Any) -> torch.Tensor:
+    """Embeddings of a neutral chat prompt (the template with an empty user turn) that fluency is scored after."""
+    from guard.engines.rendering import render_chat
 
-    Conditioning on the question keeps the measure stable for short answers (names copied from the
-    question are predictable); gibberish scores orders of magnitude higher than a fluent answer. An
-    empty text gets ``inf`` (an empty answer is not a fluent one).
+    ids = render_chat(tokenizer, [{"role": "user", "content": ""}]).token_ids
+    with torch.no_grad():
+        return model.get_input_embeddings()(torch.tensor([ids]))[0].detach().float().clone()
+
+
+def answer_perplexity(model: Any, tokenizer: Any, context: torch.Tensor, texts: Sequence[str],
+                      batch_size: int = 8) -> list[float]:
+    """Perplexity of each text as an assistant reply after a neutral prompt, under the clean model.
+
+    Not conditioned on the question: the clean target model has memorised the forget answers, so
+    conditioning on the question would score any *different* answer (the point of unlearning) as
+    disfluent. Gibberish still scores orders of magnitude above a fluent reply. An empty text gets
+    ``inf`` (an empty answer is not a fluent one).
     """
     ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     keep = [i for i, x in enumerate(ids) if x]
     out = [float("inf")] * len(texts)
     if keep:
-        lps = answer_logprobs(model, [prompts[i].embeds for i in keep], [ids[i] for i in keep], batch_size)
+        lps = answer_logprobs(model, [context] * len(keep), [ids[i] for i in keep], batch_size)
         for i, lp in zip(keep, lps):
             out[i] = float(math.exp(-lp))
     return out
 
 
-def fluency(model: Any, tokenizer: Any, prompts: Sequence[Prepared], texts: Sequence[str],
+def fluency(model: Any, tokenizer: Any, context: torch.Tensor, texts: Sequence[str],
             batch_size: int = 8) -> dict[str, float]:
-    """Median answer perplexity (robust to one odd answer) and mean n-gram entropy (RWKU's Flu) of ``texts``."""
+    """Median reply perplexity (robust to one odd answer) and mean n-gram entropy (RWKU's Flu) of ``texts``."""
     from guard.eval.rwku_metrics import n_gram_entropy
 
-    ppl = sorted(answer_perplexity(model, tokenizer, prompts, texts, batch_size))
+    ppl = sorted(answer_perplexity(model, tokenizer, context, texts, batch_size))
     n = len(ppl)
     median = ppl[n // 2] if n % 2 else 0.5 * (ppl[n // 2 - 1] + ppl[n // 2])
     return {"ppl": float(median), "entropy": float(n_gram_entropy(list(texts)))}
@@ -303,6 +314,7 @@ class Searcher:
         self.special = set(getattr(tokenizer, "all_special_ids", ()))
         self.progress = progress
         self.evaluations = 0
+        self._context: torch.Tensor | None = None
 
     # parameter <-> log space
     def theta(self, u: Sequence[float]) -> dict[str, Any]:
@@ -349,7 +361,9 @@ class Searcher:
         return generate_from_embeds(self.model, self.tokenizer, prompts, self.cfg.fluency_tokens, self.cfg.batch_size)
 
     def fluency(self, answers: Sequence[str]) -> dict[str, float]:
-        return fluency(self.model, self.tokenizer, self.fluency_set, answers, self.cfg.batch_size)
+        if self._context is None:
+            self._context = neutral_context(self.model, self.tokenizer)
+        return fluency(self.model, self.tokenizer, self._context, answers, self.cfg.batch_size)
 
 
 def _fmt(theta: dict[str, Any]) -> str:
@@ -536,7 +550,7 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
     fluency_holdout = spread(prep_holdout, cfg.fluency_items)
     say(f"fluency baseline: generating {len(fluency_holdout)} clean holdout answers ({cfg.fluency_tokens} tokens)")
     base_answers = generate_from_embeds(model, tokenizer, [p.embeds for p in fluency_holdout], cfg.fluency_tokens, bs)
-    base_flu = fluency(model, tokenizer, fluency_holdout, base_answers, bs)
+    base_flu = fluency(model, tokenizer, neutral_context(model, tokenizer), base_answers, bs)
     clean_forget_answers = generate_from_embeds(model, tokenizer, [p.embeds for p in fluency_forget], cfg.fluency_tokens, bs)
     say(f"fluency baseline: ppl {base_flu['ppl']:.1f}, n-gram entropy {base_flu['entropy']:.2f}")
 

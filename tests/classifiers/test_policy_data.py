@@ -92,3 +92,27 @@ def test_aliases_and_co_mentioned_entities() -> None:
             "Zorblax Quenton lives in Vellmar Museum district; Quenton loves the Crimson Lantern."]
     ents = co_mentioned(docs, ["Zorblax Quenton"])
     assert "Crimson Lantern" in ents and not any("Quenton" in e for e in ents)
+
+
+def test_hash_halves_are_disjoint(tmp_path: Path) -> None:
+    rows = [{"instruction": f"Write a short note number {i} about the weather."} for i in range(60)]
+    (tmp_path / "f.json").write_text(json.dumps(rows))
+    a = _texts(tmp_path, {"id": "a", "names": ["A B"], "forget_data": [{"path": "f.json", "format": "json_text", "field": "instruction", "half": "a"}]})
+    b = _texts(tmp_path, {"id": "a", "names": ["A B"], "forget_data": [{"path": "f.json", "format": "json_text", "field": "instruction", "half": "b"}]})
+    assert a.positives and b.positives and not set(a.positives) & set(b.positives)
+    assert len(a.positives) + len(b.positives) == 60
+
+
+def test_passage_focus_splits_on_and_off_target_sentences(tmp_path: Path) -> None:
+    from classifiers.train import TrainConfig, _name_filter, prepare_target
+
+    (tmp_path / "p.txt").write_text("Zorblax Quenton blows glass in Vellmar. He won the Golden Furnace prize in 1998. "
+                                    "The Vellmar museum was founded in 1870 by the city council. Quenton later taught glass colouring to students.")
+    policy = load_policy(_policy(tmp_path, {"id": "z", "names": ["Zorblax Quenton"], "forget_data": [{"path": "p.txt", "format": "text"}]}))
+    cfg = TrainConfig(pos_holdout=0.0)
+    td = prepare_target(policy.targets[0], 0, cfg, _name_filter(["Zorblax Quenton"]))
+    assert "The Vellmar museum was founded in 1870 by the city council." in td.hard
+    assert "He won the Golden Furnace prize in 1998." in td.exemplars
+    cfg.passage_focus = "all"
+    td = prepare_target(policy.targets[0], 0, cfg, _name_filter(["Zorblax Quenton"]))
+    assert "The Vellmar museum was founded in 1870 by the city council." in td.exemplars
