@@ -130,10 +130,17 @@ async def direct_pair(session: aiohttp.ClientSession, url: str, model: str, eco:
                             messages=tuple(with_nonce(messages)))
 
     async def post(payload: dict[str, Any]) -> dict[str, Any]:
-        async with session.post(f"{url}/v1/completions", json=payload) as r:
-            if r.status != 200:
-                raise RuntimeError(f"vLLM answered {r.status}: {(await r.text())[:300]}")
-            return await r.json()
+        for attempt in range(3):  # the shared dev server occasionally drops a connection under load
+            try:
+                async with session.post(f"{url}/v1/completions", json=payload) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"vLLM answered {r.status}: {(await r.text())[:300]}")
+                    return await r.json()
+            except aiohttp.ClientConnectionError:
+                if attempt == 2:
+                    raise
+                print("connection dropped; retrying", file=sys.stderr, flush=True)
+        raise AssertionError("unreachable")
 
     lengths: list[int] = []
 

@@ -67,6 +67,7 @@ class SearchConfig:
     tol: float = 0.02  # |f - r| in nats/token counted as matched
     max_ppl_ratio: float = 3.0
     min_entropy_ratio: float = 0.75
+    max_empty_frac: float = 0.25  # at most this fraction of the corrupted answers may be empty
     fluency_items: int = 8
     fluency_tokens: int = 32
     batch_size: int = 8
@@ -287,13 +288,15 @@ def answer_perplexity(model: Any, tokenizer: Any, context: torch.Tensor, texts: 
 
 def fluency(model: Any, tokenizer: Any, context: torch.Tensor, texts: Sequence[str],
             batch_size: int = 8) -> dict[str, float]:
-    """Median reply perplexity (robust to one odd answer) and mean n-gram entropy (RWKU's Flu) of ``texts``."""
+    """Fluency of ``texts``: ``ppl`` (geometric mean over the non-empty ones of their reply perplexity),
+    ``entropy`` (mean n-gram entropy, RWKU's Flu) and ``empty`` (the fraction of empty answers: a
+    corrupted prompt that makes the model end its turn at once has not produced an answer)."""
     from guard.eval.rwku_metrics import n_gram_entropy
 
-    ppl = sorted(answer_perplexity(model, tokenizer, context, texts, batch_size))
-    n = len(ppl)
-    median = ppl[n // 2] if n % 2 else 0.5 * (ppl[n // 2 - 1] + ppl[n // 2])
-    return {"ppl": float(median), "entropy": float(n_gram_entropy(list(texts)))}
+    ppl = [p for p in answer_perplexity(model, tokenizer, context, texts, batch_size) if math.isfinite(p)]
+    geo = math.exp(sum(math.log(p) for p in ppl) / len(ppl)) if ppl else float("inf")
+    empty = sum(1 for t in texts if not t.strip()) / max(1, len(texts))
+    return {"ppl": float(geo), "entropy": float(n_gram_entropy(list(texts))), "empty": float(empty)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +383,8 @@ def zeroth_order_search(s: Searcher, target_level: float, baseline_fluency: dict
     """Minimise (f(theta) - r)^2 under the fluency constraint; returns the chosen point and the trace."""
     cfg = s.cfg
     bounds = {"max_ppl": baseline_fluency["ppl"] * cfg.max_ppl_ratio,
-              "min_entropy": baseline_fluency["entropy"] * cfg.min_entropy_ratio}
+              "min_entropy": baseline_fluency["entropy"] * cfg.min_entropy_ratio,
+              "max_empty": cfg.max_empty_frac}
     u = s.clip(list(u0))
     trace: list[dict[str, Any]] = []
     feasible_u: list[float] | None = None  # the last feasible iterate
@@ -394,7 +398,8 @@ def zeroth_order_search(s: Searcher, target_level: float, baseline_fluency: dict
         resid = f - target_level
         answers = s.answers(theta)
         flu = s.fluency(answers)
-        feasible = flu["ppl"] <= bounds["max_ppl"] and flu["entropy"] >= bounds["min_entropy"]
+        feasible = (flu["ppl"] <= bounds["max_ppl"] and flu["entropy"] >= bounds["min_entropy"]
+                    and flu.get("empty", 0.0) <= bounds["max_empty"])
         entry: dict[str, Any] = {"iter": it, **theta, "u": [round(x, 6) for x in u], "forget_logprob": f,
                                  "target_logprob": target_level, "residual": resid, "fluency": flu,
                                  "feasible": feasible, "example_answer": answers[0] if answers else ""}
@@ -443,7 +448,7 @@ def zeroth_order_search(s: Searcher, target_level: float, baseline_fluency: dict
         entry["time_s"] = round(time.perf_counter() - t0, 2)
         trace.append(entry)
         s.progress(f"[{it + 1}/{cfg.iters}] {_fmt(theta)}  f={f:.4f}  target={target_level:.4f}  "
-                   f"ppl={flu['ppl']:.1f}  H={flu['entropy']:.2f}  {'ok' if feasible else 'NOT fluent'}  "
+                   f"ppl={flu['ppl']:.1f}  H={flu['entropy']:.2f}  empty={flu['empty']:.2f}  {'ok' if feasible else 'NOT fluent'}  "
                    f"({entry['time_s']:.1f}s) -> {_fmt(s.theta(new_u))}")
         if new_u == u:
             entry["action"] += " (no change: at a bound)"
@@ -577,6 +582,13 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
             f"{result['bounds']['max_ppl']:.1f}, entropy >= {result['bounds']['min_entropy']:.2f}); start lower "
             f"(--sigma0), loosen --max-ppl-ratio/--min-entropy-ratio, or raise --iters", param="sigma0")
     theta = best["theta"]
+    if not result["converged"]:
+        reachable = min(t["forget_logprob"] for t in result["trace"])
+        say(f"warning: not converged: the best fluent setting leaves f={best['forget_logprob']:.4f} vs target {r:.4f} "
+            f"(lowest f reached: {reachable:.4f})" + (
+                "; with select=entity only the name tokens are corrupted and the rest of the question may still "
+                "identify the answer: try --select all_user" if cfg.select == "entity" else
+                "; raise --iters, or loosen the fluency bounds if the answers are still fluent"))
     chosen = {"corruption": cfg.corruption, "sigma": theta["sigma"] if uses_sigma else None,
               "k": theta["k"], "select": cfg.select}
     validate_params(chosen["corruption"], chosen["sigma"], chosen["k"], hidden, where="chosen")
@@ -667,6 +679,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-step", type=float, default=1.0, help="largest change of log(theta) per iteration")
     s.add_argument("--max-ppl-ratio", type=float, default=3.0)
     s.add_argument("--min-entropy-ratio", type=float, default=0.75)
+    s.add_argument("--max-empty-frac", type=float, default=0.25, help="largest fraction of empty corrupted answers")
     s.add_argument("--fluency-items", type=int, default=8)
     s.add_argument("--fluency-tokens", type=int, default=32)
     s.add_argument("--batch-size", type=int, default=8)
@@ -680,7 +693,8 @@ def run_cli(args: argparse.Namespace) -> int:
     cfg = SearchConfig(corruption=args.corruption, search=tuple(x.strip() for x in args.search.split(",") if x.strip()),
                        select=args.select, sigma0=args.sigma0, k0=args.k0, iters=args.iters, mu=args.mu,
                        max_step=args.max_step, tol=args.tol, max_ppl_ratio=args.max_ppl_ratio,
-                       min_entropy_ratio=args.min_entropy_ratio, fluency_items=args.fluency_items,
+                       min_entropy_ratio=args.min_entropy_ratio, max_empty_frac=args.max_empty_frac,
+                       fluency_items=args.fluency_items,
                        fluency_tokens=args.fluency_tokens, batch_size=args.batch_size, seed=args.seed)
     for name in ("iters", "fluency_items", "fluency_tokens", "batch_size"):
         if getattr(cfg, name) < 1:

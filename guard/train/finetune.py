@@ -309,7 +309,7 @@ def _set_threads(opts: RunOptions) -> int:
     except OSError:
         return threads
     if threads > 1 and load > 2 * cores:
-        # measured here: with load ~15 on 2 cores, 1 thread trained ~4x faster than 2 (threads that
+        # measured here: with load ~15 on 2 cores, 1 thread trained ~5x faster than 2 (threads that
         # wait for each other at every op lose their time slices)
         log.warning("the CPU is busy (load %.1f on %d cores): --threads 1 is usually faster then", load, cores)
     return threads

@@ -734,3 +734,72 @@ def run_cli(args: argparse.Namespace) -> int:
                       "total_time_s": metrics["total_time_s"],
                       "device": metrics["device"], "generation": metrics["generation"]}, indent=2))
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# before/after report on chosen rows (for documentation): python -m guard.train.spul report ...
+
+
+def report_rows(artifact: Path, model_name: str, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
+                device: str = "auto", max_new_tokens: int = 48, progress: bool = True) -> dict[str, Any]:
+    """``generation_report`` of a trained soft prompt on explicit forget/retain QA (refuses a soft
+    prompt trained for another model, like the guard does)."""
+    from transformers import AutoTokenizer
+
+    from guard.artifacts import check_identity
+    from guard.interventions.spul import RETRAIN, load_soft_prompt
+    from guard.models import resolve_model
+
+    model_dir = Path(resolve_model(model_name))
+    soft = load_soft_prompt(artifact)
+    check_identity(soft.manifest, model_dir, artifact=f"soft prompt {artifact}", retrain=RETRAIN)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    cfg = SpulConfig(position=soft.position, system_prompt=(soft.manifest.get("hyperparameters") or {}).get("system_prompt"))
+    f = [encode_example_checked(tokenizer, it, it.answer, cfg, "forget") for it in forget]
+    r = [encode_example_checked(tokenizer, it, it.answer, cfg, "retain") for it in retain]
+    model = load_frozen_model(model_dir, resolve_device(device))
+    report = generation_report(model, tokenizer, soft.vectors, f, r, max_new_tokens=max_new_tokens, progress=progress)
+    report["model"] = model_dir.name
+    report["artifact"] = str(artifact)
+    return report
+
+
+def _report_main(argv: Sequence[str] | None = None) -> int:
+    from guard.policy import DataSource
+
+    p = argparse.ArgumentParser(prog="python -m guard.train.spul report",
+                                description="before/after greedy answers of a soft prompt on chosen TOFU rows")
+    p.add_argument("command", choices=["report"])
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--model", default="default")
+    p.add_argument("--file", type=Path, default=None, help="tofu_qa file (default DATA/tofu/full.json)")
+    p.add_argument("--forget-rows", action="append", required=True, help="rows of --file, e.g. 3960:3964 (repeatable)")
+    p.add_argument("--retain-rows", action="append", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", type=Path, default=None, help="write the full report (JSON) here")
+    args = p.parse_args(argv)
+    file = (args.file or _default_data() / "tofu" / "full.json").resolve()
+
+    def items(slices: Sequence[str], where: str) -> list[QAItem]:
+        return [it for s in slices for it in load_qa_source(DataSource(path=file, format="tofu_qa", rows=s), where)]
+
+    report = report_rows(args.artifact, args.model, items(args.forget_rows, "forget_rows"),
+                         items(args.retain_rows, "retain_rows"), max_new_tokens=args.max_new_tokens)
+    if args.out:
+        from guard.atomic import write_json
+
+        write_json(args.out, report)
+    print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "items"} if isinstance(v, dict) else v)
+                      for k, v in report.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(_report_main())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -135,8 +135,9 @@ def test_rwku_suite_discovers_targets(data: Path, tmp_path: Path) -> None:
     single = report["single"]
     assert set(single["per_target"]) == {"rwku-1-zorblax-quenton", "rwku-2-mirela-vantongeren"}
     assert "forget_qa" in single["mean"] and "general_instructions" in single["mean"]
-    # the general instructions come from the folder not evaluated (3_Other_Person)
-    assert sets["general_instructions"]["n"] == 3
+    # the general instructions come from the folder not evaluated (3_Other_Person); its hash-half 'a'
+    # is a training negative of the suite policy, so the leakage guard scores only half 'b'
+    assert sets["general_instructions"]["n"] + report["leaked_dropped"]["general_instructions"] == 3
     assert sets["forget_qa"]["rate"] == 1.0
 
 

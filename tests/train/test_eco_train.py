@@ -72,6 +72,18 @@ async def test_batched_generation_from_embeds_matches_the_engine(local_engine):
         assert text == "".join(c.text for c in chunks).strip()
 
 
+def test_fluency_separates_fluent_text_from_gibberish_and_counts_empty_answers(local_engine):
+    from guard.train.eco import answer_perplexity, fluency, neutral_context
+
+    model, tok = local_engine.model, local_engine.tokenizer
+    ctx = neutral_context(model, tok)
+    fluent, gibberish = answer_perplexity(model, tok, ctx, ["The capital of France is Paris.",
+                                                             "qv zx ## blorp ;; fnord ]] 7x kk"])
+    assert fluent * 10 < gibberish
+    flu = fluency(model, tok, ctx, ["The capital of France is Paris.", ""])
+    assert flu["empty"] == 0.5 and flu["ppl"] == pytest.approx(fluent, rel=1e-4)
+
+
 def test_spread_keeps_every_part_represented():
     assert spread(list(range(40)), 4) == [0, 10, 20, 30]
     assert spread([1, 2], 5) == [1, 2]
@@ -104,7 +116,7 @@ class FakeSearcher:
         return ["gibberish"] if theta["sigma"] > self.limit else ["a fluent answer"]
 
     def fluency(self, answers):
-        return {"ppl": 1000.0 if answers == ["gibberish"] else 5.0, "entropy": 3.0}
+        return {"ppl": 1000.0 if answers == ["gibberish"] else 5.0, "entropy": 3.0, "empty": 0.0}
 
     def progress(self, message):
         pass
@@ -190,7 +202,9 @@ def micro_artifact(micro_target, tmp_path_factory) -> tuple[Path, Path]:
     policy = _policy(tmp)
     out = tmp / "eco-micro"
     rc = guard_train(["eco", "--policy", str(policy), "--model", MICRO, "--out", str(out), "--max-holdout", "2",
-                      "--iters", "2", "--fluency-items", "1", "--fluency-tokens", "6", "--sigma0", "0.3"])
+                      "--iters", "2", "--fluency-items", "1", "--fluency-tokens", "6", "--sigma0", "0.3",
+                      # plumbing, not calibration: one 6-token answer is too little to judge fluency by
+                      "--max-ppl-ratio", "1000", "--min-entropy-ratio", "0", "--max-empty-frac", "1"])
     assert rc == 0
     return policy, out
 
