@@ -117,7 +117,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     """``GUARD_*`` variables as dotted paths; an unknown ``GUARD_`` variable is an error, not ignored."""
     out: dict[str, str] = {}
-    ignored = {"GUARD_CACHE_DIR", "GUARD_DATA_DIR", "GUARD_CONFIG"}
+    # Not settings: read by guard.paths and by the test suite's vLLM fixture.
+    ignored = {"GUARD_CACHE_DIR", "GUARD_DATA_DIR", "GUARD_CONFIG", "GUARD_VLLM_URL", "GUARD_VLLM_PYTHON"}
     for name, value in environ.items():
         if not name.startswith(_ENV_PREFIX) or name in ignored:
             continue

@@ -593,6 +593,17 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
               "k": theta["k"], "select": cfg.select}
     validate_params(chosen["corruption"], chosen["sigma"], chosen["k"], hidden, where="chosen")
 
+    from guard.train.memorisation import rouge_l_recall
+
+    golds = [p.item.answer for p in fluency_forget]
+    generation = {
+        "n": len(golds),
+        "max_new_tokens": cfg.fluency_tokens,
+        "rouge_l_recall_clean": sum(rouge_l_recall(c, g) for c, g in zip(clean_forget_answers, golds)) / len(golds),
+        "rouge_l_recall_chosen": sum(rouge_l_recall(a, g) for a, g in zip(best["answers"], golds)) / len(golds),
+    }
+    say(f"greedy forget answers, ROUGE-L recall vs gold: clean {generation['rouge_l_recall_clean']:.3f}, "
+        f"corrupted {generation['rouge_l_recall_chosen']:.3f} (first {cfg.fluency_tokens} tokens)")
     manifest: dict[str, Any] = {
         "kind": KIND,
         "version": VERSION,
@@ -614,6 +625,7 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
             "retain_reference": retain_info,
             "embedding_rms": rms,
         },
+        "generation": generation,
         "fluency": {
             "baseline": base_flu,
             "chosen": best["fluency"],
