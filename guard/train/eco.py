@@ -388,6 +388,7 @@ def zeroth_order_search(s: Searcher, target_level: float, baseline_fluency: dict
     u = s.clip(list(u0))
     trace: list[dict[str, Any]] = []
     feasible_u: list[float] | None = None  # the last feasible iterate
+    infeasible: list[list[float]] = []  # iterates that broke the fluency bound
     best: dict[str, Any] | None = None
     converged = False
     started = time.perf_counter()
@@ -415,6 +416,7 @@ def zeroth_order_search(s: Searcher, target_level: float, baseline_fluency: dict
                        f"ppl={flu['ppl']:.1f}  H={flu['entropy']:.2f}  converged")
             break
         if not feasible:
+            infeasible.append(list(u))
             # fluency violated: pull back halfway (log space) towards the last feasible point (or down)
             if feasible_u is not None:
                 new_u = [(a + b) / 2 for a, b in zip(feasible_u, u)]
@@ -443,7 +445,13 @@ def zeroth_order_search(s: Searcher, target_level: float, baseline_fluency: dict
                 entry["action"] = "gauss-newton step"
             step = [max(-cfg.max_step, min(cfg.max_step, d)) for d in step]
             new_u = [a + d for a, d in zip(u, step)]
-            entry["step"] = step
+            # never step into (or past) a strength already found disfluent: bisect towards it instead
+            beyond = [b for b in infeasible if all(n >= x for n, x in zip(new_u, b)) and any(x > a for x, a in zip(b, u))]
+            if beyond:
+                nearest = min(beyond, key=lambda b: sum((x - a) ** 2 for x, a in zip(b, u)))
+                new_u = [(a + x) / 2 for a, x in zip(u, nearest)]
+                entry["action"] += " (capped: bisect towards the nearest disfluent strength)"
+            entry["step"] = [n - a for n, a in zip(new_u, u)]
         new_u = s.clip(new_u)
         entry["time_s"] = round(time.perf_counter() - t0, 2)
         trace.append(entry)
@@ -583,12 +591,19 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
             f"(--sigma0), loosen --max-ppl-ratio/--min-entropy-ratio, or raise --iters", param="sigma0")
     theta = best["theta"]
     if not result["converged"]:
-        reachable = min(t["forget_logprob"] for t in result["trace"])
-        say(f"warning: not converged: the best fluent setting leaves f={best['forget_logprob']:.4f} vs target {r:.4f} "
-            f"(lowest f reached: {reachable:.4f})" + (
-                "; with select=entity only the name tokens are corrupted and the rest of the question may still "
-                "identify the answer: try --select all_user" if cfg.select == "entity" else
-                "; raise --iters, or loosen the fluency bounds if the answers are still fluent"))
+        values = [t["forget_logprob"] for t in result["trace"]]
+        values += [fd[k] for t in result["trace"] for fd in t.get("finite_differences", []) for k in ("f_plus", "f_minus")]
+        reachable = min(values)
+        if reachable - r > cfg.tol:
+            why = (f"the surrogate never got below {reachable:.4f} at any strength tried: corrupting the prompt "
+                   "cannot bring a memorised answer's teacher-forced log-prob to the never-seen level (the "
+                   "answer's own prefix identifies the rest)" + ("; with select=entity the rest of the question "
+                   "may also still identify the answer: try --select all_user" if cfg.select == "entity" else ""))
+        else:
+            why = "the fluency bound stops the search before the target level; loosen it if the answers are still fluent"
+        say(f"warning: not converged: the chosen setting is the fluent one closest to the target "
+            f"(f={best['forget_logprob']:.4f} vs {r:.4f}); {why}")
+        result["note"] = why
     chosen = {"corruption": cfg.corruption, "sigma": theta["sigma"] if uses_sigma else None,
               "k": theta["k"], "select": cfg.select}
     validate_params(chosen["corruption"], chosen["sigma"], chosen["k"], hidden, where="chosen")
@@ -622,6 +637,7 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
             "residual": best["residual"],
             "tol": cfg.tol,
             "converged": result["converged"],
+            "note": result.get("note"),
             "retain_reference": retain_info,
             "embedding_rms": rms,
         },

@@ -79,8 +79,8 @@ class SpulConfig:
     init_text: str = DEFAULT_INIT_TEXT
     forget_target: str = "idk"  # idk | perturbed
     weights: Weights = field(default_factory=Weights)
-    epochs: int = 10
-    lr: float = 1e-2
+    epochs: int = 6
+    lr: float = 3e-2
     batch_size: int = 8  # per step: half forget, half retain
     max_grad_norm: float = 1.0
     val_fraction: float = 0.2
@@ -688,8 +688,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--w-kl", type=float, default=1.0, help="weight of the retain KL to the frozen model (default 1)")
     m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default 10)")
-    t.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate (default 1e-2)")
+    t.add_argument("--epochs", type=int, default=6, help="at most this many epochs (default 6)")
+    t.add_argument("--lr", type=float, default=3e-2, help="AdamW learning rate (default 3e-2)")
     t.add_argument("--batch-size", type=int, default=8, help="examples per step, half forget, half retain (default 8)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of forget and retain QA (default 0.2)")
     t.add_argument("--patience", type=int, default=2, help="stop after this many epochs without held-out improvement")
