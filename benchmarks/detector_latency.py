@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live-base", type=int, default=10, help="RWKU targets already in the artifact")
     ap.add_argument("--skip-live", action="store_true")
     ap.add_argument("--skip-components", action="store_true")
+    ap.add_argument("--only-live", action="store_true", help="only the time-to-enforcement measurement")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -196,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the server screens in a worker thread; one core per request
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"load_before": os.getloadavg(), "cpu_count": os.cpu_count()}
+    if args.only_live:
+        report["live"] = live_add(args.data, args.out, args.live_kind, args.live_base)
+        report["load_after"] = os.getloadavg()
+        report["variants"] = []
+        write_json(args.out / "detector_live.json", report)
+        print(json.dumps(report["live"], indent=2))
+        return 0
     if args.policy is None:
         pdir = Path(tempfile.mkdtemp(prefix="bench-policy-", dir=args.out))
         artifact = cache_dir() / "eval-detectors" / "tofu-forget10-first-cascade"  # shared with `guard-eval detector --suite tofu`

@@ -274,7 +274,15 @@ def _fit_target_heads(ws: Workspace, stages: Sequence[str], j: int, td: TargetDa
 
 
 def _group_threshold(scores: np.ndarray, groups: np.ndarray, cfg: TrainConfig) -> float:
-    """Mondrian split-conformal: the largest of the per-group thresholds (FPR <= alpha in every group)."""
+    """Mondrian split-conformal: the largest of the per-group thresholds (FPR <= alpha in every group).
+
+    A group too small to have a quantile at its alpha (fewer than 2/alpha negatives) would only
+    contribute its maximum; such groups are pooled with the general instructions instead."""
+    groups = groups.copy()
+    min_n = int(np.ceil(2.0 / cfg.fpr))
+    for g in (GROUP_KEEP_STATEMENT, GROUP_KEEP_QUESTION):
+        if 0 < (groups == g).sum() < min_n:
+            groups[groups == g] = GROUP_GENERAL
     taus = []
     for g in np.unique(groups):
         alpha = cfg.neighbour_fpr if g == GROUP_HARD else cfg.fpr
@@ -288,6 +296,7 @@ def _calibrate(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts
     cal_mask = model.neg_split == 1
     cal_texts = [t for t, c in zip(model.neg_texts, cal_mask) if c]
     groups = model.neg_group[cal_mask]
+    owners = model.neg_owner[cal_mask]
     cal_rows = ws.ensure(cal_texts)
     cal_names = names.matrix([ws.folded[r] for r in cal_rows], folded=True)
     stats: dict[str, dict] = {}
@@ -305,9 +314,17 @@ def _calibrate(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts
             a, b = fit_platt(pdec, dec[:, j])
             st.heads.platt[j] = (a, b)
         Z = st.heads.logits(dec)
-        st.tau_target = np.array([_group_threshold(Z[:, j], groups, cfg) for j in range(Z.shape[1])], np.float32)
+        # a hard negative (about an entity target j's documents mention) is judged by head j only:
+        # it may well be about another target of the policy, whose head is right to fire on it
+        hard = groups == GROUP_HARD
+        own = owners[hard]
+        st.tau_target = np.array([_group_threshold(Z[~hard | (owners == j), j], groups[~hard | (owners == j)], cfg)
+                                  for j in range(Z.shape[1])], np.float32)
         st.tau_loose_target = np.array([conformal_threshold(Z[:, j], cfg.loose_fpr) for j in range(Z.shape[1])], np.float32)
         mx = Z.max(axis=1) if Z.shape[1] else np.zeros(len(cal_rows))
+        if hard.any() and Z.shape[1]:
+            mx = mx.copy()
+            mx[hard] = Z[np.nonzero(hard)[0], np.clip(own, 0, Z.shape[1] - 1)]
         st.tau = _group_threshold(mx, groups, cfg)
         st.tau_loose = conformal_threshold(mx, cfg.loose_fpr)
         stats[stage_name] = {
@@ -453,6 +470,17 @@ def _cfg_for(model: DetectorModel, policy: Policy | None) -> TrainConfig:
         if k in c:
             setattr(cfg, k, c[k])
     return cfg
+
+
+def recalibrate(model: DetectorModel, progress: Progress = lambda s: None) -> DetectorModel:
+    """Recompute all thresholds from the stored negative bank (heads and Platt scaling unchanged)."""
+    cfg = _cfg_for(model, None)
+    ws, _ = _workspace_from_model(model, cfg, progress)
+    names = NameMatcher({t: model.names[t] for t in model.target_ids})
+    stats = _calibrate(model, ws, names, {}, {}, cfg, refit_platt=())
+    model.manifest = dict(model.manifest)
+    model.manifest.setdefault("metrics", {})["calibration"] = stats
+    return model
 
 
 def remove_targets(model: DetectorModel, remove: Iterable[str], progress: Progress = lambda s: None) -> DetectorModel:

@@ -152,7 +152,8 @@ def test_bad_overrides_name_the_field(overrides, param):
 
 
 def test_batch_size_override_adapts_the_micro_batch():
-    assert R.make_recipe("mini", "target", batch_size=4).micro_batch_size == 4
+    assert R.make_recipe("mini", "target", batch_size=16).micro_batch_size == 4
+    assert R.make_recipe("mini", "target", batch_size=2).micro_batch_size == 2
     assert R.make_recipe("full", "target", batch_size=16).micro_batch_size == 8  # still divides: accumulation 2
     r = R.make_recipe("full", "target", batch_size=12)
     assert r.batch_size % r.micro_batch_size == 0
