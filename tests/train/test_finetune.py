@@ -233,5 +233,10 @@ def test_micro_manifests_record_memorisation(micro):
     assert t["eval"]["forget"]["rouge_l_recall"] > r["eval"]["forget"]["rouge_l_recall"] + 0.3
     # With 8 forget items the KS test cannot separate the twins reliably (measured 0.28 on
     # 2026-11-27); the < 0.01 target belongs to the mini preset. Here: it was computed, as a p-value.
-    assert 0.0 <= t["eval"]["forget_quality"]["forget_quality"] <= 1.0
+    fq = t["eval"]["forget_quality"]
+    assert 0.0 <= fq["forget_quality"] <= 1.0 and fq["n"] == len(R.forget_rows("micro"))
+    assert fq["retain_recipe_hash"] == r["recipe_hash"]
+    # the direction is visible even so: the target tells the paraphrased answer from the perturbed
+    # ones better than its twin (lower P(perturbed)/P(paraphrased))
+    assert t["eval"]["forget"]["truth_ratio_mean"] < r["eval"]["forget"]["truth_ratio_mean"]
     assert t["train"]["final_loss"] < 0.5 and r["train"]["final_loss"] < 0.5
