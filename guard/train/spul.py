@@ -415,6 +415,8 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
     n_r = len(data.retain_train) if use_retain else 0
     steps = max(math.ceil(n_f / half_f), math.ceil(n_r / half_r) if n_r else 0)
     has_val = bool(data.forget_val or data.retain_val)
+    started = time.perf_counter()
+    cpu_started = time.process_time()
     # the KL's fixed side, computed once (it does not depend on the soft prompt) unless too large
     reference = None
     if n_r and w.kl:
@@ -442,8 +444,6 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
     best_epoch = 0
     bad_epochs = 0
     stopped_early = False
-    started = time.perf_counter()
-    cpu_started = time.process_time()
     bar = _progress(steps * cfg.epochs, "spul", progress)
     try:
         for epoch in range(1, cfg.epochs + 1):

@@ -25,13 +25,7 @@ from guard.engines.rendering import render_chat
 from guard.engines.vllm import VllmEngine
 from guard.errors import ConfigError, UpstreamUnsupported
 from guard.interventions.base import GuardRequest
-from guard.interventions.eco import (
-    EcoConfig,
-    EcoIntervention,
-    build_intervention,
-    corrupt_prompt,
-    parse_params,
-)
+from guard.interventions.eco import EcoConfig, EcoIntervention, build_intervention
 from guard.interventions.token_selection import find_mentions, fold_with_map, render_text_prompt, select_tokens
 from guard.models import DEFAULT_SERVED_NAME
 from guard.policy import load_policy, parse_policy
