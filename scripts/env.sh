@@ -35,7 +35,8 @@ ensure_guard_env() {
     echo "$stamp" > "$GUARD_VENV/.stamp"
   else
     # A fresh checkout elsewhere: point the editable install at this tree (fast, no downloads).
-    if ! "$GUARD_VENV/bin/python" -c "import guard, sys; sys.exit(0 if guard.__file__.startswith('$REPO/') else 1)" 2>/dev/null; then
+    # -P: do not put the working directory on sys.path, or a run from the repo root always "finds" it.
+    if ! "$GUARD_VENV/bin/python" -P -c "import guard, sys; sys.exit(0 if guard.__file__.startswith('$REPO/') else 1)" 2>/dev/null; then
       _pip "$GUARD_VENV" --no-deps -e "$REPO"
     fi
   fi
