@@ -39,6 +39,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tofu_micro(data_dir) -> dict[str, Path]:
+    """The TOFU micro twins ({"target": dir, "retain": dir}), trained on a cold cache (a few minutes
+    on CPU) by the CLI's own build function and reused afterwards."""
+    from guard.train import finetune as ft
+
+    return ft.build_preset("micro", opts=ft.RunOptions(data_dir=data_dir, progress=False))
+
+
+@pytest.fixture(scope="session")
 def default_model_path() -> Path:
     return Path(resolve_model("default"))
 

@@ -248,15 +248,11 @@ def test_base_model_mismatch_is_refused(tmp_path: Path, tiny_artifact: Path, loc
     assert err.value.param == "targets.0.params.artifact"
 
 
-def test_real_other_model_is_refused(tiny_artifact: Path):
+def test_real_other_model_is_refused(tiny_artifact: Path, tofu_micro):
     """An engine serving another model folder (a fine-tuned twin) is refused by embedding hash."""
     from guard.engines.local import LocalEngine
-    from guard.paths import models_dir
 
-    twin = next((models_dir() / n for n in ("tofu-micro-target", "tofu-micro-retain", "tofu-mini-target")
-                 if (models_dir() / n / "config.json").exists()), None)
-    if twin is None:
-        pytest.skip("no fine-tuned TOFU model cached (guard-train finetune --preset micro)")
+    twin = tofu_micro["target"]
     engine = LocalEngine(twin, twin.name)  # not started: the identity is read from the folder
     with pytest.raises(ConfigError, match=f"served model is '{twin.name}'"):
         load_runtime(tiny_artifact, engine)

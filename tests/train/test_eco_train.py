@@ -185,13 +185,8 @@ MICRO = "tofu-micro-target"
 
 
 @pytest.fixture(scope="module")
-def micro_target() -> Path:
-    from guard.paths import models_dir
-
-    path = models_dir() / MICRO
-    if not (path / "config.json").exists():
-        pytest.skip(f"{MICRO} is not built: run `guard-train finetune --preset micro` (a few minutes)")
-    return path
+def micro_target(tofu_micro) -> Path:
+    return tofu_micro["target"]
 
 
 @pytest.fixture(scope="module")

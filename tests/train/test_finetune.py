@@ -197,9 +197,8 @@ def test_shared_prefix_shortcut_is_exact(tiny_model, data_dir):
 
 
 @pytest.fixture(scope="module")
-def micro(data_dir) -> dict[str, Path]:
-    # the CLI's own build function: trains once per cache (a few minutes), reused afterwards
-    return ft.build_preset("micro", opts=ft.RunOptions(data_dir=data_dir, progress=False))
+def micro(tofu_micro) -> dict[str, Path]:
+    return tofu_micro
 
 
 @pytest.mark.slow
