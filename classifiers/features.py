@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from classifiers.text import fold
+from classifiers.text import fold, name_alternation
 
 # Words that never identify a person on their own (titles, particles, generic words in names).
 _WEAK = {
@@ -103,11 +103,8 @@ class NameMatcher:
 
 def _overlapping(alternatives: Mapping[str, object]) -> re.Pattern[str] | None:
     """Whole-word matches of any alternative, overlapping ones included (a zero-width lookahead)."""
-    alts = sorted(alternatives, key=len, reverse=True)
-    if not alts:
-        return None
-    joined = "|".join(re.escape(a) for a in alts)
-    return re.compile(rf"(?<!\w)(?=({joined})(?!\w))")
+    source = name_alternation(alternatives)
+    return None if source is None else re.compile(rf"(?=({source}))")
 
 
 def name_parts(names: Iterable[str]) -> list[str]:
@@ -121,8 +118,5 @@ def name_parts(names: Iterable[str]) -> list[str]:
 
 
 def _alternation(names: Iterable[str]) -> re.Pattern[str] | None:
-    alts = sorted({fold(n).strip() for n in names if n and n.strip()}, key=len, reverse=True)
-    if not alts:
-        return None
-    joined = "|".join(re.escape(a) for a in alts)
-    return re.compile(rf"(?<!\w)(?:{joined})(?!\w)")
+    source = name_alternation(fold(n) for n in names if n)
+    return None if source is None else re.compile(source)

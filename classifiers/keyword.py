@@ -1,7 +1,8 @@
 """A name/alias matcher: the cheapest detector, and a baseline for the trained one.
 
 Matches whole words, case- and accent-insensitively, so "Beyonce" catches "Beyoncé" and "Al" does
-not match "Also".
+not match "Also". Names in scripts written without spaces match inside running text ("周杰伦" in
+"我喜欢周杰伦的歌"; ``classifiers.text.name_alternation``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import unicodedata
 from typing import Mapping, Sequence
 
 from classifiers.base import Verdict
+from classifiers.text import name_alternation
 
 
 def fold(text: str) -> str:
@@ -23,10 +25,9 @@ class KeywordDetector:
     def __init__(self, names_by_target: Mapping[str, Sequence[str]]) -> None:
         self._patterns: list[tuple[str, re.Pattern[str]]] = []
         for target_id, names in names_by_target.items():
-            alternatives = sorted({fold(n).strip() for n in names if n.strip()}, key=len, reverse=True)
-            if alternatives:
-                joined = "|".join(re.escape(a) for a in alternatives)
-                self._patterns.append((target_id, re.compile(rf"(?<!\w)(?:{joined})(?!\w)")))
+            source = name_alternation(fold(n) for n in names)
+            if source is not None:
+                self._patterns.append((target_id, re.compile(source)))
 
     def screen(self, texts: Sequence[str]) -> Verdict:
         folded = [fold(t) for t in texts]

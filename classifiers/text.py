@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterator
+from typing import Iterable, Iterator
 
 _SENT_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9¿¡])")
 _WS_RE = re.compile(r"\s+")
 _WORD_RE = re.compile(r"\w+(?:['\u2019\-]\w+)*")
+# Scripts written without spaces between words (Han, kana, Hangul incl. the jamo NFKD gives, Thai, Lao,
+# Myanmar, Khmer, Tibetan, Yi): a name in them has no word boundary on that side ("我喜欢周杰伦的歌").
+SPACELESS = ("\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u2e80-\u2fdf\u3040-\u30ff"
+             "\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+             "\uff66-\uff9f\U00020000-\U0003134f")
+_SPACELESS_RE = re.compile(f"[{SPACELESS}]")
+# a boundary for an edge in a spaced script: the neighbour is not a letter/digit of a spaced script
+# (so "Al" does not match "Also", while "Taylor Swift" matches in "我喜欢Taylor Swift的歌")
+_LEFT = f"(?<![^\\W{SPACELESS}])"
+_RIGHT = f"(?![^\\W{SPACELESS}])"
 
 
 def fold(text: str) -> str:
@@ -17,6 +27,30 @@ def fold(text: str) -> str:
         return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def spaceless(ch: str) -> bool:
+    return bool(_SPACELESS_RE.match(ch))
+
+
+def name_alternation(names: Iterable[str]) -> str | None:
+    """Regex source matching any of ``names`` (already folded) as a whole word, longest first.
+
+    The word boundary is checked only on an edge whose character belongs to a spaced script and is
+    a letter or digit; names in CJK/Thai/... match inside running text.
+    """
+    alts = sorted({n.strip() for n in names if n and n.strip()}, key=len, reverse=True)
+    if not alts:
+        return None
+    runs: list[tuple[str, str, list[str]]] = []
+    for a in alts:
+        left = "" if spaceless(a[0]) or not a[0].isalnum() else _LEFT
+        right = "" if spaceless(a[-1]) or not a[-1].isalnum() else _RIGHT
+        if runs and runs[-1][:2] == (left, right):
+            runs[-1][2].append(a)
+        else:
+            runs.append((left, right, [a]))
+    return "|".join(f"{left}(?:{'|'.join(re.escape(a) for a in group)}){right}" for left, right, group in runs)
 
 
 def clean(text: str) -> str:

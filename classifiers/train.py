@@ -42,7 +42,7 @@ from classifiers.entities import co_mentioned, neighbour_questions
 from classifiers.features import CharNgrams, NameMatcher, name_parts
 from classifiers.index import ForgetIndex
 from classifiers.templates import entity_questions, general_pool, partial_name_negatives, surname_questions
-from classifiers.text import fold
+from classifiers.text import fold, name_alternation
 from guard.errors import ConfigError
 from guard.policy import Policy, Target
 
@@ -122,12 +122,10 @@ class TargetData:
 
 def _name_filter(all_names: Sequence[str]) -> Callable[[str], bool]:
     """True if a text names any of ``all_names`` (whole word, folded)."""
-    import re
-
-    alts = sorted({fold(n).strip() for n in all_names if n.strip()}, key=len, reverse=True)
-    if not alts:
+    source = name_alternation(fold(n) for n in all_names)
+    if source is None:
         return lambda text: False
-    pat = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(a) for a in alts) + r")(?!\w)")
+    pat = re.compile(source)
     return lambda text: bool(pat.search(fold(text)))
 
 
