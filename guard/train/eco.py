@@ -5,7 +5,8 @@ model: a zeroth-order (finite-difference) search that drives a surrogate forget 
 corrupted model to the level a model that never saw the data would show. Here:
 
 * **surrogate** ``f(theta)``: the target model's length-normalised answer log-probability (mean
-  per-token log-prob of the gold answer, teacher-forced) on the forget QA of the policy's targets,
+  per-token log-prob of the gold answer's first ``surrogate_tokens`` tokens, default 8,
+  teacher-forced) on the forget QA of the policy's targets,
   with the prompt corrupted exactly as ``guard serve`` corrupts it (same token selection, same
   corruption function; fixed per-item seeds, so ``f`` is a smooth function of ``theta``);
 * **level to match** ``r``: the same measure on comparable QA the model never saw, clean (TOFU's
@@ -73,6 +74,10 @@ class SearchConfig:
     batch_size: int = 8
     seed: int = 0
     sigma_bounds: tuple[float, float] = (1e-3, 50.0)
+    # Score only the first N answer tokens (None: all). A memorised answer's own prefix gives the
+    # rest away under teacher forcing, so the whole-answer log-prob saturates above the holdout
+    # level (docs/eco.md); the opening tokens depend on the prompt alone and can be pushed to it.
+    surrogate_tokens: int | None = 8
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,6 +204,13 @@ def prepare(model: Any, tokenizer: Any, items: Sequence[QAItem], max_length: int
             embeds = emb(torch.tensor([rendered.token_ids]))[0].detach().float().clone()
         out.append(Prepared(item, rendered, embeds, answer))
     return out
+
+
+def answer_head(items: list[Prepared], n: int | None) -> list[Prepared]:
+    """The items with their answers cut to the first ``n`` tokens (the surrogate's scope)."""
+    if n is None:
+        return items
+    return [Prepared(p.item, p.rendered, p.embeds, p.answer_ids[:n]) for p in items]
 
 
 @torch.no_grad()
@@ -550,8 +562,8 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
 
     say(f"{len(forget)} forget QA ({', '.join(target_ids)}), {len(holdout)} holdout QA ({opts.holdout_split}); "
         f"corruption {cfg.corruption}, select {cfg.select}, searching {','.join(cfg.search)}")
-    prep_forget = prepare(model, tokenizer, forget)
-    prep_holdout = prepare(model, tokenizer, holdout)
+    prep_forget = answer_head(prepare(model, tokenizer, forget), cfg.surrogate_tokens)
+    prep_holdout = answer_head(prepare(model, tokenizer, holdout), cfg.surrogate_tokens)
     bs = cfg.batch_size
     holdout_lp = answer_logprobs(model, [p.embeds for p in prep_holdout], [p.answer_ids for p in prep_holdout], bs)
     forget_clean_lp = answer_logprobs(model, [p.embeds for p in prep_forget], [p.answer_ids for p in prep_forget], bs)
@@ -571,7 +583,7 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
     if opts.retain_model:
         say(f"reference: scoring the forget QA on {opts.retain_model} (clean prompts)")
         r_model, r_tok, r_path = _load_model(opts.retain_model)
-        r_prep = prepare(r_model, r_tok, forget)
+        r_prep = answer_head(prepare(r_model, r_tok, forget), cfg.surrogate_tokens)
         r_lp = answer_logprobs(r_model, [p.embeds for p in r_prep], [p.answer_ids for p in r_prep], bs)
         retain_info = {"model": opts.retain_model, "path": str(r_path), "forget_logprob": sum(r_lp) / len(r_lp)}
         del r_model
@@ -629,7 +641,9 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
         "targets": target_ids,
         "chosen": chosen,
         "objective": {
-            "surrogate": "mean per-token log-prob of the gold answer on the forget QA, prompt corrupted as served",
+            "surrogate": ("mean per-token log-prob of the gold answer"
+                          + (f"'s first {cfg.surrogate_tokens} tokens" if cfg.surrogate_tokens else "")
+                          + " on the forget QA, prompt corrupted as served"),
             "match": f"clean mean per-token log-prob on {opts.holdout_split} (QA the model never saw)",
             "target_logprob": r,
             "forget_logprob_clean": f0,
@@ -712,6 +726,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--fluency-tokens", type=int, default=32)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--surrogate-tokens", type=int, default=8, metavar="N",
+                   help="the surrogate scores the first N answer tokens (default 8; 0 = the whole answer, "
+                        "which saturates on memorised answers: docs/eco.md)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_cli)
@@ -723,7 +740,10 @@ def run_cli(args: argparse.Namespace) -> int:
                        max_step=args.max_step, tol=args.tol, max_ppl_ratio=args.max_ppl_ratio,
                        min_entropy_ratio=args.min_entropy_ratio, max_empty_frac=args.max_empty_frac,
                        fluency_items=args.fluency_items,
-                       fluency_tokens=args.fluency_tokens, batch_size=args.batch_size, seed=args.seed)
+                       fluency_tokens=args.fluency_tokens, batch_size=args.batch_size, seed=args.seed,
+                       surrogate_tokens=args.surrogate_tokens or None)
+    if args.surrogate_tokens < 0:
+        raise ConfigError("--surrogate-tokens must be >= 0 (0 = the whole answer)", param="surrogate_tokens")
     for name in ("iters", "fluency_items", "fluency_tokens", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1", param=name)

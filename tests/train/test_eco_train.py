@@ -171,6 +171,24 @@ def test_unknown_target_is_refused(tmp_path):
         train_eco(_opts(tmp_path, _policy(tmp_path), targets=["nobody"]), SearchConfig())
 
 
+def test_surrogate_scope_cuts_answers_to_their_first_tokens(local_engine):
+    from guard.train.eco import answer_head
+
+    model, tokenizer = local_engine.model, local_engine.tokenizer
+    items = prepare(model, tokenizer, [QAItem("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600.",
+                                              None, (), "t")])
+    cut = answer_head(items, 3)
+    assert cut[0].answer_ids == items[0].answer_ids[:3] and len(items[0].answer_ids) > 3
+    assert answer_head(items, None) is items
+    full, head = (answer_logprobs(model, [p.embeds for p in x], [p.answer_ids for p in x]) for x in (items, cut))
+    assert full != head
+
+
+def test_negative_surrogate_tokens_are_refused(tmp_path, capsys):
+    rc = guard_train(["eco", "--policy", str(_policy(tmp_path)), "--out", str(tmp_path / "o"), "--surrogate-tokens", "-1"])
+    assert rc == 2 and "--surrogate-tokens" in capsys.readouterr().err
+
+
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     rc = guard_train(["eco", "--policy", str(_policy(tmp_path, action="refuse")), "--out", str(tmp_path / "o")])
     assert rc == 2 and "action eco" in capsys.readouterr().err
@@ -215,6 +233,7 @@ def test_search_writes_a_complete_artifact(micro_artifact, micro_target, capsys)
     assert chosen["corruption"] == "rand_noise_first_n" and chosen["sigma"] > 0 and chosen["select"] == "entity"
     obj = manifest["objective"]
     assert obj["forget_logprob_clean"] > obj["target_logprob"]  # the micro target memorised its forget QA
+    assert manifest["search"]["config"]["surrogate_tokens"] == 8 and "first 8 tokens" in obj["surrogate"]
     trace = manifest["search"]["trace"]
     assert 1 <= len(trace) <= 2 and all({"sigma", "forget_logprob", "fluency", "feasible"} <= set(t) for t in trace)
     assert manifest["data"]["forget"]["n"] == 2 and manifest["data"]["holdout"]["n"] == 2
