@@ -38,13 +38,14 @@ def test_relative_data_paths_resolve_against_the_policy(tmp_path: Path):
     assert load_policy(path).targets[0].forget_data[0].path == tmp_path / "data.json"
 
 
-async def test_unavailable_action_fails_at_start(local_engine, guard_server, tmp_path: Path):
-    path = tmp_path / "p.yaml"
-    path.write_text("targets: [{id: a, names: [A], action: pass}, {id: b, names: [B], action: uld}]")
-    from guard.interventions.registry import available_actions
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "policies").rglob("*.yaml"))
 
-    if "uld" in available_actions():
-        pytest.skip("uld is available in this version")
-    with pytest.raises(ConfigError) as info:
-        await guard_server(local_engine, policy=str(path))
-    assert info.value.param == "targets.1.action"
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "policies")))
+def test_shipped_policies_load_and_their_data_exists(path: Path):
+    policy = load_policy(path)
+    assert policy.targets
+    for target in policy.targets:
+        for source in [*target.forget_data, *target.keep_data]:
+            assert source.path.exists(), f"{path.name}: {target.id}: {source.path} is missing"
