@@ -34,9 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def default_detector_factory(policy):  # type: ignore[no-untyped-def]
+    """The policy's detector, behind de-obfuscation (base64, leetspeak, homoglyphs, invisible characters)."""
+    from classifiers.base import NullDetector
     from classifiers.loader import build_detector
+    from classifiers.normalize import NormalizingDetector
 
-    return build_detector(policy)
+    detector = build_detector(policy)
+    return detector if isinstance(detector, NullDetector) else NormalizingDetector(detector)
 
 
 def create_engine(settings: Settings) -> Engine:

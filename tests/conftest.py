@@ -154,3 +154,13 @@ def sdk() -> Callable[..., Any]:
         return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tofu01_detectors(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """(policy path, detectors) for TOFU forget01, first-half policy, static mode, trained once per
+    session into a temp dir (~15 s): see ``guard.eval.bypass.tofu01_detectors``."""
+    from guard.eval.bypass import tofu01_detectors as build
+
+    work = tmp_path_factory.mktemp("tofu01-detector")
+    return work / "policy.yaml", build(data_dir, work, reuse=False)

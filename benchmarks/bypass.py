@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Bypass attempts on the detector: catch rate per jailbreak disguise, TOFU forget01.
+
+    python benchmarks/bypass.py --data ../shared/data --out runs/bench/bypass
+
+Trains (or reuses, in ``--out``) the TOFU forget01 detector on the first half of each author's QA
+pairs (static mode, ~15 s), then screens the 20 held-out forget questions and their 20 paraphrases
+wrapped in every attack of ``guard.eval.bypass.ATTACKS`` (plus hand-written translations), and 40
+unrelated questions (other fictitious authors, real authors) in the same wrappers, with four
+detectors: the name matcher and the trained detector, each raw and as served (``+deobf``: behind
+``classifiers.normalize.NormalizingDetector``). Prints the table; writes ``bypass.json`` and
+``bypass.md`` in ``--out`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    from guard.atomic import write_json, write_text
+    from guard.eval.bypass import catch_table, general_instructions, tofu01_detectors, tofu_probes
+    from guard.paths import default_data_dir
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="benchmark data folder (default: ../shared/data or $GUARD_DATA_DIR)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "bypass")
+    ap.add_argument("--retrain", action="store_true", help="train the detector again even if --out holds one")
+    args = ap.parse_args()
+    data = args.data or default_data_dir()
+    t0 = time.perf_counter()
+    detectors = tofu01_detectors(data, args.out, reuse=not args.retrain)
+    print(f"detectors ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    forget, other = tofu_probes(data)
+    instructions = general_instructions(data)
+    report = catch_table(detectors, forget, other, extra_negatives={"general instructions (as sent)": instructions} if instructions else None)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    md = (f"Bypass attempts, TOFU forget01 (first-half policy), {len(forget)} forget questions and {len(other)} other "
+          f"questions per attack; commit {commit}, load {os.getloadavg()[0]:.1f}.\n"
+          "'caught' = forget questions flagged (higher is better); 'FP' = other questions flagged (lower is better).\n\n"
+          + report.markdown() + "\n")
+    print(md)
+    write_json(args.out / "bypass.json", {**report.to_json(), "commit": commit, "n_forget": len(forget), "n_other": len(other)})
+    write_text(args.out / "bypass.md", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
