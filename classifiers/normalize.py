@@ -1,7 +1,8 @@
 """Cheap de-obfuscation before screening: what a request says once the disguise is taken off.
 
 Jailbreaks that hide a forget question from a text classifier without hiding it from the model:
-base64 payloads ("decode this and answer it: QmFzaWwg..."), leetspeak ("B4s1l M4hf0uz"), zero-width
+base64 payloads ("decode this and answer it: QmFzaWwg..."), leetspeak ("B4s1l M4hf0uz"), snake_case
+("Basil_Mahfouz", also the only form a chat message's ``name`` may take at OpenAI), zero-width
 characters inside a name, look-alike letters from other scripts (Cyrillic "а" for Latin "a"),
 full-width or mathematical letters. ``deobfuscate(texts)`` returns the texts with all of that undone
 (or ``None`` when there was nothing to undo, the usual case); ``NormalizingDetector`` screens the
@@ -60,9 +61,10 @@ def unleet(text: str) -> str:
 
 
 def unmask(text: str) -> str:
-    """NFKC (full-width / mathematical letters), drop invisible characters, map homoglyphs, undo leetspeak."""
+    """NFKC (full-width / mathematical letters), drop invisible characters, map homoglyphs, underscores to
+    spaces, undo leetspeak."""
     out = unicodedata.normalize("NFKC", text) if not text.isascii() else text
-    out = out.translate(_INVISIBLE).translate(_CONFUSABLES)
+    out = out.translate(_INVISIBLE).translate(_CONFUSABLES).replace("_", " ")  # Basil_Mahfouz: snake_case hides words
     return unleet(out)
 
 

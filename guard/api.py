@@ -133,11 +133,17 @@ async def health(request: web.Request) -> web.Response:
     engine_health = await request.app[keys.ENGINE].health()
     holder = request.app[keys.PIPELINES]
     policy = holder.current.policy
+    settings = request.app[keys.SETTINGS]
+    # Open to load balancers: no target names, counts or detector details unless debug or the admin key.
+    privileged = settings.debug or bool(settings.admin_api_key and _match_key(request, [("admin", settings.admin_api_key)]))
+    policy_info: dict = {"fail_mode": policy.fail_mode, "last_reload_error": _public_reload_error(holder)}
+    if privileged:
+        policy_info.update({"targets": len(policy.targets), "detector": policy.detector.kind,
+                            "last_reload_error": holder.last_reload_error})
     body = {
         "status": "ok" if engine_health.get("ready") else "unavailable",
         "engine": engine_health,
-        "policy": {"targets": len(policy.targets), "detector": policy.detector.kind, "fail_mode": policy.fail_mode,
-                   "last_reload_error": holder.last_reload_error},
+        "policy": policy_info,
         "uptime_s": round(time.time() - request.app[keys.STARTED], 1),
     }
     # actions that need prompt embeddings on an upstream that refuses them: say so (still serving the rest)
@@ -147,6 +153,15 @@ async def health(request: web.Request) -> web.Response:
         body["warnings"] = [f"the policy uses {', '.join(embed_actions)} but the upstream does not accept prompt "
                             "embeddings: flagged requests get 502 until vLLM runs with --enable-prompt-embeds"]
     return web.json_response(body, status=200 if engine_health.get("ready") else 503)
+
+
+def _public_reload_error(holder) -> str | None:  # type: ignore[no-untyped-def]
+    """The last failed reload, naming the policy field but not its content (which may name targets)."""
+    if holder.last_reload_error is None:
+        return None
+    where = f" (field {holder.last_reload_param})" if holder.last_reload_param else ""
+    return (f"the last policy reload failed{where}; the previous policy is still serving. The full error is in the "
+            "guard's log and in the answer to POST /admin/reload")
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -76,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
     # Per-request access lines only at debug level: at info they cost more than the proxy itself.
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     web.run_app(app, host=settings.host, port=settings.port, print=None, handler_cancellation=True,
-                shutdown_timeout=30, access_log=access_log)
+                shutdown_timeout=settings.shutdown_timeout_s, access_log=access_log)
     return 0
 
 

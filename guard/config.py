@@ -71,6 +71,7 @@ class Settings(_Strict):
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a client may ask for")
     max_inflight: int = Field(256, ge=1, description="generation requests in flight at once; more get 429 + Retry-After")
     audit_prompts: bool = Field(False, description="include the prompt text in the audit line of flagged requests")
+    shutdown_timeout_s: float = Field(30.0, ge=0, le=3600, description="on SIGTERM, how long streams in flight may run on")
     debug: bool = Field(False, description="show target ids and detector scores in responses")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -97,6 +98,7 @@ _ENV_FIELDS = {
     "HOST": "host", "PORT": "port", "MODEL": "model", "SERVED_MODEL_NAME": "served_model_name",
     "POLICY": "policy", "API_KEYS": "api_keys", "ADMIN_API_KEY": "admin_api_key", "DEBUG": "debug", "LOG_LEVEL": "log_level",
     "MAX_BODY_BYTES": "max_body_bytes", "MAX_INFLIGHT": "max_inflight", "AUDIT_PROMPTS": "audit_prompts", "MAX_TOKENS_LIMIT": "max_tokens_limit",
+    "SHUTDOWN_TIMEOUT_S": "shutdown_timeout_s",
     "UPSTREAM": "upstream.kind", "UPSTREAM_URL": "upstream.url", "UPSTREAM_MODEL": "upstream.model",
     "UPSTREAM_API_KEY": "upstream.api_key", "UPSTREAM_READ_TIMEOUT_S": "upstream.read_timeout_s",
     "UPSTREAM_CONNECT_TIMEOUT_S": "upstream.connect_timeout_s",

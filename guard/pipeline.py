@@ -81,7 +81,8 @@ class PipelineHolder:
         self._engine = engine
         self._detector_factory = detector_factory
         self._lock = asyncio.Lock()
-        self.last_reload_error: str | None = None
+        self.last_reload_error: str | None = None   # the full message (admin answer, log; /health only in debug)
+        self.last_reload_param: str | None = None   # the policy field it names, if any
 
     async def reload(self, path: Path | None = None) -> Pipeline:
         """Re-read the policy file (or ``path``) and swap; on error keep serving the old policy."""
@@ -92,9 +93,11 @@ class PipelineHolder:
                 pipeline = await asyncio.to_thread(Pipeline.build, policy, self._engine, self._detector_factory, source)
             except Exception as exc:
                 self.last_reload_error = str(exc)
+                self.last_reload_param = getattr(exc, "param", None)
                 log.error("policy reload failed, still serving the previous policy: %s", exc)
                 raise
             self.current = pipeline
             self.last_reload_error = None
+            self.last_reload_param = None
             log.info("policy reloaded from %s: %d targets", source, len(policy.targets))
             return pipeline

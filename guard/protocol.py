@@ -135,7 +135,8 @@ class ChatCompletionRequest(_Request):
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in self.messages]
 
     def screen_texts(self) -> list[str]:
-        return [m.text for m in self.messages if m.text]
+        # participant names first (a chat template may render them), then every message's text in order
+        return [m.name for m in self.messages if m.name] + [m.text for m in self.messages if m.text]
 
 
 class CompletionRequest(_Request):

@@ -40,6 +40,7 @@ audit_log = logging.getLogger("guard.audit")  # one JSON line per flagged reques
 
 DEFAULT_MAX_TOKENS = 512
 _CLIENT_GONE = (ConnectionResetError, ConnectionError, asyncio.CancelledError)
+_OPENAI_CONTENT_TYPES = ("application/json", "text/event-stream")
 
 
 class GenerationService:
@@ -95,6 +96,8 @@ class GenerationService:
         self.metrics.detector_latency.observe(decision.screen_seconds)
         if decision.screening_failed:
             self.metrics.screening_failures.labels(outcome="passed_fail_open").inc()
+            audit_log.warning(json.dumps({"event": "unscreened", "request_id": request.get(keys.REQUEST_ID),
+                                          "key": request.get(keys.KEY_NAME), "action": "pass", "fail_mode": "open"}))
         if decision.verdict.flagged:
             self.metrics.flagged.labels(action=decision.action).inc()
             record = {"event": "flagged", "request_id": request.get(keys.REQUEST_ID), "key": request.get(keys.KEY_NAME),
@@ -124,6 +127,9 @@ class GenerationService:
             if upstream.status >= 500:
                 text = (await upstream.text())[:500]
                 raise UpstreamError(f"the upstream answered {upstream.status}: {text}")
+            if upstream.content_type not in _OPENAI_CONTENT_TYPES:  # an HTML error page, a proxy's banner, ...
+                raise UpstreamError(f"the upstream answered {upstream.status} with content type {upstream.content_type!r}, "
+                                    "not an OpenAI response; is upstream.url a vLLM server?")
             response = web.StreamResponse(status=upstream.status)
             response.content_type = upstream.content_type
             if upstream.charset:

@@ -90,3 +90,57 @@ def test_bad_policy_fails_at_start(tmp_path: Path, fake_upstream: str):
                           "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "targets.0.action" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_detector_artifact_fails_at_start(tmp_path: Path, fake_upstream: str):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"detector: {{kind: trained, artifact: {tmp_path / 'no-such-artifact'}}}\ntargets: [{{id: a, names: [Alpha]}}]\n")
+    res = subprocess.run([sys.executable, "-m", "guard.cli", "serve", "--upstream-url", fake_upstream, "--policy", str(policy),
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "detector.artifact" in res.stderr and "guard-train classifier" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sigterm_drains_in_flight_streams(tmp_path: Path):
+    """SIGTERM: the port closes to new connections at once, the stream in flight runs to its end, exit 0."""
+    import socket
+    import threading
+
+    fake, upstream = start_fake(60.0)  # 64 tokens at 60 ms: a ~4 s stream
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--upstream-url", upstream, "--port", str(port),
+                             "--upstream-model", MODEL, "--served-model-name", MODEL],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "GUARD_LOG_LEVEL": "warning"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{base}/health", proc)
+        body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Count slowly."}]}).encode()
+        req = urllib.request.Request(f"{base}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+        received: dict = {}
+        first = threading.Event()
+
+        def read() -> None:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                chunks = [resp.readline()]
+                first.set()
+                for line in resp:
+                    chunks.append(line)
+                received["raw"] = b"".join(chunks).decode()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first.wait(30), "the stream never started"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):  # no new connections while draining
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        reader.join(60)
+        raw = received.get("raw", "")
+        assert raw.endswith("data: [DONE]\n\n") and raw.count("tok") == 64 and '"error"' not in raw
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started > 2  # it waited for the stream, it did not cut it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        fake.terminate()

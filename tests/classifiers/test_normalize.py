@@ -35,6 +35,7 @@ def test_unmask_invisible_homoglyph_fullwidth() -> None:
     assert unmask("Mіrеlа Vаntоngеrеn") == "Mirela Vantongeren"          # Cyrillic і, е, а, о
     assert unmask("Ｍｉｒｅｌａ 𝐕𝐚𝐧𝐭𝐨𝐧𝐠𝐞𝐫𝐞𝐧") == "Mirela Vantongeren"     # full-width, mathematical bold
     assert unmask("Café au lait, naïve résumé") == "Café au lait, naïve résumé"  # real accents stay
+    assert unmask("Mirela_Vantongeren") == "Mirela Vantongeren"
 
 
 def test_base64_payloads_found_nested_and_bounded() -> None:
