@@ -112,6 +112,7 @@ class SpulConfig:
             (self.max_length >= 32, "max_length", "--max-length must be >= 32"),
             (min(self.weights.forget, self.weights.retain, self.weights.kl) >= 0, "weights", "loss weights must be >= 0"),
             (self.weights.forget > 0, "w_forget", "--w-forget must be > 0 (it is what makes the model forget)"),
+            (self.weights.first_token > 0, "w_first_token", "--w-first-token must be > 0"),
         ]
         for ok, param, message in checks:
             if not ok:
@@ -686,6 +687,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--w-forget", type=float, default=1.0, help="weight of the forget CE (default 1)")
     m.add_argument("--w-retain", type=float, default=1.0, help="weight of the retain CE (default 1)")
     m.add_argument("--w-kl", type=float, default=1.0, help="weight of the retain KL to the frozen model (default 1)")
+    m.add_argument("--w-first-token", type=float, default=1.0,
+                   help="weight of each retain answer's first token in the retain CE and KL (default 1; see docs/spul.md)")
     m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
     t = p.add_argument_group("optimisation")
     t.add_argument("--epochs", type=int, default=6, help="at most this many epochs (default 6)")
@@ -718,7 +721,7 @@ def run_cli(args: argparse.Namespace) -> int:
             raise ConfigError(f"--retain-rows: {exc}", param="retain_rows") from None
     cfg = SpulConfig(
         n_tokens=args.n_tokens, position=args.position, init=args.init, init_text=args.init_text,
-        forget_target=args.forget_target, weights=Weights(args.w_forget, args.w_retain, args.w_kl),
+        forget_target=args.forget_target, weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token),
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
         system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)

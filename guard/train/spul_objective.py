@@ -14,7 +14,10 @@ the guard inserts it at serving time (``guard.interventions.spul.insertion_index
   as ``guard.train.chat_data.encode_qa``), token-averaged within a batch;
 * the KL compares, token by token along the gold retain answer (teacher forcing), the frozen
   model's next-token distribution *without* the soft prompt with the distribution *with* it: the
-  soft prompt should leave answers about everything else as they were.
+  soft prompt should leave answers about everything else as they were;
+* in both retain terms the **first answer token** counts ``first_token`` times (default 1): a
+  refusal is decided there ("I ..."), yet averaged over a 40-token answer a flipped first token
+  barely moves the loss, so a soft prompt can learn "always refuse" at a small retain cost.
 
 Only ``S`` receives gradients; the model's parameters are frozen (``requires_grad=False``).
 """
@@ -39,9 +42,10 @@ class Weights:
     forget: float = 1.0
     retain: float = 1.0
     kl: float = 1.0
+    first_token: float = 1.0  # weight of each retain answer's first token in the retain CE and KL
 
     def to_dict(self) -> dict[str, float]:
-        return {"forget": self.forget, "retain": self.retain, "kl": self.kl}
+        return {"forget": self.forget, "retain": self.retain, "kl": self.kl, "first_token": self.first_token}
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,20 @@ def build_inputs(examples: Sequence[Example], embed_layer: torch.nn.Module, soft
             "labels": _pad_rows(labels, width, IGNORE_INDEX)}
 
 
+def first_answer_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[N]`` bool, in ``answer_logits``' order: which answer tokens are their answer's first."""
+    has = batch["labels"] != IGNORE_INDEX
+    first = has & (has.long().cumsum(dim=1) == 1)
+    return first[has]
+
+
+def _weighted_mean(values: torch.Tensor, first: torch.Tensor, weight: float) -> torch.Tensor:
+    if weight == 1.0:
+        return values.mean()
+    w = torch.where(first, torch.full_like(values, weight), torch.ones_like(values))
+    return (values * w).sum() / w.sum()
+
+
 def answer_logits(model: Any, batch: dict[str, torch.Tensor], keep_ok: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits predicting each answer token, flattened ``[N, V]`` in order, and those tokens ``[N]``.
 
@@ -170,9 +188,12 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
         logits, targets = answer_logits(model, build_inputs(forget, embed_layer, soft, device), keep_ok)
         out["forget_ce"] = F.cross_entropy(logits, targets)
     if retain and (weights.retain or weights.kl):
-        logits, targets = answer_logits(model, build_inputs(retain, embed_layer, soft, device), keep_ok)
+        batch = build_inputs(retain, embed_layer, soft, device)
+        logits, targets = answer_logits(model, batch, keep_ok)
+        first = first_answer_tokens(batch)
         if weights.retain:
-            out["retain_ce"] = F.cross_entropy(logits, targets)
+            ce = F.cross_entropy(logits, targets, reduction="none")
+            out["retain_ce"] = _weighted_mean(ce, first, weights.first_token)
         if weights.kl:
             if reference is not None and all(ex.question in reference for ex in retain):
                 ref_logp = torch.cat([reference[ex.question] for ex in retain]).to(device=device, dtype=logits.dtype)
@@ -181,7 +202,8 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
                     ref_logits, ref_targets = answer_logits(model, build_inputs(retain, embed_layer, None, device), keep_ok)
                 assert torch.equal(ref_targets, targets)
                 ref_logp = F.log_softmax(ref_logits, -1)
-            out["retain_kl"] = F.kl_div(F.log_softmax(logits, -1), ref_logp, log_target=True, reduction="batchmean")
+            kl = F.kl_div(F.log_softmax(logits, -1), ref_logp, log_target=True, reduction="none").sum(-1)
+            out["retain_kl"] = _weighted_mean(kl, first, weights.first_token)
     out["total"] = weights.forget * out["forget_ce"] + weights.retain * out["retain_ce"] + weights.kl * out["retain_kl"]
     return out
 

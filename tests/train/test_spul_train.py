@@ -138,3 +138,34 @@ def test_generation_report_counts_refusals_and_changes(tmp_path, data_dir, local
     assert report["forget"]["refusal_after"] == float(is_refusal(item["after"]))
     assert 0.0 <= report["retain"]["rouge_l_vs_unguarded"] <= 1.0
     json.dumps(report)  # serialisable as eval.json
+
+
+def test_first_answer_token_weight_reweights_the_retain_terms(local_engine):
+    import torch.nn.functional as F
+
+    from guard.train.spul_objective import answer_logits, build_inputs, encode_example, first_answer_tokens, spul_losses
+
+    model, tok = local_engine.model, local_engine.tokenizer
+    retain = [encode_example(tok, q, a, position="user", max_length=96)
+              for q, a in (("What is the capital of France?", "The capital of France is Paris."),
+                           ("Who wrote Hamlet?", "Hamlet was written by William Shakespeare."))]
+    soft = torch.randn(4, model.config.hidden_size) * 0.05
+    with torch.no_grad():
+        batch = build_inputs(retain, model.get_input_embeddings(), soft, soft.device)
+        logits, targets = answer_logits(model, batch)
+        first = first_answer_tokens(batch)
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        plain = spul_losses(model, soft, [], retain, Weights(1.0, 1.0, 1.0))
+        heavy = spul_losses(model, soft, [], retain, Weights(1.0, 1.0, 1.0, first_token=5.0))
+    # one first token per answer, and it is each answer's first label
+    assert int(first.sum()) == 2 and bool(first[0]) and int(first.nonzero()[1]) == len(retain[0].answer_ids)
+    assert float(plain["retain_ce"]) == pytest.approx(float(ce.mean()), rel=1e-5)
+    w = torch.where(first, 5.0, 1.0)
+    assert float(heavy["retain_ce"]) == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-5)
+    assert float(heavy["retain_kl"]) != pytest.approx(float(plain["retain_kl"]), rel=1e-3)
+
+
+def test_non_positive_first_token_weight_is_refused():
+    with pytest.raises(ConfigError, match="--w-first-token") as info:
+        SpulConfig(weights=Weights(1.0, 1.0, 1.0, first_token=0.0)).validate()
+    assert info.value.param == "w_first_token"
