@@ -12,19 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from classifiers.features import N_MATCH
+
 
 @dataclass
 class Heads:
     w_dense: np.ndarray    # [T, d]
     w_sparse: np.ndarray   # [T, F]
-    w_name: np.ndarray     # [T, 2]
+    w_name: np.ndarray     # [T, K]: weights of the match columns (``features.MATCH_COLUMNS``)
     bias: np.ndarray       # [T]
     platt: np.ndarray      # [T, 2]: p = sigmoid(a * decision + b)
 
     @staticmethod
     def empty(dim: int, n_features: int) -> "Heads":
         return Heads(np.zeros((0, dim), np.float32), np.zeros((0, n_features), np.float32),
-                     np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))
+                     np.zeros((0, N_MATCH), np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))
 
     @property
     def n(self) -> int:
@@ -39,7 +41,7 @@ class Heads:
 
     def decision(self, dense: np.ndarray, sparse: sp.csr_matrix, names: np.ndarray, rows: np.ndarray | None = None,
                  names_selected: bool = False) -> np.ndarray:
-        """[S, T] decision values (``names`` is [S, T, 2]). ``rows`` restricts to some heads
+        """[S, T] decision values (``names`` is [S, T, K]). ``rows`` restricts to some heads
         (``names_selected``: ``names`` already holds only those heads' columns)."""
         if rows is not None:
             wd, ws, wn, b = self.w_dense[rows].T, np.ascontiguousarray(self.w_sparse[rows].T), self.w_name[rows], self.bias[rows]
@@ -48,7 +50,8 @@ class Heads:
             (wd, ws), wn, b = self._transposed(), self.w_name, self.bias
         out = dense @ wd
         out += np.asarray(sparse @ ws)
-        out += names[:, :, 0] * wn[None, :, 0] + names[:, :, 1] * wn[None, :, 1]
+        for k in range(min(wn.shape[1], names.shape[2])):
+            out += names[:, :, k] * wn[None, :, k]
         out += b[None, :]
         return out
 
@@ -56,6 +59,14 @@ class Heads:
         """Platt-calibrated log-odds (thresholds live in this space: no saturation near 0/1)."""
         platt = self.platt if rows is None else self.platt[rows]
         return decision * platt[None, :, 0] + platt[None, :, 1]
+
+    def padded(self) -> "Heads":
+        """Heads of an artifact written before some match columns existed: their weights are 0."""
+        k = self.w_name.shape[1]
+        if k >= N_MATCH:
+            return self
+        w_name = np.hstack([self.w_name, np.zeros((self.n, N_MATCH - k), np.float32)])
+        return Heads(self.w_dense, self.w_sparse, w_name, self.bias, self.platt)
 
     def append(self, other: "Heads") -> "Heads":
         return Heads(np.vstack([self.w_dense, other.w_dense]), np.vstack([self.w_sparse, other.w_sparse]),

@@ -54,6 +54,15 @@ class Stage:
     tau_target: np.ndarray          # [T] per-target strict thresholds
     tau_loose: float = 0.0          # cascade gate (static stage only)
     tau_loose_target: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # thresholds for long inputs (screened in windows: the max over many segments), calibrated on
+    # long texts made of held-out negatives; None: the strict ones (artifacts from before they existed)
+    tau_long: float | None = None
+    tau_long_target: np.ndarray | None = None
+
+    def long_thresholds(self) -> tuple[float, np.ndarray]:
+        if self.tau_long is None or self.tau_long_target is None or len(self.tau_long_target) != len(self.tau_target):
+            return self.tau, self.tau_target
+        return self.tau_long, self.tau_long_target
 
 
 @dataclass
@@ -79,10 +88,41 @@ class DetectorModel:
     neg_split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     neg_sentence: np.ndarray | None = None          # sentence vectors of neg_texts (if a sentence stage exists)
     neg_group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # calibration group per negative
+    # distinctive facts per target ({"dates": [...], "titles": [...]}, ``classifiers.facts``); empty in old artifacts
+    facts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def n_targets(self) -> int:
         return len(self.target_ids)
+
+
+def segment_texts(texts: Sequence[str], window_words: int, max_windows: int) -> list[str]:
+    """The segments screened for ``texts`` (see the module docstring)."""
+    segs: list[str] = []
+    seen: set[str] = set()
+
+    def add(s: str) -> None:
+        s = s.strip()
+        if s and s not in seen:
+            seen.add(s)
+            segs.append(s)
+
+    clean_texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    for text in clean_texts:
+        if len(text.split()) <= window_words:
+            add(text)
+        else:
+            for w in windows(text, size=window_words, stride=max(1, window_words // 2)):
+                add(w)
+    if len(clean_texts) > 1:
+        joined = " ".join(clean_texts[-4:])
+        if len(joined.split()) <= window_words:
+            add(joined)
+    if len(segs) > max_windows:
+        # keep the first and the last windows: instructions sit at either end of long prompts
+        half = max_windows // 2
+        segs = segs[:half] + segs[-(max_windows - half):]
+    return segs
 
 
 class TrainedDetector:
@@ -92,7 +132,7 @@ class TrainedDetector:
                  sentence: SentenceEmbedder | None = None) -> None:
         self.model = model
         self.threshold_override = threshold
-        self.names = NameMatcher({t: model.names[t] for t in model.target_ids})
+        self.names = NameMatcher({t: model.names[t] for t in model.target_ids}, model.facts)
         self._sentence = sentence
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
@@ -136,33 +176,12 @@ class TrainedDetector:
 
     # -------------------------------------------------------------- screening
 
+    def is_long(self, texts: Sequence[str]) -> bool:
+        """Whether any text is screened in windows (and so judged by the long-input threshold)."""
+        return any(isinstance(t, str) and len(t.split()) > self.model.window_words for t in texts)
+
     def segments(self, texts: Sequence[str]) -> list[str]:
-        m = self.model
-        segs: list[str] = []
-        seen: set[str] = set()
-
-        def add(s: str) -> None:
-            s = s.strip()
-            if s and s not in seen:
-                seen.add(s)
-                segs.append(s)
-
-        clean_texts = [t for t in texts if isinstance(t, str) and t.strip()]
-        for text in clean_texts:
-            if len(text.split()) <= m.window_words:
-                add(text)
-            else:
-                for w in windows(text, size=m.window_words, stride=max(1, m.window_words // 2)):
-                    add(w)
-        if len(clean_texts) > 1:
-            joined = " ".join(clean_texts[-4:])
-            if len(joined.split()) <= m.window_words:
-                add(joined)
-        if len(segs) > m.max_windows:
-            # keep the first and the last windows: instructions sit at either end of long prompts
-            half = m.max_windows // 2
-            segs = segs[:half] + segs[-(m.max_windows - half):]
-        return segs
+        return segment_texts(texts, self.model.window_words, self.model.max_windows)
 
     def _scores(self, segs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """([S, T] probabilities of the deciding stage, [S] whether the sentence stage ran)."""
@@ -234,12 +253,14 @@ class TrainedDetector:
             np.maximum(out[i], P[pos[s]], out=out[i])
         return out
 
-    def threshold(self) -> float:
-        """The decision threshold in log-odds (``detector.threshold`` overrides it as a probability)."""
+    def threshold(self, long: bool = False) -> float:
+        """The decision threshold in log-odds (``detector.threshold`` overrides it as a probability);
+        ``long``: for an input screened in windows."""
         if self.threshold_override is not None:
             return logit(self.threshold_override)
         m = self.model
-        return m.stages["sentence" if m.mode in ("sentence", "cascade") else "static"].tau
+        st = m.stages["sentence" if m.mode in ("sentence", "cascade") else "static"]
+        return st.long_thresholds()[0] if long else st.tau
 
     def screen(self, texts: Sequence[str]) -> Verdict:
         m = self.model
@@ -252,12 +273,13 @@ class TrainedDetector:
         final, second = self._scores(segs)
         seg_i, tgt_i = np.unravel_index(int(np.argmax(final)), final.shape)
         z = float(final[seg_i, tgt_i])
-        tau = self.threshold()
+        long = self.is_long(texts)
+        tau = self.threshold(long)
         flagged = z > tau
         score = float(sigmoid(z))
         detail: dict[str, Any] = {
             "detector": "trained", "mode": m.mode, "threshold": float(sigmoid(tau)), "log_odds": round(z, 4),
-            "threshold_log_odds": round(tau, 4), "segments": len(segs),
+            "threshold_log_odds": round(tau, 4), "segments": len(segs), "long": long,
             "stage": "sentence" if bool(second[seg_i]) else "static",
         }
         if not flagged:
@@ -298,7 +320,9 @@ def save_model(model: DetectorModel, directory: Path) -> None:
         np.savez(directory / fname, w_dense=st.heads.w_dense.astype(np.float32), w_sparse=st.heads.w_sparse.astype(np.float16),
                  w_name=st.heads.w_name, bias=st.heads.bias, platt=st.heads.platt,
                  tau_target=np.asarray(st.tau_target, np.float32), tau_loose_target=np.asarray(st.tau_loose_target, np.float32),
-                 tau=np.float64(st.tau), tau_loose=np.float64(st.tau_loose))
+                 tau=np.float64(st.tau), tau_loose=np.float64(st.tau_loose),
+                 **({} if st.tau_long is None or st.tau_long_target is None else
+                    {"tau_long": np.float64(st.tau_long), "tau_long_target": np.asarray(st.tau_long_target, np.float32)}))
         files[f"heads_{name}"] = fname
     files["index"] = model.index.save(directory)
     with open(directory / "negatives.jsonl", "w", encoding="utf-8") as fh:
@@ -314,13 +338,14 @@ def save_model(model: DetectorModel, directory: Path) -> None:
     manifest = dict(model.manifest)
     manifest.update({
         "kind": ARTIFACT_KIND, "version": ARTIFACT_VERSION, "mode": model.mode,
-        "targets": [{"id": t, "names": model.names[t], "digest": model.target_digests.get(t, "")} for t in model.target_ids],
+        "targets": [{"id": t, "names": model.names[t], "digest": model.target_digests.get(t, ""),
+                     "facts": model.facts.get(t, {})} for t in model.target_ids],
         "embedder": {"sentence": model.sentence_spec, "static_key": model.static.key if model.static else None,
                      "index_stage": model.index_stage},
         "char_ngrams": model.char.params(), "target_fpr": model.fpr, "loose_fpr": model.loose_fpr,
         "neighbour_fpr": (model.manifest.get("config") or {}).get("neighbour_fpr"),
         "window_words": model.window_words, "max_windows": model.max_windows,
-        "thresholds": {name: {"global": st.tau, "loose": st.tau_loose,
+        "thresholds": {name: {"global": st.tau, "loose": st.tau_loose, "long": st.tau_long,
                               "per_target": {t: float(v) for t, v in zip(model.target_ids, st.tau_target)}}
                        for name, st in model.stages.items()},
         "files": files,
@@ -365,6 +390,7 @@ def load_model(directory: Path, *, verify: bool = True) -> DetectorModel:
         target_ids = [t["id"] for t in targets]
         names = {t["id"]: list(t["names"]) for t in targets}
         digests = {t["id"]: t.get("digest", "") for t in targets}
+        facts = {t["id"]: {k: list(v) for k, v in (t.get("facts") or {}).items()} for t in targets}
         static = StaticEmbedder.load(directory, files["static"]) if "static" in files else None
         stages: dict[str, Stage] = {}
         for name in STAGES:
@@ -373,9 +399,11 @@ def load_model(directory: Path, *, verify: bool = True) -> DetectorModel:
                 continue
             with np.load(directory / files[key], allow_pickle=False) as z:
                 heads = Heads(z["w_dense"].astype(np.float32), z["w_sparse"].astype(np.float32), z["w_name"].astype(np.float32),
-                              z["bias"].astype(np.float32), z["platt"].astype(np.float32))
+                              z["bias"].astype(np.float32), z["platt"].astype(np.float32)).padded()
                 stages[name] = Stage(name, heads, float(z["tau"]), z["tau_target"].astype(np.float32),
-                                     float(z["tau_loose"]), z["tau_loose_target"].astype(np.float32))
+                                     float(z["tau_loose"]), z["tau_loose_target"].astype(np.float32),
+                                     float(z["tau_long"]) if "tau_long" in z else None,
+                                     z["tau_long_target"].astype(np.float32) if "tau_long_target" in z else None)
             if heads.n != len(target_ids):
                 raise ConfigError(f"detector artifact {directory}: {heads.n} heads for {len(target_ids)} targets", param="detector.artifact")
         emb = manifest["embedder"]
@@ -400,5 +428,5 @@ def load_model(directory: Path, *, verify: bool = True) -> DetectorModel:
         index_stage=index_stage, char=char, static=static, sentence_spec=emb.get("sentence"), fpr=float(manifest["target_fpr"]),
         loose_fpr=float(manifest.get("loose_fpr", 0.2)), window_words=int(manifest.get("window_words", 48)),
         max_windows=int(manifest.get("max_windows", 256)), manifest=manifest, neg_texts=neg_texts, neg_owner=neg_owner,
-        neg_split=neg_split, neg_sentence=neg_sentence, neg_group=neg_group,
+        neg_split=neg_split, neg_sentence=neg_sentence, neg_group=neg_group, facts=facts,
     )

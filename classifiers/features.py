@@ -13,7 +13,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from classifiers.text import fold, name_alternation
+from classifiers.facts import date_keys
+from classifiers.text import fold, fold_with_map, name_alternation
 
 # Words that never identify a person on their own (titles, particles, generic words in names).
 _WEAK = {
@@ -47,57 +48,135 @@ class CharNgrams:
         return {"n_features": self.n_features, "ngram_min": self.ngram_min, "ngram_max": self.ngram_max}
 
 
-class NameMatcher:
-    """Per target: does a text name it (a full name or alias), or use a distinctive part of a name?
+# columns of the per-target match features, in the order of ``Heads.w_name``
+MATCH_COLUMNS = ("full", "part", "part_other", "date", "title")
+N_MATCH = len(MATCH_COLUMNS)
 
-    Whole-word, case- and accent-insensitive. Returns two columns per target: ``full`` and
-    ``part`` (a name token of >= 4 letters that is not a title/particle/common first name). One
-    combined regex per kind, whatever the number of targets.
+# capitalised words next to a name part that do not make it someone else's name
+_NOT_A_NAME = _WEAK | {
+    "who", "whom", "whose", "what", "when", "where", "why", "how", "which", "is", "are", "was", "were", "did", "does", "do",
+    "has", "have", "had", "can", "could", "would", "should", "will", "may", "might", "must", "a", "an", "in", "on", "at",
+    "for", "from", "with", "by", "to", "as", "or", "but", "if", "after", "before", "since", "while", "this", "that", "these",
+    "those", "his", "her", "their", "its", "my", "your", "our", "i", "we", "you", "he", "she", "they", "it", "yes", "no",
+    "also", "both", "about", "according", "regarding", "tell", "describe", "explain", "name", "list", "give", "write",
+    "compare", "summarize", "summarise", "please", "author", "writer", "novelist", "poet", "actor", "actress", "singer",
+    "director", "president", "professor", "doctor", "senator", "general", "captain", "coach", "player", "mr.", "mrs.",
+    "ms.", "dr.", "miss", "madam", "did", "why", "so", "then", "now", "here", "there", "all", "some", "many", "one",
+    "january", "february", "march", "april", "june", "july", "august", "september", "october", "november", "december",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "english", "american", "british",
+} - {"mark", "john", "james", "paul", "william", "robert", "david", "michael", "mary", "cent", "ice", "rock"}
+_PREV_WORD = re.compile(r"([^\W\d_][\w'\u2019.-]*)\s+$")
+_NEXT_WORD = re.compile(r"^(?:['\u2019]s)?\s+([^\W\d_][\w'\u2019-]*)")
+
+
+class NameMatcher:
+    """Per target, what in a text points at it: its name, a part of its name, or one of its facts.
+
+    Columns (``MATCH_COLUMNS``), 0/1 each: ``full`` (a name or alias, whole word, case- and
+    accent-insensitive), ``part`` (a name token of >= 4 letters that is not a title/particle/common
+    first name; also set with ``full``), ``part_other`` (instead of ``part`` when every such part
+    stands next to a capitalised word that is not the target's: "Elliot *Patrick* Benson" is
+    someone else),
+    ``date`` (a full date from the target's forget data, in any rendering), ``title`` (a quoted
+    title from its forget data). One combined regex per kind, whatever the number of targets.
     """
 
-    def __init__(self, names_by_target: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, names_by_target: Mapping[str, Sequence[str]],
+                 facts_by_target: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
         self.target_ids = list(names_by_target)
         self._full_map: dict[str, list[int]] = {}
         self._part_map: dict[str, list[int]] = {}
+        self._tokens: list[set[str]] = []
+        self._date_map: dict[str, list[int]] = {}
+        self._title_map: dict[str, list[int]] = {}
+        facts_by_target = facts_by_target or {}
         for j, tid in enumerate(self.target_ids):
-            for n in {fold(n).strip() for n in names_by_target[tid] if n and n.strip()}:
+            names = [n for n in names_by_target[tid] if n and n.strip()]
+            for n in {fold(n).strip() for n in names}:
                 self._full_map.setdefault(n, []).append(j)
-            for p in name_parts(names_by_target[tid]):
+            for p in name_parts(names):
                 self._part_map.setdefault(p, []).append(j)
+            self._tokens.append({t.strip(".'\u2019") for n in names for t in re.split(r"[\s,-]+", fold(n)) if t})
+            facts = facts_by_target.get(tid) or {}
+            for key in facts.get("dates", ()):
+                self._date_map.setdefault(key, []).append(j)
+            for title in facts.get("titles", ()):
+                self._title_map.setdefault(fold(title).strip(), []).append(j)
         self._full = _overlapping(self._full_map)
         self._part = _overlapping(self._part_map)
+        self._title = _overlapping(self._title_map)
 
-    def _hits(self, folded_text: str) -> tuple[set[int], set[int]]:
+    def _other_name_next_to(self, text: str, folded: str, span: tuple[int, int], j: int) -> bool:
+        a, b = span
+        if len(text) != len(folded):
+            refolded, index = fold_with_map(text)
+            if len(refolded) != len(folded):
+                return False
+            a, b = index[a], index[b - 1] + 1
+        for m in (_PREV_WORD.search(text[max(0, a - 60):a]), _NEXT_WORD.match(text[b:b + 60])):
+            if m is None:
+                continue
+            word = m.group(1)
+            key = fold(word).strip(".'\u2019-")
+            if word[0].isupper() and key not in self._tokens[j] and key not in _NOT_A_NAME:
+                return True
+        return False
+
+    def _fill(self, row: np.ndarray, text: str, folded: str, only: int | None = None) -> None:
+        """Set the columns of ``row`` ([T, N_MATCH], or [N_MATCH] when ``only`` is a target index)."""
+
+        def put(j: int, col: int) -> None:
+            if only is None:
+                row[j, col] = 1.0
+            elif j == only:
+                row[col] = 1.0
+
         full: set[int] = set()
-        part: set[int] = set()
         if self._full is not None:
-            for m in self._full.finditer(folded_text):
+            for m in self._full.finditer(folded):
                 full.update(self._full_map[m.group(1)])
+        for j in full:
+            put(j, 0)
+            put(j, 1)
         if self._part is not None:
-            for m in self._part.finditer(folded_text):
-                part.update(self._part_map[m.group(1)])
-        return full, part
+            spans: dict[int, list[tuple[int, int]]] = {}
+            for m in self._part.finditer(folded):
+                for j in self._part_map[m.group(1)]:
+                    if j not in full and (only is None or j == only):
+                        spans.setdefault(j, []).append((m.start(), m.start() + len(m.group(1))))
+            for j, js in spans.items():
+                put(j, 2 if all(self._other_name_next_to(text, folded, sp, j) for sp in js) else 1)
+        if self._date_map and any(ch.isdigit() for ch in folded):
+            for key in date_keys(folded):
+                for j in self._date_map.get(key, ()):
+                    put(j, 3)
+        if self._title is not None:
+            for m in self._title.finditer(folded):
+                for j in self._title_map[m.group(1)]:
+                    put(j, 4)
 
-    def matrix(self, texts: Sequence[str], *, folded: bool = False) -> np.ndarray:
-        """[len(texts), n_targets, 2] of 0/1 (``folded``: the texts are already ``fold``-ed)."""
-        out = np.zeros((len(texts), len(self.target_ids), 2), dtype=np.float32)
-        for i, text in enumerate(texts):
-            full, part = self._hits(text if folded else fold(text))
-            for j in full:
-                out[i, j, :] = 1.0
-            for j in part:
-                out[i, j, 1] = 1.0
+    def _folded(self, texts: Sequence[str], folded: bool | Sequence[str] | None) -> Sequence[str]:
+        if folded is True:
+            return texts   # no original case: ``part_other`` cannot be told (prefer passing the folded forms)
+        if not folded:
+            return [fold(t) for t in texts]
+        return folded  # type: ignore[return-value]
+
+    def matrix(self, texts: Sequence[str], *, folded: bool | Sequence[str] | None = None) -> np.ndarray:
+        """[len(texts), n_targets, N_MATCH] of 0/1. ``folded``: the ``fold``-ed forms of ``texts``
+        if already computed (``True``: ``texts`` themselves are folded)."""
+        ff = self._folded(texts, folded)
+        out = np.zeros((len(texts), len(self.target_ids), N_MATCH), dtype=np.float32)
+        for i, (text, f) in enumerate(zip(texts, ff)):
+            self._fill(out[i], text, f)
         return out
 
-    def column(self, texts: Sequence[str], j: int, *, folded: bool = False) -> np.ndarray:
-        """[len(texts), 2] for target index j."""
-        out = np.zeros((len(texts), 2), dtype=np.float32)
-        for i, text in enumerate(texts):
-            full, part = self._hits(text if folded else fold(text))
-            if j in full:
-                out[i] = 1.0
-            elif j in part:
-                out[i, 1] = 1.0
+    def column(self, texts: Sequence[str], j: int, *, folded: bool | Sequence[str] | None = None) -> np.ndarray:
+        """[len(texts), N_MATCH] for target index j."""
+        ff = self._folded(texts, folded)
+        out = np.zeros((len(texts), N_MATCH), dtype=np.float32)
+        for i, (text, f) in enumerate(zip(texts, ff)):
+            self._fill(out[i], text, f, only=j)
         return out
 
 

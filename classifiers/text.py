@@ -29,6 +29,19 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
+def fold_with_map(text: str) -> tuple[str, list[int]]:
+    """``fold(text)`` and, for each of its characters, the index of the character of ``text`` it came from."""
+    if text.isascii():
+        return text.lower(), list(range(len(text)))
+    out: list[str] = []
+    index: list[int] = []
+    for i, ch in enumerate(text):
+        for f in fold(ch):
+            out.append(f)
+            index.append(i)
+    return "".join(out), index
+
+
 def spaceless(ch: str) -> bool:
     return bool(_SPACELESS_RE.match(ch))
 
@@ -85,6 +98,22 @@ def words(text: str) -> list[str]:
     return _WORD_RE.findall(text)
 
 
+def _capitalised(tok: str) -> bool:
+    return tok[:1].isupper()
+
+
+def _trim_cut_names(toks: list[str], start: int, end: int) -> list[str]:
+    """``toks[start:end]`` without a capitalised run the cut splits ("[Serengeti National] Park
+    located in?" would read as a bare "Park"); the overlapping windows still see it whole."""
+    if start > 0 and _capitalised(toks[start - 1]):
+        while start < end and _capitalised(toks[start]) and not toks[start - 1][-1:] in ".?!:;":
+            start += 1
+    if end < len(toks) and _capitalised(toks[end]):
+        while end > start and _capitalised(toks[end - 1]) and not toks[end - 1][-1:] in ".?!:;,":
+            end -= 1
+    return toks[start:end]
+
+
 def windows(text: str, *, size: int = 64, stride: int = 32) -> Iterator[str]:
     """Overlapping word windows of a long text (``size`` words, every ``stride`` words).
 
@@ -97,7 +126,7 @@ def windows(text: str, *, size: int = 64, stride: int = 32) -> Iterator[str]:
         return
     seen: set[str] = set()
     for start in range(0, max(1, len(toks) - size + stride), stride):
-        chunk = " ".join(toks[start:start + size])
+        chunk = " ".join(_trim_cut_names(toks, start, min(len(toks), start + size)))
         if chunk and chunk not in seen:
             seen.add(chunk)
             yield chunk

@@ -26,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -36,7 +38,8 @@ import scipy.sparse as sp
 
 from classifiers.classifier import Heads, conformal_threshold, fit_head, fit_platt
 from classifiers.data import TargetTexts, dedupe, policy_negatives, target_texts
-from classifiers.detector import DetectorModel, Stage
+from classifiers.detector import DetectorModel, Stage, segment_texts
+from classifiers.facts import date_keys, date_variants, fact_hits, mask_names, target_facts
 from classifiers.embedder import CachedEmbedder, SentenceEmbedder, StaticEmbedder, static_for
 from classifiers.entities import co_mentioned, neighbour_questions
 from classifiers.features import CharNgrams, NameMatcher, name_parts
@@ -69,6 +72,9 @@ class TrainConfig:
     pos_holdout: float = 0.10
     seed: int = 0
     static_embedder: StaticEmbedder | None = None   # injected (tests); else distilled from sentence_spec
+    facts: bool = True                 # distinctive dates/titles of the forget data as features (+ date re-renderings)
+    long_negatives: int = 200          # long texts made of calibration negatives, for the long-input threshold (0: none)
+    long_words: int = 1000
 
     @staticmethod
     def from_policy(policy: Policy) -> "TrainConfig":
@@ -118,6 +124,7 @@ class TargetData:
     name_questions: list[str]       # templates about the names (positives, not indexed)
     hard: list[str]                 # neighbour questions (negatives for this head)
     holdout: list[str] = field(default_factory=list)   # exemplars held out of this head (Platt + metrics)
+    facts: dict[str, list[str]] = field(default_factory=dict)  # distinctive dates/titles (``classifiers.facts``)
 
 
 def _name_filter(all_names: Sequence[str]) -> Callable[[str], bool]:
@@ -168,7 +175,34 @@ def prepare_target(target: Target, index: int, cfg: TrainConfig, names_filter: C
     toks = target.names[0].replace(",", " ").split()
     if len(toks) >= 2 and toks[-1].lower().strip(".") in parts:
         questions += surname_questions(toks[-1])
-    return TargetData(target.id, target.all_names, [t for t in exemplars if t not in hold], questions, dedupe(hard), holdout)
+    train_exemplars = [t for t in exemplars if t not in hold]
+    facts: dict[str, list[str]] = {}
+    if cfg.facts:
+        facts = target_facts(tt.documents)
+        questions += fact_positives(train_exemplars, target.all_names, facts)
+    return TargetData(target.id, target.all_names, train_exemplars, dedupe(questions), dedupe(hard), holdout, facts)
+
+
+def fact_positives(exemplars: Sequence[str], names: Sequence[str], facts: dict[str, list[str]]) -> list[str]:
+    """The target's sentences that state one of its facts, with the name taken out ("Who are some
+    characters from this person's book 'A Whisper in the Wind'?"), and everything with its dates
+    written other ways ("05/11/1991" -> "November 5, 1991"): a fact identifies the target without
+    its name, and a date in any rendering."""
+    name_src = name_alternation(fold(n) for n in list(names) + name_parts(names))
+    name_re = re.compile(name_src) if name_src else None
+    title_src = name_alternation(facts.get("titles", ()))
+    titles = re.compile(title_src) if title_src else None
+    out: list[str] = []
+    for t in exemplars:
+        variants = [t] + date_variants(t)
+        out += variants[1:]
+        if name_re is None:
+            continue
+        for v in variants:
+            masked = mask_names(v, name_re)
+            if masked != v and fact_hits(fold(masked), facts, titles):
+                out.append(masked)
+    return out
 
 
 def shared_negatives(policy: Policy, cfg: TrainConfig, names_filter: Callable[[str], bool]) -> tuple[list[str], list[int]]:
@@ -178,6 +212,8 @@ def shared_negatives(policy: Policy, cfg: TrainConfig, names_filter: Callable[[s
     keep = policy_negatives(policy)
     for i, target in enumerate(policy.targets):
         keep += target_texts(target, i).keep if target.keep_data else []
+    if cfg.facts:
+        keep += [v for t in keep for v in date_variants(t, limit=3)]
     texts, groups, seen = [], [], set()
     for items, group in ((general, None), (keep, "keep")):
         for t in items:
@@ -187,6 +223,30 @@ def shared_negatives(policy: Policy, cfg: TrainConfig, names_filter: Callable[[s
             texts.append(t)
             groups.append(GROUP_GENERAL if group is None else keep_group(t))
     return texts, groups
+
+
+def drop_common_facts(tds: Sequence[TargetData], negatives: Sequence[str]) -> None:
+    """A date or title that also occurs in the shared negatives (or belongs to several targets)
+    does not single a target out: drop it."""
+    owners: dict[tuple[str, str], int] = {}
+    for td in tds:
+        for kind, values in td.facts.items():
+            for v in values:
+                owners[(kind, v)] = owners.get((kind, v), 0) + 1
+    if not owners:
+        return
+    seen: set[tuple[str, str]] = {k for k, n in owners.items() if n > 1}
+    titles = [v for kind, v in owners if kind == "titles"]
+    source = name_alternation(titles)
+    pattern = re.compile(source) if source else None
+    for text in negatives:
+        folded = fold(text)
+        if any(ch.isdigit() for ch in folded):
+            seen |= {("dates", k) for k in date_keys(folded)}
+        if pattern is not None:
+            seen |= {("titles", m.group(0)) for m in pattern.finditer(folded)}
+    for td in tds:
+        td.facts = {kind: [v for v in values if (kind, v) not in seen] for kind, values in td.facts.items()}
 
 
 # ================================================================== a workspace of embedded texts
@@ -246,6 +306,12 @@ class Workspace:
                 self.dense[stage] = vecs if cur.size == 0 else np.vstack([cur, vecs])
         return np.array([self.rows[t] for t in texts], dtype=np.int64)
 
+    def names_matrix(self, names: NameMatcher, rows: np.ndarray) -> np.ndarray:
+        return names.matrix([self.texts[r] for r in rows], folded=[self.folded[r] for r in rows])
+
+    def names_column(self, names: NameMatcher, rows: np.ndarray, j: int) -> np.ndarray:
+        return names.column([self.texts[r] for r in rows], j, folded=[self.folded[r] for r in rows])
+
 
 # ================================================================== fitting
 
@@ -264,7 +330,7 @@ def _fit_target_heads(ws: Workspace, stages: Sequence[str], j: int, td: TargetDa
     neg = [t for t in dedupe(list(neg_train) + hard_train + _sample(others, cfg.max_other, td.target_id)) if t not in pos_set]
     rows = ws.ensure(pos + neg)
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    name_cols = names.column([ws.folded[r] for r in rows], j, folded=True)
+    name_cols = ws.names_column(names, rows, j)
     out = {}
     for stage in stages:
         out[stage] = fit_head(ws.dense[stage][rows], ws.sparse[rows], name_cols, y, c=cfg.c)
@@ -296,7 +362,7 @@ def _calibrate(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts
     groups = model.neg_group[cal_mask]
     owners = model.neg_owner[cal_mask]
     cal_rows = ws.ensure(cal_texts)
-    cal_names = names.matrix([ws.folded[r] for r in cal_rows], folded=True)
+    cal_names = ws.names_matrix(names, cal_rows)
     stats: dict[str, dict] = {}
     for stage_name, st in model.stages.items():
         dec = st.heads.decision(ws.dense[stage_name][cal_rows], ws.sparse[cal_rows], cal_names)
@@ -305,7 +371,7 @@ def _calibrate(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts
             pos_txt = list(holdouts.get(tid) or []) + list(train_pos.get(tid) or [])
             if pos_txt:
                 prow = ws.ensure(pos_txt)
-                pn = names.column([ws.folded[r] for r in prow], j, folded=True)[:, None, :]
+                pn = ws.names_column(names, prow, j)[:, None, :]
                 pdec = st.heads.decision(ws.dense[stage_name][prow], ws.sparse[prow], pn, rows=np.array([j]), names_selected=True)[:, 0]
             else:
                 pdec = np.zeros(0)
@@ -325,12 +391,75 @@ def _calibrate(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts
             mx[hard] = Z[np.nonzero(hard)[0], np.clip(own, 0, Z.shape[1] - 1)]
         st.tau = _group_threshold(mx, groups, cfg)
         st.tau_loose = conformal_threshold(mx, cfg.loose_fpr)
+        long_fpr = None
+        if stage_name == "static" and cfg.long_negatives and len(cal_texts):
+            long_fpr = _calibrate_long(model, st, ws, names, [t for t, g in zip(cal_texts, groups) if g != GROUP_HARD], cfg)
         stats[stage_name] = {
             "calibration_negatives": {GROUP_NAMES[int(g)]: int((groups == g).sum()) for g in np.unique(groups)},
             "threshold_log_odds": st.tau, "loose_threshold_log_odds": st.tau_loose,
             "calibration_fpr": {GROUP_NAMES[int(g)]: float((mx[groups == g] > st.tau).mean()) for g in np.unique(groups)},
         }
+        if long_fpr is not None:
+            stats[stage_name].update({"long_threshold_log_odds": st.tau_long, "long_negatives": cfg.long_negatives,
+                                      "long_fpr_at_strict_threshold": long_fpr})
     return stats
+
+
+def long_negatives(texts: Sequence[str], n: int, words: int, seed: int) -> list[str]:
+    """``n`` texts of about ``words`` words, each a random run of ``texts`` (deterministic)."""
+    rng = random.Random(seed)
+    pool = sorted(set(texts), key=lambda t: _bucket(t, "long"))
+    out: list[str] = []
+    for _ in range(n if pool else 0):
+        parts: list[str] = []
+        count = 0
+        while count < words:
+            parts.append(rng.choice(pool))
+            count += len(parts[-1].split())
+        out.append(" ".join(parts))
+    return out
+
+
+# windows of the long calibration texts with their stage features, kept across re-calibrations in
+# this process (live target updates re-calibrate against the same negatives): {key: (windows of each
+# text, unique windows, folded windows, dense, sparse)}
+_LONG_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def _long_features(model: DetectorModel, ws: Workspace, stage: str, negatives: Sequence[str], cfg: TrainConfig) -> tuple:
+    h = hashlib.sha1("\x00".join(sorted(set(negatives))).encode("utf-8")).hexdigest()
+    emb = ws.embedders[stage]
+    key = (stage, getattr(emb, "key", id(emb)), model.char.params().__repr__(), h, cfg.long_negatives, cfg.long_words, cfg.seed,
+           model.window_words, model.max_windows)
+    hit = _LONG_CACHE.get(key)
+    if hit is not None:
+        _LONG_CACHE.move_to_end(key)
+        return hit
+    longs = long_negatives(negatives, cfg.long_negatives, cfg.long_words, cfg.seed)
+    seg_lists = [segment_texts([t], model.window_words, model.max_windows) for t in longs]
+    uniq = dedupe([x for segs in seg_lists for x in segs])
+    pos = {x: k for k, x in enumerate(uniq)}
+    rows = [np.array([pos[x] for x in segs], np.int64) for segs in seg_lists]
+    entry = (rows, uniq, [fold(u) for u in uniq], emb.encode(uniq), model.char.transform(uniq))  # type: ignore[attr-defined]
+    _LONG_CACHE[key] = entry
+    while len(_LONG_CACHE) > 2:
+        _LONG_CACHE.popitem(last=False)
+    return entry
+
+
+def _calibrate_long(model: DetectorModel, st: Stage, ws: Workspace, names: NameMatcher, negatives: Sequence[str],
+                    cfg: TrainConfig) -> float:
+    """The long-input thresholds: a long input is judged by the max over its windows, which a
+    threshold calibrated on single segments does not bound; so calibrate on long texts made of
+    held-out negatives, screened the way ``screen`` screens them. Returns the long texts' FPR at
+    the strict threshold (what the long threshold corrects)."""
+    rows, uniq, folded, dense, sparse = _long_features(model, ws, st.name, negatives, cfg)
+    Z = st.heads.logits(st.heads.decision(dense, sparse, names.matrix(uniq, folded=folded)))
+    ZL = np.stack([Z[r].max(axis=0) for r in rows])
+    st.tau_long = max(st.tau, conformal_threshold(ZL.max(axis=1), cfg.fpr))
+    st.tau_long_target = np.maximum(st.tau_target, np.array([conformal_threshold(ZL[:, j], cfg.fpr) for j in range(ZL.shape[1])],
+                                                            np.float32))
+    return float((ZL.max(axis=1) > st.tau).mean())
 
 
 def _holdout_metrics(model: DetectorModel, ws: Workspace, names: NameMatcher, holdouts: dict[str, list[str]]) -> dict[str, float]:
@@ -342,7 +471,7 @@ def _holdout_metrics(model: DetectorModel, ws: Workspace, names: NameMatcher, ho
         if not texts:
             continue
         rows = ws.ensure(texts)
-        nm = names.matrix([ws.folded[r] for r in rows], folded=True)
+        nm = ws.names_matrix(names, rows)
         P = st.heads.logits(st.heads.decision(ws.dense[stage][rows], ws.sparse[rows], nm))
         hit = P.max(axis=1) > st.tau
         recalls.append(float(hit.mean()))
@@ -383,7 +512,8 @@ def train(policy: Policy, cfg: TrainConfig | None = None, progress: Progress = l
     progress(f"{n_pos} positives, {len(shared)} shared negatives, {sum(len(td.hard) for td in tds)} hard negatives; stages: {', '.join(stages)}")
     everything = dedupe([t for td in tds for t in td.exemplars + td.name_questions + td.hard + td.holdout] + shared)
     ws.ensure(everything)
-    names = NameMatcher({td.target_id: td.names for td in tds})
+    drop_common_facts(tds, shared)
+    names = NameMatcher({td.target_id: td.names for td in tds}, {td.target_id: td.facts for td in tds})
     neg_train = [t for t in shared if _bucket(t, "neg") >= cfg.cal_fraction]
     exemplars = {td.target_id: td.exemplars + td.name_questions for td in tds}
     per_stage: dict[str, list[tuple]] = {s: [] for s in stages}
@@ -421,7 +551,7 @@ def train(policy: Policy, cfg: TrainConfig | None = None, progress: Progress = l
         index_stage=index_stage, char=char, static=static, sentence_spec=cfg.sentence_spec if "sentence" in stages else None,
         fpr=cfg.fpr, loose_fpr=cfg.loose_fpr, window_words=cfg.window_words, max_windows=cfg.max_windows,
         neg_texts=neg_texts, neg_owner=np.array(neg_owner, np.int32), neg_split=neg_split, neg_sentence=neg_sentence,
-        neg_group=np.array(neg_group, np.int8),
+        neg_group=np.array(neg_group, np.int8), facts={td.target_id: td.facts for td in tds},
     )
     progress("calibrating: Platt scaling on held-out exemplars, conformal thresholds on held-out negatives...")
     holdouts = {td.target_id: td.holdout for td in tds}
@@ -437,7 +567,7 @@ def train(policy: Policy, cfg: TrainConfig | None = None, progress: Progress = l
                  "shared_negatives": len(shared), "general_pool": cfg.general_pool,
                  "policy_negatives": [str(s.path) for s in policy.detector.negatives]},
         "config": {k: getattr(cfg, k) for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr",
-                                                "passage_focus")},
+                                                "passage_focus", "facts", "long_negatives", "long_words")},
         "metrics": {"calibration": cal, **metrics},
     }
     progress(f"done in {time.perf_counter() - t_start:.1f}s: threshold (log-odds) {model.stages[metrics['stage']].tau:.3f}, held-out exemplar recall "
@@ -464,7 +594,8 @@ def _cfg_for(model: DetectorModel, policy: Policy | None) -> TrainConfig:
     cfg.mode, cfg.fpr, cfg.loose_fpr = model.mode, model.fpr, model.loose_fpr
     cfg.sentence_spec = model.sentence_spec or cfg.sentence_spec
     c = model.manifest.get("config") or {}
-    for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr", "passage_focus"):
+    for k in ("c", "max_other", "cal_fraction", "pos_holdout", "seed", "hard_negatives", "neighbour_fpr", "passage_focus", "facts",
+              "long_negatives", "long_words"):
         if k in c:
             setattr(cfg, k, c[k])
     return cfg
@@ -474,7 +605,7 @@ def recalibrate(model: DetectorModel, progress: Progress = lambda s: None) -> De
     """Recompute all thresholds from the stored negative bank (heads and Platt scaling unchanged)."""
     cfg = _cfg_for(model, None)
     ws, _ = _workspace_from_model(model, cfg, progress)
-    names = NameMatcher({t: model.names[t] for t in model.target_ids})
+    names = NameMatcher({t: model.names[t] for t in model.target_ids}, model.facts)
     stats = _calibrate(model, ws, names, {}, {}, cfg, refit_platt=())
     model.manifest = dict(model.manifest)
     model.manifest.setdefault("metrics", {})["calibration"] = stats
@@ -502,12 +633,12 @@ def remove_targets(model: DetectorModel, remove: Iterable[str], progress: Progre
         neg_texts=[t for t, k in zip(model.neg_texts, mask) if k],
         neg_owner=np.array([o if o < 0 else remap[o] for o, k in zip(owner, mask) if k], np.int32),
         neg_split=model.neg_split[mask], neg_sentence=None if model.neg_sentence is None else model.neg_sentence[mask],
-        neg_group=model.neg_group[mask],
+        neg_group=model.neg_group[mask], facts={model.target_ids[j]: model.facts[model.target_ids[j]] for j in keep if model.target_ids[j] in model.facts},
     )
     if new.n_targets:
         cfg = _cfg_for(new, None)
         ws, _ = _workspace_from_model(new, cfg, progress)
-        names = NameMatcher({t: new.names[t] for t in new.target_ids})
+        names = NameMatcher({t: new.names[t] for t in new.target_ids}, new.facts)
         _calibrate(new, ws, names, {}, {}, cfg, refit_platt=())
     new.manifest.setdefault("updates", []).append({"removed": sorted(gone & set(model.target_ids))})
     return new
@@ -533,7 +664,10 @@ def add_targets(model: DetectorModel, policy: Policy, target_ids: Sequence[str],
         new_tds.append(prepare_target(policy.targets[index_of[tid]], index_of[tid], cfg, names_filter))
     target_ids_all = model.target_ids + [td.target_id for td in new_tds]
     names_all = {**model.names, **{td.target_id: list(td.names) for td in new_tds}}
-    names = NameMatcher({t: names_all[t] for t in target_ids_all})
+    shared_all = [t for t, o in zip(model.neg_texts, model.neg_owner) if o < 0]
+    drop_common_facts(new_tds, shared_all)
+    facts_all = {**model.facts, **{td.target_id: td.facts for td in new_tds}}
+    names = NameMatcher({t: names_all[t] for t in target_ids_all}, facts_all)
     shared_train = [t for t, o, s in zip(model.neg_texts, model.neg_owner, model.neg_split) if o < 0 and s == 0 and not names_filter(t)]
     stages = list(model.stages)
     existing_exemplars = list(model.index.texts)
@@ -552,6 +686,7 @@ def add_targets(model: DetectorModel, policy: Policy, target_ids: Sequence[str],
         progress(f"added head for {td.target_id!r}: {len(td.exemplars)} exemplars, {len(td.hard)} hard negatives ({time.perf_counter() - t0:.1f}s)")
     model.target_ids = target_ids_all
     model.names = names_all
+    model.facts = facts_all
     for td in new_tds:
         model.target_digests[td.target_id] = target_digest(policy.target(td.target_id))
         model.neg_texts = model.neg_texts + td.hard

@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         pos_sets = [s for s in sets if s.positive]
         if filler_pool and pos_sets:
             progress("windowed screening: forget questions after ~1,500 words of filler...")
-            report["windowed"] = ev.windowed(live_detector, ev.long_filler_set(pos_sets, filler_pool, n=args.filler))
+            report["windowed"] = ev.windowed(live_detector, ev.long_filler_set(pos_sets, filler_pool, n=args.filler),
+                                             ev.long_negative_set(filler_pool, n=args.filler))
     if args.latency_queries:
         progress(f"latency: {args.latency_queries} queries per kind through screen()...")
         report["latency"] = ev.latency(live_detector, sets, n=args.latency_queries)

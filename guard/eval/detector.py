@@ -152,15 +152,35 @@ def long_filler_set(pos_sets: Sequence[EvalSet], filler_pool: Sequence[str], n: 
     return es
 
 
+def long_negative_set(filler_pool: Sequence[str], n: int = 40, words: int = 1500, seed: int = 1) -> EvalSet:
+    """Long benign inputs: ~``words`` words of negatives only (the false positives of windowed screening)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        filler: list[str] = []
+        while sum(len(f.split()) for f in filler) < words:
+            filler.append(rng.choice(filler_pool))
+        texts.append(" ".join(filler))
+    es = EvalSet("long_negatives", False, texts, None, suite="windowed")
+    es.types = [""] * len(texts)
+    return es
+
+
 # ------------------------------------------------------------------------------------------ scoring
 
 
 def training_texts(model: Any) -> set[str]:
-    from classifiers.templates import entity_questions
+    from classifiers.facts import date_variants
+    from classifiers.templates import entity_questions, surname_questions
 
     texts = set(model.index.texts) | set(model.neg_texts)
     for names in model.names.values():
         texts |= set(entity_questions(names))
+        toks = names[0].replace(",", " ").split() if names else []
+        if len(toks) >= 2:
+            texts |= set(surname_questions(toks[-1]))
+    for t in model.index.texts:  # the heads also train on their exemplars with the dates re-rendered
+        texts |= set(date_variants(t))
     return texts
 
 
@@ -236,7 +256,12 @@ def evaluate_sets(detector: Any, sets: Sequence[EvalSet], *, settings: Sequence[
 
     stage = model.stages[deciding_stage(model)]
     tau = logit(threshold) if threshold is not None else stage.tau
+    tau_long, tau_long_target = stage.long_thresholds()
+    if threshold is not None:
+        tau_long, tau_long_target = tau, np.full(len(model.target_ids), tau, np.float32)
+    is_long = np.array([len(t.split()) > model.window_words for t in idx], bool)
     result: dict[str, Any] = {"leaked_dropped": dict(dropped), "threshold": float(sigmoid(tau)), "threshold_log_odds": tau,
+                              "threshold_long_log_odds": float(tau_long),
                               "mode": model.mode, "targets": len(model.target_ids)}
 
     if "batch" in settings:
@@ -251,7 +276,7 @@ def evaluate_sets(detector: Any, sets: Sequence[EvalSet], *, settings: Sequence[
             rows = np.array([idx[t] for t in s.texts])
             P = final_scores(model, scores, rows)
             mx = P.max(axis=1)
-            hit = mx > tau
+            hit = mx > np.where(is_long[rows], tau_long, tau)
             agg = per_set.setdefault(s.name, {"n": 0, "flagged": 0, "positive": s.positive, "attributed": 0})
             agg["n"] += len(rows)
             agg["flagged"] += int(hit.sum())
@@ -291,13 +316,14 @@ def evaluate_sets(detector: Any, sets: Sequence[EvalSet], *, settings: Sequence[
         general = [s for s in clean_sets if s.target is None and not s.positive]
         for tid, j in tid_pos.items():
             tau_t = logit(threshold) if threshold is not None else float(stage.tau_target[j])
+            tau_t_long = float(tau_long_target[j])
             rec: dict[str, float] = {}
             types_t: dict[str, list[bool]] = defaultdict(list)
             for s in [s for s in clean_sets if s.target == tid] + general:
                 if not s.texts:
                     continue
                 rows = np.array([idx[t] for t in s.texts])
-                hit = final_scores(model, scores, rows, target=j) > tau_t
+                hit = final_scores(model, scores, rows, target=j) > np.where(is_long[rows], tau_t_long, tau_t)
                 key = s.name
                 rec[key] = float(hit.mean())
                 for ty, h in zip(s.types, hit):
@@ -339,16 +365,20 @@ def latency(detector: Any, sets: Sequence[EvalSet], n: int = 300, seed: int = 0)
     return out
 
 
-def windowed(detector: Any, es: EvalSet) -> dict[str, Any]:
+def windowed(detector: Any, es: EvalSet, negatives: EvalSet | None = None) -> dict[str, Any]:
     hits, ms = [], []
     for text, tid in zip(es.texts, es.types):
         t0 = time.perf_counter()
         v = detector.screen([text])
         ms.append((time.perf_counter() - t0) * 1000)
         hits.append(v.flagged)
-    return {"n": len(hits), "recall": float(np.mean(hits)) if hits else float("nan"),
-            "words": int(np.mean([len(t.split()) for t in es.texts])) if es.texts else 0,
-            "p50_ms": float(np.median(ms)) if ms else float("nan")}
+    out = {"n": len(hits), "recall": float(np.mean(hits)) if hits else float("nan"),
+           "words": int(np.mean([len(t.split()) for t in es.texts])) if es.texts else 0,
+           "p50_ms": float(np.median(ms)) if ms else float("nan")}
+    if negatives is not None and negatives.texts:
+        flagged = [detector.screen([t]).flagged for t in negatives.texts]
+        out.update({"negatives_n": len(flagged), "negatives_fpr": float(np.mean(flagged))})
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -390,7 +420,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     w = report.get("windowed")
     if w:
-        lines.append(f"## Windowed screening\n\n{w['n']} forget questions after ~{w['words']} words of filler: recall {_pct(w['recall'])}, "
+        lines.append("## Windowed screening\n")
+        if "negatives_n" in w:
+            lines.append(f"{w['negatives_n']} long benign inputs (~{w['words']} words of negatives only): "
+                         f"false positives {_pct(w['negatives_fpr'])}\n")
+        lines.append(f"{w['n']} forget questions after ~{w['words']} words of filler: recall {_pct(w['recall'])}, "
                      f"p50 {w['p50_ms']:.1f} ms per request\n")
     lat = report.get("latency")
     if lat:

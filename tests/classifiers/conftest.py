@@ -54,7 +54,7 @@ def write_policy(root: Path, targets: list[str], *, artifact: Path | None = None
     policy: dict = {
         "version": 1,
         "detector": {"kind": "trained", "artifact": str(artifact or root / "artifact"), "embedder_kind": "static",
-                     "general_pool": 600, "target_fpr": 0.01},
+                     "general_pool": 1500, "target_fpr": 0.01},
         "targets": [],
     }
     for key in targets:

@@ -34,7 +34,7 @@ def test_keyword_keeps_word_boundaries_in_spaced_scripts(text: str) -> None:
 def test_name_matcher_features_see_cjk_names() -> None:
     m = NameMatcher({"jay": ["周杰伦", "Jay Chou"], "zorb": ["Zorblax Quenton"]})
     got = m.matrix(["我喜欢周杰伦的歌", "Quenton的作品", "Quentonx", "Chou"])
-    assert got[0, 0].tolist() == [1.0, 1.0] and got[0, 1].tolist() == [0.0, 0.0]
-    assert got[1, 1].tolist() == [0.0, 1.0]          # a name part next to Han characters
+    assert got[0, 0, :2].tolist() == [1.0, 1.0] and got[0, 1].sum() == 0
+    assert got[1, 1, :2].tolist() == [0.0, 1.0]      # a name part next to Han characters
     assert got[2].sum() == 0                         # not inside a longer Latin word
-    assert got[3, 0].tolist() == [0.0, 1.0]
+    assert got[3, 0, :2].tolist() == [0.0, 1.0]

@@ -110,6 +110,8 @@ def test_tofu_protocol(data: Path, tmp_path: Path) -> None:
     assert 0.0 <= report["batch"]["attribution_accuracy"] <= 1.0
     assert report["batch"]["roc"] and "latency" in report and report["latency"]["negatives"]["p50_ms"] > 0
     assert "windowed" in report and report["single"]["per_target"]
+    assert report["windowed"]["negatives_n"] == 2 and 0.0 <= report["windowed"]["negatives_fpr"] <= 1.0
+    assert report["threshold_long_log_odds"] >= report["threshold_log_odds"]
     md = (out / "report.md").read_text()
     assert "forget_heldout" in md and "ROC" in md
     # nothing scored was trained on: retain rows 400:440 are negatives and the synthetic birth-city
