@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     from guard.atomic import write_json, write_text
-    from guard.eval.bypass import catch_table, general_instructions, tofu01_detectors, tofu_probes
+    from guard.eval.bypass import catch_table, general_instructions, screen_latency, tofu01_detectors, tofu_probes
     from guard.paths import default_data_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +42,11 @@ def main() -> int:
     forget, other = tofu_probes(data)
     instructions = general_instructions(data)
     report = catch_table(detectors, forget, other, extra_negatives={"general instructions (as sent)": instructions} if instructions else None)
+    # what the de-obfuscation costs on clean traffic: unrelated questions and general instructions, as sent
+    latency = screen_latency(detectors, list(other) + list(instructions))
+    lat_md = ("\n`screen([text])` latency on clean traffic (the unrelated questions and the general instructions, "
+              "caches cleared; wall time on a shared machine):\n\n| detector | p50 ms | p99 ms |\n|---|---:|---:|\n"
+              + "\n".join(f"| {d} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |" for d, v in latency.items()) + "\n")
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -49,9 +54,9 @@ def main() -> int:
     md = (f"Bypass attempts, TOFU forget01 (first-half policy), {len(forget)} forget questions and {len(other)} other "
           f"questions per attack; commit {commit}, load {os.getloadavg()[0]:.1f}.\n"
           "'caught' = forget questions flagged (higher is better); 'FP' = other questions flagged (lower is better).\n\n"
-          + report.markdown() + "\n")
+          + report.markdown() + "\n" + lat_md)
     print(md)
-    write_json(args.out / "bypass.json", {**report.to_json(), "commit": commit, "n_forget": len(forget), "n_other": len(other)})
+    write_json(args.out / "bypass.json", {**report.to_json(), "latency": latency, "commit": commit, "n_forget": len(forget), "n_other": len(other)})
     write_text(args.out / "bypass.md", md)
     return 0
 

@@ -22,8 +22,9 @@ from typing import Sequence
 from classifiers.base import Detector, Verdict
 from classifiers.text import split_sentences
 
-MAX_PAYLOADS = 16            # base64 payloads decoded per text
-MAX_PAYLOAD_CHARS = 1 << 16  # longer runs are not decoded
+MAX_PAYLOADS = 64            # base64 payloads decoded per text (the first ones; a request hiding its
+                             # question behind 64 decoys is not decoded further)
+MAX_PAYLOAD_CHARS = 16 << 20  # above any body the guard accepts: padding a payload does not hide it
 MIN_PAYLOAD_CHARS = 12       # shorter runs are ordinary words ("Mississippi1")
 MAX_PIECE_WORDS = 64         # longer texts are already screened in windows and sentence by sentence
 MAX_PIECES = 64

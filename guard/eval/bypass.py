@@ -310,6 +310,26 @@ def catch_table(detectors: Mapping[str, Detector], forget: Sequence[str], other:
     return BypassReport(pos, neg, time.perf_counter() - started)
 
 
+def screen_latency(detectors: Mapping[str, Detector], texts: Sequence[str], *, repeat: int = 3) -> dict[str, dict[str, float]]:
+    """p50/p99 ms of ``screen([text])`` per detector over ``texts`` (LRU caches cleared before each pass)."""
+    import numpy as np
+
+    out: dict[str, dict[str, float]] = {}
+    for name, det in detectors.items():
+        times: list[float] = []
+        for _ in range(repeat):
+            cache = getattr(getattr(det, "inner", det), "_cache", None)
+            if cache is not None:
+                cache.clear()
+            for t in texts:
+                started = time.perf_counter()
+                det.screen([t])
+                times.append((time.perf_counter() - started) * 1000)
+        out[name] = {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3),
+                     "n": len(times)}
+    return out
+
+
 # ------------------------------------------------------------------------------------------ TOFU probes
 
 HELDOUT_ROWS = list(range(10, 20)) + list(range(30, 40))  # forget01 rows the detector-eval policy does not train on

@@ -45,7 +45,9 @@ def test_base64_payloads_found_nested_and_bounded() -> None:
     # ordinary long words, numbers, hashes and binary are not payloads
     assert base64_payloads("Supercalifragilisticexpialidocious 12345678901234567890 "
                            "d41d8cd98f00b204e9800998ecf8427e " + base64.b64encode(bytes(range(64))).decode()) == []
-    many = " ".join(b64(f"question number {i} here") for i in range(40))
+    padded = Q + " " + "The weather was mild and the harbour was quiet that week. " * 3000  # a >200k-char run
+    assert base64_payloads(f"answer: {b64(padded)}")[0].startswith(Q)
+    many = " ".join(b64(f"question number {i} here") for i in range(MAX_PAYLOADS + 10))
     assert len(base64_payloads(many)) == MAX_PAYLOADS
 
 
