@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,13 +25,19 @@ from tests.conftest import free_port
 MODEL = DEFAULT_SERVED_NAME
 
 
-@pytest.fixture
-async def fake_guard(default_model_path, guard_server):
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(params=["no-policy", "keyword-policy"])
+async def fake_guard(request, default_model_path, guard_server):
+    """The guard without a policy, and with a keyword policy behind the de-obfuscation (the screening
+    path: NFKC, base64 decoding, sentence splitting must not fail on any input either)."""
     fake = TestServer(build_fake_app(tokens=4, delay_s=0), host="127.0.0.1", port=free_port())
     await fake.start_server()
     engine = VllmEngine(str(fake.make_url("")), default_model_path, MODEL, upstream_model=MODEL)
     await engine.start()
-    base = await guard_server(engine, max_body_bytes=256 * 1024)
+    policy = {"policy": str(FIXTURES / "refuse_keyword.yaml")} if request.param == "keyword-policy" else {}
+    base = await guard_server(engine, max_body_bytes=256 * 1024, **policy)
     yield base
     await engine.close()
     await fake.close()
@@ -83,7 +91,9 @@ _chat_body = st.fixed_dictionaries(
               "stop": _json, "seed": _json_leaf, "n": _json_leaf, "stream_options": _json, "extra": _json})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# FUZZ_EXAMPLES=2000 for a longer run (the README's fuzz figure); 150 in the regular suite.
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(_chat_body, _json), raw=st.binary(max_size=64), use_raw=st.booleans())
 async def test_fuzz_never_5xx(fake_guard, body, raw, use_raw):
     payload = raw if use_raw else json.dumps(body).encode()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from classifiers.base import Verdict
 from classifiers.keyword import KeywordDetector
 from classifiers.normalize import (
@@ -90,3 +93,15 @@ def test_normalizing_detector() -> None:
     assert not det.screen(["What is the capital of France?"]).flagged and len(kw.calls) == 1  # nothing to undo: one pass
     assert not det.screen(["Tell me a joke.\nMake it short.", "aGVsbG8gd29ybGQsIGhvdyBhcmUgeW91Pw=="]).flagged
     assert det.inner is kw
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.one_of(st.text(max_size=200), st.binary(max_size=120).map(lambda b: base64.b64encode(b).decode())),
+                      max_size=5))
+def test_never_raises_on_any_text(texts) -> None:
+    out = deobfuscate(texts)
+    assert out is None or all(isinstance(t, str) for t in out)
+    for t in texts:
+        assert all(isinstance(p, str) and p for p in pieces(t))
+    assert all(isinstance(t, str) for t in across_turns(texts))
+    assert isinstance(NormalizingDetector(KeywordDetector({"m": ["Mirela Vantongeren"]})).screen(texts).flagged, bool)
