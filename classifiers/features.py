@@ -49,7 +49,7 @@ class CharNgrams:
 
 
 # columns of the per-target match features, in the order of ``Heads.w_name``
-MATCH_COLUMNS = ("full", "part", "part_other", "date", "title")
+MATCH_COLUMNS = ("full", "part", "part_other", "date", "title", "given")
 N_MATCH = len(MATCH_COLUMNS)
 
 # capitalised words next to a name part that do not make it someone else's name
@@ -76,7 +76,8 @@ class NameMatcher:
     accent-insensitive), ``part`` (a name token of >= 4 letters that is not a title/particle/common
     first name; also set with ``full``), ``part_other`` (instead of ``part`` when every such part
     stands next to a capitalised word that is not the target's: "Elliot *Patrick* Benson" is
-    someone else),
+    someone else; ``given`` instead of ``part`` when the only parts used are given names: "Marie"
+    alone is weaker evidence for Marie Osmond than "Osmond"),
     ``date`` (a full date from the target's forget data, in any rendering), ``title`` (a quoted
     title from its forget data). One combined regex per kind, whatever the number of targets.
     """
@@ -87,6 +88,7 @@ class NameMatcher:
         self._full_map: dict[str, list[int]] = {}
         self._part_map: dict[str, list[int]] = {}
         self._tokens: list[set[str]] = []
+        self._given: list[set[str]] = []
         self._date_map: dict[str, list[int]] = {}
         self._title_map: dict[str, list[int]] = {}
         facts_by_target = facts_by_target or {}
@@ -97,6 +99,7 @@ class NameMatcher:
             for p in name_parts(names):
                 self._part_map.setdefault(p, []).append(j)
             self._tokens.append({t.strip(".'\u2019") for n in names for t in re.split(r"[\s,-]+", fold(n)) if t})
+            self._given.append(given_names(names))
             facts = facts_by_target.get(tid) or {}
             for key in facts.get("dates", ()):
                 self._date_map.setdefault(key, []).append(j)
@@ -145,7 +148,11 @@ class NameMatcher:
                     if j not in full and (only is None or j == only):
                         spans.setdefault(j, []).append((m.start(), m.start() + len(m.group(1))))
             for j, js in spans.items():
-                put(j, 2 if all(self._other_name_next_to(text, folded, sp, j) for sp in js) else 1)
+                own = [sp for sp in js if not self._other_name_next_to(text, folded, sp, j)]
+                if not own:
+                    put(j, 2)
+                else:
+                    put(j, 5 if all(folded[a:b] in self._given[j] for a, b in own) else 1)
         if self._date_map and any(ch.isdigit() for ch in folded):
             for key in date_keys(folded):
                 for j in self._date_map.get(key, ()):
@@ -184,6 +191,17 @@ def _overlapping(alternatives: Mapping[str, object]) -> re.Pattern[str] | None:
     """Whole-word matches of any alternative, overlapping ones included (a zero-width lookahead)."""
     source = name_alternation(alternatives)
     return None if source is None else re.compile(rf"(?=({source}))")
+
+
+def given_names(names: Iterable[str]) -> set[str]:
+    """Name parts that are given names: the first distinctive word of a name with several ("marie"
+    of "Marie Osmond"; none for "Prince Harry")."""
+    out: set[str] = set()
+    for name in names:
+        toks = [t for t in (x.strip(".'\"()") for x in re.split(r"\s+", fold(name.split(",")[0]))) if t and t not in _WEAK]
+        if len(toks) >= 2 and len(toks[0]) >= 4 and not toks[0].isdigit():
+            out.add(toks[0])
+    return out
 
 
 def name_parts(names: Iterable[str]) -> list[str]:

@@ -139,11 +139,30 @@ def _name_filter(all_names: Sequence[str]) -> Callable[[str], bool]:
 _PRONOUN_OPEN = re.compile(r"^\W*(he|she|his|her|him|they|their|them)\b", re.IGNORECASE)
 
 
+_HEADER = re.compile(r"^\s*(?:=+[^=]*=+\s*)+")   # "=== 1966-1970: American roles ===" opening a passage sentence
+
+
+def surnames(names: Sequence[str]) -> list[str]:
+    """The last word of each name ("Lee", "King"), however short or common: in the target's own
+    documents it stands for the target."""
+    out = []
+    for n in names:
+        toks = n.split(",")[0].split()
+        if len(toks) >= 2 and len(toks[-1].strip(".")) >= 2:
+            out.append(toks[-1].strip("."))
+    return out
+
+
 def _mention_filter(names: Sequence[str]) -> Callable[[str], bool]:
-    """True if a sentence is about the target: names it (or a distinctive part) or opens with a pronoun."""
-    parts = name_parts(names)
-    by_name = _name_filter(list(names) + parts)
-    return lambda s: by_name(s) or bool(_PRONOUN_OPEN.match(s))
+    """True if a sentence of the target's documents is about the target: it names it (a name, a
+    distinctive part, its surname) or opens with a pronoun (in a biography, the subject). Section
+    headers ("=== Career ===") are ignored."""
+    by_name = _name_filter(list(names) + name_parts(names) + surnames(names))
+
+    def about(s: str) -> bool:
+        body = _HEADER.sub("", s)
+        return by_name(body) or bool(_PRONOUN_OPEN.match(body))
+    return about
 
 
 def prepare_target(target: Target, index: int, cfg: TrainConfig, names_filter: Callable[[str], bool]) -> TargetData:
@@ -188,7 +207,7 @@ def fact_positives(exemplars: Sequence[str], names: Sequence[str], facts: dict[s
     characters from this person's book 'A Whisper in the Wind'?"), and everything with its dates
     written other ways ("05/11/1991" -> "November 5, 1991"): a fact identifies the target without
     its name, and a date in any rendering."""
-    name_src = name_alternation(fold(n) for n in list(names) + name_parts(names))
+    name_src = name_alternation(fold(n) for n in list(names) + name_parts(names) + surnames(names))
     name_re = re.compile(name_src) if name_src else None
     title_src = name_alternation(facts.get("titles", ()))
     titles = re.compile(title_src) if title_src else None

@@ -38,3 +38,33 @@ def test_name_matcher_features_see_cjk_names() -> None:
     assert got[1, 1, :2].tolist() == [0.0, 1.0]      # a name part next to Han characters
     assert got[2].sum() == 0                         # not inside a longer Latin word
     assert got[3, 0, :2].tolist() == [0.0, 1.0]
+
+
+def test_a_given_name_alone_is_its_own_column() -> None:
+    from classifiers.features import MATCH_COLUMNS
+
+    part, given = MATCH_COLUMNS.index("part"), MATCH_COLUMNS.index("given")
+    m = NameMatcher({"osmond": ["Marie Osmond"], "harry": ["Prince Harry, Duke of Sussex"]})
+    got = m.matrix(["Marie is at the music store.", "Osmond sang Paper Roses.", "What did Harry say?"])
+    assert got[0, 0, given] == 1 and got[0, 0, part] == 0
+    assert got[1, 0, part] == 1 and got[1, 0, given] == 0
+    assert got[2, 1, part] == 1          # "Harry" is what Prince Harry is called, not a given name beside a surname
+
+
+def test_passage_sentences_naming_the_target_by_a_short_surname_are_about_it(data_dir) -> None:
+    """RWKU's Bruce Lee passages call him "Lee" (3 letters, too short to be a distinctive name part) and
+    open sections with "=== ... ===": such sentences are about the target, never hard negatives."""
+    import json
+    import re
+
+    from classifiers.text import split_sentences
+    from classifiers.train import _mention_filter
+
+    passages = json.loads((data_dir / "rwku" / "3_Bruce_Lee" / "passage.json").read_text(encoding="utf-8"))
+    sentences = [s for p in passages for s in split_sentences(p["text"])]
+    about = _mention_filter(["Bruce Lee"])
+    with_lee = [s for s in sentences if re.search(r"\bLee\b", s)]
+    assert len(with_lee) > 50 and all(about(s) for s in with_lee)
+    headed = [s for s in sentences if re.match(r"=+[^=]+=+\s*(He|His)\b", s)]
+    assert headed and all(about(s) for s in headed)
+    assert not about("Chuck Norris founded a martial arts discipline called Chun Kuk Do.")
