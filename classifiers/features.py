@@ -75,8 +75,8 @@ class NameMatcher:
     Columns (``MATCH_COLUMNS``), 0/1 each: ``full`` (a name or alias, whole word, case- and
     accent-insensitive), ``part`` (a name token of >= 4 letters that is not a title/particle/common
     first name; also set with ``full``), ``part_other`` (instead of ``part`` when every such part
-    stands next to a capitalised word that is not the target's: "Elliot *Patrick* Benson" is
-    someone else; ``given`` instead of ``part`` when the only parts used are given names: "Marie"
+    stands next to a capitalised word that is not the target's, "Elliot *Patrick* Benson" is
+    someone else, or is written in lower case in a text that has capitals, "a large *candy* bar"; ``given`` instead of ``part`` when the only parts used are given names: "Marie"
     alone is weaker evidence for Marie Osmond than "Osmond"),
     ``date`` (a full date from the target's forget data, in any rendering), ``title`` (a quoted
     title from its forget data). One combined regex per kind, whatever the number of targets.
@@ -109,13 +109,17 @@ class NameMatcher:
         self._part = _overlapping(self._part_map)
         self._title = _overlapping(self._title_map)
 
-    def _other_name_next_to(self, text: str, folded: str, span: tuple[int, int], j: int) -> bool:
+    def _not_a_name_here(self, text: str, folded: str, span: tuple[int, int], j: int) -> bool:
+        """The name part at ``span`` is not the target's name: it stands next to someone else's name,
+        or it is written in lower case in a text that uses capitals ("a large candy bar")."""
         a, b = span
         if len(text) != len(folded):
             refolded, index = fold_with_map(text)
             if len(refolded) != len(folded):
                 return False
             a, b = index[a], index[b - 1] + 1
+        if text[a:b].islower() and any(ch.isupper() for ch in text):
+            return True
         for m in (_PREV_WORD.search(text[max(0, a - 60):a]), _NEXT_WORD.match(text[b:b + 60])):
             if m is None:
                 continue
@@ -148,7 +152,7 @@ class NameMatcher:
                     if j not in full and (only is None or j == only):
                         spans.setdefault(j, []).append((m.start(), m.start() + len(m.group(1))))
             for j, js in spans.items():
-                own = [sp for sp in js if not self._other_name_next_to(text, folded, sp, j)]
+                own = [sp for sp in js if not self._not_a_name_here(text, folded, sp, j)]
                 if not own:
                     put(j, 2)
                 else:

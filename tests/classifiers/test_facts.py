@@ -72,6 +72,10 @@ def test_a_name_part_next_to_another_name_is_someone_else() -> None:
     assert col[2, PART] == 1
     assert col[3].sum() == 0                        # 'park' is not a part of this name
     assert col[4, PART] == 1                        # 'Is' starts the sentence: not another name
+    candy = NameMatcher({"candy": ["John Candy"]}).column(
+        ["That is the amount of calories in a large candy bar.", "what movies was candy in", "Candy starred in Uncle Buck."], 0)
+    assert candy[0, OTHER] == 1 and candy[0, PART] == 0   # lower case in a cased text: the common word
+    assert candy[1, PART] == 1 and candy[2, PART] == 1     # an all-lower-case query, or capitalised: the name
 
 
 def test_windows_do_not_cut_a_name_in_two() -> None:
