@@ -4,11 +4,11 @@ Examples::
 
     # TOFU-mini (CPU): target, retain twin, and the target behind a refuse and an ECO policy
     guard-eval tofu --model tofu-mini-target --retain-model tofu-mini-retain \\
-        --policy policies/tofu-forget01-keyword.yaml --actions refuse,eco --limit 40 --out results/tofu-mini
+        --policy policies/examples/eco_tofu_mini.yaml --actions refuse,eco --limit 40 --out results/tofu-mini
 
     # one guard per policy file (each policy names its own action and artifacts)
     guard-eval tofu --model tofu-mini-target --retain-model tofu-mini-retain \\
-        --guard spul=policies/tofu-mini-spul.yaml --guard uld=policies/tofu-mini-uld.yaml --out results/tofu-mini
+        --guard spul=policies/examples/spul_tofu_mini.yaml --guard uld=policies/examples/uld_tofu_mini.yaml --out results/tofu-mini
 
     # the full benchmark (GPU): forget10, retain90 twin, 200 new tokens, all items
     guard-eval tofu --model tofu-full-target --retain-model tofu-full-retain --preset full --out results/tofu-full
