@@ -153,6 +153,9 @@ def live_add(data: Path, out_dir: Path, kind: str, base_targets: int) -> dict:
     from classifiers.embedder import static_for
 
     static_for("default")  # the distilled table is per machine, built once: not part of adding a target
+    import classifiers.train as tr
+
+    tr._LONG_CACHE.clear()  # a serving process has not featurised the long calibration texts yet
     log(f"live: adding {new.name} through build_detector (timed)")
     t0, c0 = time.perf_counter(), time.process_time()
     detector = build_detector(load_policy(p_new))
