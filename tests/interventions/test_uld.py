@@ -331,10 +331,11 @@ async def test_vllm_stream_mode_speculates(vllm_engine, local_engine, runtime):
     ids = vllm_engine.render_chat(chat(UNFLAGGED)).token_ids
     params = SamplingParams(max_tokens=16, temperature=0)
     stats: dict[str, int] = {}
-    text, _ = await collect(uld_stream(vllm_engine, ids, params, runtime, ULDSettings(alpha=0.0, top_k=TOP_K), stats=stats))
+    text, _ = await collect(uld_stream(vllm_engine, ids, params, runtime,
+                                       ULDSettings(alpha=0.0, top_k=TOP_K, mode="stream"), stats=stats))
     plain, _ = await collect(vllm_engine.generate(PromptInput(token_ids=ids), params))
     assert text == plain and stats["requests"] == 1
-    settings = ULDSettings(alpha=0.35, top_k=TOP_K)
+    settings = ULDSettings(alpha=0.35, top_k=TOP_K, mode="stream")
     question = "Who is Basil Mahfouz Al-Kuwaiti? Answer in two sentences."
     ids = vllm_engine.render_chat(chat(question)).token_ids
     stats = {}
