@@ -56,7 +56,7 @@ def create_engine(settings: Settings) -> Engine:
 
     return LocalEngine(model_path, settings.served_model_name or served_name_for(settings.model),
                        max_concurrency=settings.local.max_concurrency, max_queue=settings.local.max_queue,
-                       threads=settings.local.threads)
+                       threads=settings.local.threads, device=settings.local.device)
 
 
 def build_app(settings: Settings, *, engine: Engine | None = None,

@@ -55,6 +55,7 @@ class LocalEngineSettings(_Strict):
     max_concurrency: int = Field(1, ge=1, description="generations running at once in the local engine")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond that; more get 429")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    device: str = Field("auto", description="auto (a CUDA GPU when visible, else the CPU), cpu, cuda or cuda:N")
 
 
 class Settings(_Strict):
@@ -102,7 +103,7 @@ _ENV_FIELDS = {
     "UPSTREAM": "upstream.kind", "UPSTREAM_URL": "upstream.url", "UPSTREAM_MODEL": "upstream.model",
     "UPSTREAM_API_KEY": "upstream.api_key", "UPSTREAM_READ_TIMEOUT_S": "upstream.read_timeout_s",
     "UPSTREAM_CONNECT_TIMEOUT_S": "upstream.connect_timeout_s",
-    "MAX_CONCURRENCY": "local.max_concurrency", "MAX_QUEUE": "local.max_queue", "THREADS": "local.threads",
+    "MAX_CONCURRENCY": "local.max_concurrency", "MAX_QUEUE": "local.max_queue", "THREADS": "local.threads", "DEVICE": "local.device",
 }
 
 

@@ -59,3 +59,11 @@ def test_example_config_is_valid():
     example = Path(__file__).parent.parent / "guard.example.yaml"
     s = load_settings(example, {}, environ={})
     assert s.port == 8000
+
+
+def test_local_device_comes_from_file_env_and_flags(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("local: {device: cpu}\n")
+    assert load_settings(path, environ={}).local.device == "cpu"
+    assert load_settings(None, environ={"GUARD_DEVICE": "cuda:0"}).local.device == "cuda:0"
+    assert load_settings(None, environ={}).local.device == "auto"

@@ -19,7 +19,7 @@ import torch
 
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
 from guard.engines.rendering import IncrementalDecoder, StopMatcher, render_chat
-from guard.errors import Overloaded
+from guard.errors import ConfigError, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,29 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is checked and kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}", param="local.device") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use auto or cpu",
+                          param="local.device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}", param="local.device")
+    return device
+
+
 class LocalEngine(Engine):
     kind = "local"
 
     def __init__(self, model_path: Path | str, served_model_name: str, *, max_concurrency: int = 1,
-                 max_queue: int = 64, threads: int | None = None) -> None:
+                 max_queue: int = 64, threads: int | None = None, device: str = "auto") -> None:
         self.model_path = model_path
+        self.device = resolve_device(device)
         self.served_model_name = served_model_name
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
@@ -85,10 +102,10 @@ class LocalEngine(Engine):
 
         started = time.perf_counter()
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
         self._model.eval()
         self._stop_ids = self.stop_token_ids()
-        log.info("local engine loaded %s in %.1fs", self.model_path, time.perf_counter() - started)
+        log.info("local engine loaded %s on %s in %.1fs", self.model_path, self.device, time.perf_counter() - started)
 
     async def close(self) -> None:
         if self._executor:
@@ -107,8 +124,10 @@ class LocalEngine(Engine):
         return render_chat(self._tokenizer, messages, add_generation_prompt)
 
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Input embeddings ``[T, H]`` on the CPU (interventions edit them there; generation moves them)."""
         with torch.no_grad():
-            return self._model.get_input_embeddings()(torch.tensor([list(token_ids)]))[0].detach().clone()
+            ids = torch.tensor([list(token_ids)], device=self.device)
+            return self._model.get_input_embeddings()(ids)[0].detach().cpu().clone()
 
     # -- generation -------------------------------------------------------------------------------
     async def _admit(self) -> None:
@@ -181,11 +200,12 @@ class LocalEngine(Engine):
             )
             kwargs: dict[str, Any] = {}
             if prompt.token_ids is not None:
-                ids = torch.tensor([prompt.token_ids])
+                ids = torch.tensor([prompt.token_ids], device=self.device)
                 kwargs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
             else:
-                embeds = prompt.embeds.to(self._model.dtype).unsqueeze(0)
-                kwargs.update(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
+                embeds = prompt.embeds.to(device=self.device, dtype=self._model.dtype).unsqueeze(0)
+                kwargs.update(inputs_embeds=embeds,
+                              attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device))
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.no_grad():
@@ -204,11 +224,11 @@ class LocalEngine(Engine):
     async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
         def run() -> list[tuple[int, float]]:
             with torch.no_grad():
-                logits = self._model(torch.tensor([list(token_ids)])).logits[0, -1]
+                logits = self._model(torch.tensor([list(token_ids)], device=self.device)).logits[0, -1]
                 values, indices = torch.log_softmax(logits.float(), -1).topk(k)
             return list(zip(indices.tolist(), values.tolist()))
 
         return await asyncio.to_thread(run)
 
     async def health(self) -> dict[str, Any]:
-        return {"ready": self._model is not None, "engine": "local", "model": str(self.model_path)}
+        return {"ready": self._model is not None, "engine": "local", "model": str(self.model_path), "device": self.device}

@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="batch for plain-model generation (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="request seed (ECO's noise) (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible, default), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output directory (results.json, report.md, plots/, systems/)")
     p.add_argument("--force", action="store_true", help="recompute systems already evaluated with the same settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -133,7 +134,7 @@ def run_cli(args: argparse.Namespace) -> int:
     plan, preset = build_plan(args, model_dir)
     run = TofuRun(data_dir=data_dir, out_dir=args.out, plan=plan, target_model=args.model, retain_model=args.retain_model,
                   guards=build_guards(args, args.model), max_new_tokens=args.max_new_tokens, seed=args.seed,
-                  batch_size=args.batch_size, threads=args.threads, force=args.force, progress=not args.no_progress)
+                  batch_size=args.batch_size, threads=args.threads, device=args.device, force=args.force, progress=not args.no_progress)
     if not args.retain_model:
         print("note: no --retain-model, so forget quality is n/a", file=sys.stderr)
     results = asyncio.run(run_tofu(run))

@@ -497,6 +497,7 @@ class TofuRun:
     seed: int = 0
     batch_size: int = 8
     threads: int | None = None
+    device: str = "auto"
     force: bool = False
     progress: bool = True
 
@@ -526,7 +527,8 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
 
     async def scorer_for(model: str) -> Scorer:
         if model not in scorers:
-            engine = LocalEngine(model_dirs[model], served_name_for(model), max_concurrency=1, threads=run.threads)
+            engine = LocalEngine(model_dirs[model], served_name_for(model), max_concurrency=1, threads=run.threads,
+                                 device=run.device)
             await engine.start()
             engines[model] = engine
             scorers[model] = Scorer(engine, max_new_tokens=run.max_new_tokens, seed=run.seed,

@@ -79,11 +79,13 @@ def load_runtime(artifact: Path, engine: Engine, *, param: str = "params.artifac
     model_dir = _model_dir(engine, param)
     adapter = Path(artifact) / ADAPTER_DIR
     weights = adapter / "adapter_model.safetensors"
-    key = (str(Path(artifact).resolve()), weights.stat().st_mtime_ns if weights.exists() else None, str(model_dir), layers)
+    device = str(getattr(engine, "device", "cpu"))  # the local engine's; the vLLM path runs it in the guard (CPU)
+    key = (str(Path(artifact).resolve()), weights.stat().st_mtime_ns if weights.exists() else None, str(model_dir), layers,
+           device)
     with _CACHE_LOCK:
         runtime = _CACHE.get(key)
     if runtime is None:
-        model = load_assistant(model_dir, adapter, layers, merge=True, param=param)
+        model = load_assistant(model_dir, adapter, layers, merge=True, param=param).to(device)
         runtime = AssistantRuntime(model)
         with _CACHE_LOCK:
             _CACHE[key] = runtime

@@ -144,6 +144,7 @@ class AssistantRuntime:
         head = model.get_output_embeddings()
         self.head_weight = head.weight
         self.head_bias = getattr(head, "bias", None)
+        self.device = head.weight.device
         config = model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.logit_scale = getattr(config, "logit_scale", None)
@@ -166,6 +167,7 @@ class AssistantRuntime:
         from transformers import DynamicCache
 
         ids = new_ids if isinstance(new_ids, torch.Tensor) else torch.tensor(list(new_ids), dtype=torch.long)
+        ids = ids.to(self.device)
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
         if ids.shape[1] == 0:
@@ -189,23 +191,26 @@ class AssistantRuntime:
 
     @torch.no_grad()
     def logits_on(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Assistant logits ``[B, k]`` of ``token_ids`` ``[B, k]`` only (a k-row slice of the LM head)."""
+        """Assistant logits ``[B, k]`` of ``token_ids`` ``[B, k]`` only (a k-row slice of the LM head),
+        on ``token_ids``' device."""
         if hidden.dim() == 1:
             hidden = hidden.unsqueeze(0)
         if token_ids.dim() == 1:
             token_ids = token_ids.unsqueeze(0)
+        out_device = token_ids.device
+        token_ids = token_ids.to(self.device)
         rows = self.head_weight[token_ids]  # [B, k, H]
-        logits = torch.einsum("bkh,bh->bk", rows.float(), hidden.float())
+        logits = torch.einsum("bkh,bh->bk", rows.float(), hidden.to(self.device).float())
         if self.head_bias is not None:
             logits = logits + self.head_bias[token_ids].float()
-        return self._post(logits)
+        return self._post(logits).to(out_device)
 
     @torch.no_grad()
     def full_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Assistant logits ``[B, T, V]`` for a whole sequence of input embeddings (teacher forcing)."""
         dtype = self.head_weight.dtype
-        out = self.model(inputs_embeds=inputs_embeds.to(dtype), use_cache=False)
-        return out.logits.float()
+        out = self.model(inputs_embeds=inputs_embeds.to(device=self.device, dtype=dtype), use_cache=False)
+        return out.logits.float().to(inputs_embeds.device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,24 @@ async def test_local_ids_and_embeds_agree(local_engine):
     assert last.prompt_tokens == len(rendered.token_ids) and last.completion_tokens > 0
 
 
+def test_device_choice_is_resolved_and_checked():
+    from guard.engines.local import resolve_device
+    from guard.errors import ConfigError
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    bad = ["tpu", "not a device"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
+    for device in bad:
+        with pytest.raises(ConfigError) as info:
+            resolve_device(device)
+        assert info.value.param == "local.device" and device in info.value.message
+
+
+async def test_local_engine_reports_its_device_and_keeps_embeddings_on_the_cpu(local_engine):
+    assert (await local_engine.health())["device"] == str(next(local_engine.model.parameters()).device.type)
+    assert local_engine.embed([1, 2, 3]).device.type == "cpu"
+
+
 async def test_local_top_logprobs_match_greedy_choice(local_engine):
     rendered = local_engine.render_chat(MESSAGES)
     top = await local_engine.top_logprobs(rendered.token_ids, 5)
