@@ -45,9 +45,12 @@ def build_fake_app(tokens: int, delay_s: float, model: str = MODEL) -> web.Appli
                                       "usage": {"prompt_tokens": 10, "completion_tokens": tokens, "total_tokens": 10 + tokens}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for word in words:
+        # Tokens are due at fixed times after the first, as a GPU server emits them: a late wake-up
+        # (another process holding the core) does not push every later token back too.
+        start = time.monotonic()
+        for i, word in enumerate(words, 1):
             if delay_s:
-                await asyncio.sleep(delay_s)
+                await asyncio.sleep(max(0.0, start + i * delay_s - time.monotonic()))
             await resp.write(chunk(kind, word, None, rid))
         await resp.write(chunk(kind, None, "length", rid))
         await resp.write(b"data: [DONE]\n\n")
