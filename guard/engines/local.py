@@ -17,9 +17,10 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import torch
 
+from guard.devices import resolve_device
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
 from guard.engines.rendering import IncrementalDecoder, StopMatcher, render_chat
-from guard.errors import ConfigError, Overloaded
+from guard.errors import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +56,13 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is checked and kept."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}", param="local.device") from exc
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use auto or cpu",
-                          param="local.device")
-    if parsed.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}", param="local.device")
-    return device
-
-
 class LocalEngine(Engine):
     kind = "local"
 
     def __init__(self, model_path: Path | str, served_model_name: str, *, max_concurrency: int = 1,
                  max_queue: int = 64, threads: int | None = None, device: str = "auto") -> None:
         self.model_path = model_path
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, param="local.device")
         self.served_model_name = served_model_name
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue

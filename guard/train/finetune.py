@@ -184,19 +184,15 @@ def eval_sets(data_dir: Path, preset: str, limit: int | None = None) -> dict[str
 def _device(opts: RunOptions, preset: str) -> str:
     import torch
 
-    if opts.device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if preset == "full":
-            raise ConfigError(
-                "the full preset (TOFU's recipe: 4,000 QA x 5 epochs) needs a GPU and none is visible; "
-                "pass --device cpu to run it on the CPU anyway, or use --preset mini",
-                param="device",
-            )
-        return "cpu"
-    if opts.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {opts.device}: no CUDA device is visible; use --device cpu", param="device")
-    return opts.device
+    from guard.devices import resolve_device
+
+    if opts.device == "auto" and preset == "full" and not torch.cuda.is_available():
+        raise ConfigError(
+            "the full preset (TOFU's recipe: 4,000 QA x 5 epochs) needs a GPU and none is visible; "
+            "pass --device cpu to run it on the CPU anyway, or use --preset mini",
+            param="device",
+        )
+    return resolve_device(opts.device, label="--device")
 
 
 def _amp_dtype(recipe: R.Recipe, device: str):

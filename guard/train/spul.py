@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from guard.devices import resolve_device
 from guard.errors import ConfigError
 from guard.train.spul_objective import Example, Weights
 
@@ -325,18 +326,6 @@ def _default_data() -> Path:
 # model
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is visible; use --device cpu or auto", param="device")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}", param="device")
-    return device
-
-
 def load_frozen_model(model_dir: Path, device: str) -> Any:
     """The model in float32 on ``device``, frozen (eval mode, no parameter gradients)."""
     import torch
@@ -607,7 +596,7 @@ def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, m
 
         from guard.models import resolve_model
 
-        dev = resolve_device(device)
+        dev = resolve_device(device, label="--device")
         model_dir = Path(resolve_model(model_name))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # the data first: a bad policy or data file fails before the model loads
@@ -760,7 +749,7 @@ def report_rows(artifact: Path, model_name: str, forget: Sequence[QAItem], retai
     cfg = SpulConfig(position=soft.position, system_prompt=(soft.manifest.get("hyperparameters") or {}).get("system_prompt"))
     f = [encode_example_checked(tokenizer, it, it.answer, cfg, "forget") for it in forget]
     r = [encode_example_checked(tokenizer, it, it.answer, cfg, "retain") for it in retain]
-    model = load_frozen_model(model_dir, resolve_device(device))
+    model = load_frozen_model(model_dir, resolve_device(device, label="--device"))
     report = generation_report(model, tokenizer, soft.vectors, f, r, max_new_tokens=max_new_tokens, progress=progress)
     report["model"] = model_dir.name
     report["artifact"] = str(artifact)

@@ -26,7 +26,7 @@ async def test_local_ids_and_embeds_agree(local_engine):
 
 
 def test_device_choice_is_resolved_and_checked():
-    from guard.engines.local import resolve_device
+    from guard.devices import resolve_device
     from guard.errors import ConfigError
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -34,7 +34,7 @@ def test_device_choice_is_resolved_and_checked():
     bad = ["tpu", "not a device"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
     for device in bad:
         with pytest.raises(ConfigError) as info:
-            resolve_device(device)
+            resolve_device(device, param="local.device")
         assert info.value.param == "local.device" and device in info.value.message
 
 
