@@ -216,8 +216,3 @@ def name_parts(names: Iterable[str]) -> list[str]:
             if len(tok) >= 4 and tok not in _WEAK and not tok.isdigit():
                 parts.add(tok)
     return sorted(parts)
-
-
-def _alternation(names: Iterable[str]) -> re.Pattern[str] | None:
-    source = name_alternation(fold(n) for n in names if n)
-    return None if source is None else re.compile(source)

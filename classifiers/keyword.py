@@ -8,17 +8,10 @@ not match "Also". Names in scripts written without spaces match inside running t
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Mapping, Sequence
 
 from classifiers.base import Verdict
-from classifiers.text import name_alternation
-
-
-def fold(text: str) -> str:
-    """Lower-case and strip accents (NFKD, drop combining marks)."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+from classifiers.text import fold, name_alternation
 
 
 class KeywordDetector:

@@ -28,34 +28,12 @@ from typing import Any, Collection, Iterable, Sequence
 import numpy as np
 import torch
 
+from classifiers.text import fold, fold_with_map  # the keyword detector's folding: ECO finds what it flagged
 from guard.engines.base import MessageSpan, RenderedPrompt
 
 MODES = ("entity", "all_user")
 _NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN",
                      "IDEOGRAPHIC", "HALFWIDTH KATAKANA", "BOPOMOFO", "YI ")
-
-
-def fold(text: str) -> str:
-    """Lower-case and strip accents (NFKD, drop combining marks); the keyword detector's folding."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
-
-
-def fold_with_map(text: str) -> tuple[str, list[int]]:
-    """``fold(text)`` and, for each folded character, the index of the original character it came from.
-
-    Folding changes lengths ("ß" -> "ss", "ﬁ" -> "fi", "é" -> "e" + dropped accent), so offsets in the
-    folded text are mapped back through this table.
-    """
-    if text.isascii():  # the common case: folding is lower-casing, lengths do not change
-        return text.lower(), list(range(len(text)))
-    out: list[str] = []
-    index: list[int] = []
-    for i, ch in enumerate(text):
-        for folded in fold(ch):
-            out.append(folded)
-            index.append(i)
-    return "".join(out), index
 
 
 def _spaceless(ch: str) -> bool:
