@@ -329,7 +329,7 @@ class Searcher:
         self.special = set(getattr(tokenizer, "all_special_ids", ()))
         self.progress = progress
         self.evaluations = 0
-        self._context: torch.Tensor | None = None
+        self.context = neutral_context(model, tokenizer)  # what every answer's fluency is scored after
 
     # parameter <-> log space
     def theta(self, u: Sequence[float]) -> dict[str, Any]:
@@ -376,9 +376,7 @@ class Searcher:
         return generate_from_embeds(self.model, self.tokenizer, prompts, self.cfg.fluency_tokens, self.cfg.batch_size)
 
     def fluency(self, answers: Sequence[str]) -> dict[str, float]:
-        if self._context is None:
-            self._context = neutral_context(self.model, self.tokenizer)
-        return fluency(self.model, self.tokenizer, self._context, answers, self.cfg.batch_size)
+        return fluency(self.model, self.tokenizer, self.context, answers, self.cfg.batch_size)
 
 
 def _fmt(theta: dict[str, Any]) -> str:
@@ -573,9 +571,10 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
 
     fluency_forget = spread(prep_forget, cfg.fluency_items)
     fluency_holdout = spread(prep_holdout, cfg.fluency_items)
+    searcher = Searcher(model, tokenizer, prep_forget, cfg, fluency_forget, say)
     say(f"fluency baseline: generating {len(fluency_holdout)} clean holdout answers ({cfg.fluency_tokens} tokens)")
     base_answers = generate_from_embeds(model, tokenizer, [p.embeds for p in fluency_holdout], cfg.fluency_tokens, bs)
-    base_flu = fluency(model, tokenizer, neutral_context(model, tokenizer), base_answers, bs)
+    base_flu = searcher.fluency(base_answers)
     clean_forget_answers = generate_from_embeds(model, tokenizer, [p.embeds for p in fluency_forget], cfg.fluency_tokens, bs)
     say(f"fluency baseline: ppl {base_flu['ppl']:.1f}, n-gram entropy {base_flu['entropy']:.2f}")
 
@@ -589,7 +588,6 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
         del r_model
         say(f"reference: {opts.retain_model} forget log-prob {retain_info['forget_logprob']:.4f}/token")
 
-    searcher = Searcher(model, tokenizer, prep_forget, cfg, fluency_forget, say)
     u0 = [math.log(cfg.sigma0) if p == "sigma" else math.log(cfg.k0 or hidden) for p in cfg.search]
     if f0 <= r + cfg.tol:
         say("warning: the clean forget log-prob is already at the holdout level: the model shows no memorisation "
