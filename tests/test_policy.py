@@ -44,8 +44,16 @@ SHIPPED = sorted((REPO / "policies").rglob("*.yaml"))
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "policies")))
 def test_shipped_policies_load_and_their_data_exists(path: Path):
+    """Shipped policies name benchmark files relative to ``../shared/data`` beside the checkout; each
+    must exist in the benchmark data in use (``$GUARD_DATA_DIR`` when the checkout is elsewhere)."""
+    from guard.paths import default_data_dir
+
     policy = load_policy(path)
     assert policy.targets
     for target in policy.targets:
         for source in [*target.forget_data, *target.keep_data]:
-            assert source.path.exists(), f"{path.name}: {target.id}: {source.path} is missing"
+            parts = source.path.parts
+            at = next((k for k in range(len(parts) - 1) if parts[k:k + 2] == ("shared", "data")), None)
+            assert at is not None, f"{path.name}: {target.id}: {source.path} is not under shared/data"
+            inside = Path(*parts[at + 2:])
+            assert (default_data_dir() / inside).exists(), f"{path.name}: {target.id}: {inside} is not in the benchmark data"
