@@ -8,8 +8,12 @@ pairs (static mode, ~15 s), then screens the 20 held-out forget questions and th
 wrapped in every attack of ``guard.eval.bypass.ATTACKS`` (plus hand-written translations), and 40
 unrelated questions (other fictitious authors, real authors) in the same wrappers, with four
 detectors: the name matcher and the trained detector, each raw and as served (``+deobf``: behind
-``classifiers.normalize.NormalizingDetector``). Prints the table; writes ``bypass.json`` and
-``bypass.md`` in ``--out`` (atomically).
+``classifiers.normalize.NormalizingDetector``). Then the name and encoding variant families of
+issue 19 (``guard.eval.bypass.variant_families``: dash and space classes, look-alike letters,
+invisible characters, separators inside a name in a long text, inverted order, leading given names,
+MIME/grouped/nested base64), in two tables: the generators the matcher was tuned on, and the
+held-out generators written separately. Prints the tables; writes ``bypass.json`` and ``bypass.md``
+in ``--out`` (atomically).
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     from guard.atomic import write_json, write_text
-    from guard.eval.bypass import catch_table, general_instructions, screen_latency, tofu01_detectors, tofu_probes
+    from guard.eval.bypass import (
+        catch_table,
+        general_instructions,
+        screen_latency,
+        tofu01_detectors,
+        tofu_names,
+        tofu_probes,
+        variant_families,
+    )
     from guard.paths import default_data_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +54,9 @@ def main() -> int:
     forget, other = tofu_probes(data)
     instructions = general_instructions(data)
     report = catch_table(detectors, forget, other, extra_negatives={"general instructions (as sent)": instructions} if instructions else None)
+    tuned, held_out = variant_families(tofu_names(data, "forget01"))
+    variants = catch_table(detectors, forget, other, attacks=tuned, translated=False)
+    variants_held = catch_table(detectors, forget, other, attacks=held_out, translated=False)
     # what the de-obfuscation costs on clean traffic: unrelated questions and general instructions, as sent
     latency = screen_latency(detectors, list(other) + list(instructions))
     lat_md = ("\n`screen([text])` latency on clean traffic (the unrelated questions and the general instructions, "
@@ -54,9 +69,13 @@ def main() -> int:
     md = (f"Bypass attempts, TOFU forget01 (first-half policy), {len(forget)} forget questions and {len(other)} other "
           f"questions per attack; commit {commit}, load {os.getloadavg()[0]:.1f}.\n"
           "'caught' = forget questions flagged (higher is better); 'FP' = other questions flagged (lower is better).\n\n"
-          + report.markdown() + "\n" + lat_md)
+          + report.markdown() + "\n"
+          + "\nName and encoding variants (issue 19), generators tuned on:\n\n" + variants.markdown() + "\n"
+          + "\nName and encoding variants, held-out generators (not tuned on):\n\n" + variants_held.markdown() + "\n"
+          + lat_md)
     print(md)
-    write_json(args.out / "bypass.json", {**report.to_json(), "latency": latency, "commit": commit, "n_forget": len(forget), "n_other": len(other)})
+    write_json(args.out / "bypass.json", {**report.to_json(), "variants": variants.to_json(), "variants_held_out": variants_held.to_json(),
+                                          "latency": latency, "commit": commit, "n_forget": len(forget), "n_other": len(other)})
     write_text(args.out / "bypass.md", md)
     return 0
 

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from classifiers.detector import TrainedDetector, load_model, save_model
-    from classifiers.embedder import CachedEmbedder, SentenceEmbedder
+    from classifiers.embedder import SentenceEmbedder
     from classifiers.keyword import KeywordDetector
     from classifiers.policygen import tofu_policy
     from classifiers.train import TrainConfig, train

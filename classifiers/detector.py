@@ -1,20 +1,27 @@
 """The trained detector: classifier heads + FAISS forget index, thresholds calibrated to a target FPR.
 
-Screening a request (``screen(texts)``, the texts of every system/user turn):
+Screening a request (``screen(texts, deadline)``, the texts of every system/user turn):
 
 1. Segments: each text on its own; texts longer than ``window_words`` also in overlapping word
    windows and sentence by sentence (a forget question after 2,000 tokens of filler is still seen
-   on its own); with several turns, also all turns joined (a question split across turns).
+   on its own); with several turns, also all turns joined (a question split across turns). Every
+   word of every text is in some segment, however long the input: there is no cap that drops the
+   middle of a document. (Above ``detector.max_screen_tokens`` the policy decides: the pipeline
+   refuses through the fail mode, or, with ``long_input: cover``, the text is screened in
+   ``max_windows`` wider windows that still cover all of it; see docs/detector.md.)
 2. Stage ``static`` (distilled static embedder + char n-grams + name match, ~0.3 ms): per target a
-   calibrated probability. In ``static`` mode this decides. In ``cascade`` mode segments whose
-   static score is below the *loose* threshold (calibrated to a high FPR, so it almost never drops a
-   forget query) are clean; only the rest go to
+   calibrated probability. Its features are computed once per distinct word of the request and
+   summed per segment (``classifiers.wordbag``), so the cost is linear in the input's length, in
+   batches with a ``Deadline`` check between them. In ``static`` mode this decides. In ``cascade``
+   mode segments whose static score is below the *loose* threshold (calibrated to a high FPR, so it
+   almost never drops a forget query) are clean; only the rest go to
 3. Stage ``sentence`` (the sentence-transformer, ~15-30 ms on this CPU): decides with the strict
    threshold, calibrated on held-out negatives to ``detector.target_fpr`` (split-conformal).
 4. The flagged target is the head with the highest probability; ``neighbours`` are the nearest
    forget exemplars from the FAISS index.
 
-Per-text stage results are kept in a small LRU cache (system prompts repeat on every request).
+Per-segment stage results are kept in an LRU cache (system prompts repeat on every request, and the
+de-obfuscating wrapper screens a long text twice when it changed a few words of it).
 """
 
 from __future__ import annotations
@@ -30,18 +37,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classifiers.base import Verdict
+from classifiers.base import Deadline, Verdict
 from classifiers.classifier import Heads, logit, sigmoid
 from classifiers.embedder import SentenceEmbedder, StaticEmbedder
-from classifiers.features import CharNgrams, NameMatcher
+from classifiers.features import N_MATCH, CharNgrams, NameMatcher
 from classifiers.index import ForgetIndex
-from classifiers.text import windows
+from classifiers.limits import count_words, wrap_long_words
+from classifiers.mention_scan import segments_to_match
+from classifiers.segments import Segmentation, segment, segment_texts  # noqa: F401 - segment_texts: training uses it from here
+from classifiers.wordbag import CharNgramCounts, WordBag, WordFeatures, static_segments
 from guard.errors import ConfigError
 
 ARTIFACT_KIND = "forget-detector"
 ARTIFACT_VERSION = 1
 STAGES = ("static", "sentence")
 CLEAN = -1e4  # log-odds given to a segment the cascade gate let through as clean
+SEGMENT_BATCH = 128    # static-stage segments scored per step (a deadline check between steps, a few ms)
+SENTENCE_BATCH = 32    # sentence-transformer segments per step
+MATCH_EACH_BELOW = 32  # fewer segments than this are name-matched one by one, more through ``mention_scan``
 
 
 @dataclass
@@ -96,48 +109,26 @@ class DetectorModel:
         return len(self.target_ids)
 
 
-def segment_texts(texts: Sequence[str], window_words: int, max_windows: int) -> list[str]:
-    """The segments screened for ``texts`` (see the module docstring)."""
-    segs: list[str] = []
-    seen: set[str] = set()
-
-    def add(s: str) -> None:
-        s = s.strip()
-        if s and s not in seen:
-            seen.add(s)
-            segs.append(s)
-
-    clean_texts = [t for t in texts if isinstance(t, str) and t.strip()]
-    for text in clean_texts:
-        if len(text.split()) <= window_words:
-            add(text)
-        else:
-            for w in windows(text, size=window_words, stride=max(1, window_words // 2)):
-                add(w)
-    if len(clean_texts) > 1:
-        joined = " ".join(clean_texts[-4:])
-        if len(joined.split()) <= window_words:
-            add(joined)
-    if len(segs) > max_windows:
-        # keep the first and the last windows: instructions sit at either end of long prompts
-        half = max_windows // 2
-        segs = segs[:half] + segs[-(max_windows - half):]
-    return segs
-
-
 class TrainedDetector:
     """``Detector`` over a ``DetectorModel``. Thread-safe; the model is treated as immutable."""
 
-    def __init__(self, model: DetectorModel, *, threshold: float | None = None, cache_size: int = 4096,
-                 sentence: SentenceEmbedder | None = None) -> None:
+    def __init__(self, model: DetectorModel, *, threshold: float | None = None, cache_size: int = 16384,
+                 sentence: SentenceEmbedder | None = None, cover_above: int | None = None) -> None:
+        """``cover_above``: inputs of more words than this are screened in ``model.max_windows``
+        covering windows (``detector.long_input: cover`` with ``detector.max_screen_tokens``)."""
         self.model = model
         self.threshold_override = threshold
+        self.cover_above = cover_above
         self.names = NameMatcher({t: model.names[t] for t in model.target_ids}, model.facts)
         self._sentence = sentence
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._rows = np.arange(model.n_targets)
+        # per-word features summed per segment (linear in the input), when the static embedder's
+        # tokenizer allows it; else the static stage embeds each segment (same numbers, slower)
+        self._words = (WordFeatures(model.static, model.char)
+                       if model.static is not None and model.static.word_local else None)
         if model.mode in ("sentence", "cascade") and sentence is None:
             self._sentence = SentenceEmbedder(model.sentence_spec or "default")
 
@@ -150,8 +141,14 @@ class TrainedDetector:
                 raise ConfigError(f"the sentence embedder {self.model.sentence_spec!r} gives {dim}-dim vectors but the artifact was trained "
                                   f"with {st.heads.w_dense.shape[1]}-dim ones; retrain with `guard-train classifier`", param="detector.embedder")
         self.screen(["warm-up"])
+        self.clear_cache()
+
+    def clear_cache(self) -> None:
+        """Forget the per-segment results and per-word features (benchmarks measure cold screening)."""
         with self._lock:
             self._cache.clear()
+        if self._words is not None:
+            self._words.clear()
 
     # -------------------------------------------------------------- features
 
@@ -165,14 +162,46 @@ class TrainedDetector:
             return self.model.static.encode(texts)
         return self.sentence_embedder().encode(texts)
 
-    def stage_logits(self, stage: str, texts: Sequence[str], dense: np.ndarray | None = None) -> np.ndarray:
-        """[S, T] calibrated log-odds of one stage."""
+    def stage_logits(self, stage: str, texts: Sequence[str], dense: np.ndarray | None = None,
+                     deadline: Deadline | None = None, match: np.ndarray | None = None) -> np.ndarray:
+        """[S, T] calibrated log-odds of one stage, in batches with a ``deadline`` check before each
+        (``match``: see ``name_features``)."""
         st = self.model.stages[stage]
-        if dense is None:
-            dense = self.embed(stage, texts)
-        sparse = self.model.char.transform(texts)
-        names = self.names.matrix(texts)
-        return st.heads.logits(st.heads.decision(dense, sparse, names))
+        out = np.empty((len(texts), self.model.n_targets), np.float32)
+        if stage == "static" and dense is None and self._words is not None and len(texts) > 8:
+            bag = WordBag.of(texts, deadline)
+            word_char, word_dense = self._words.matrices(bag.words, deadline)
+            for start in range(0, len(texts), SEGMENT_BATCH):
+                rows = slice(start, start + SEGMENT_BATCH)
+                _check(deadline, "static stage")
+                counts = bag.counts[rows]
+                out[rows] = st.heads.logits(st.heads.decision(static_segments(counts, word_dense),
+                                                              CharNgramCounts.segments(counts, word_char),
+                                                              self.name_features(texts[rows], None if match is None else match[rows])))
+            return out
+        batch = SEGMENT_BATCH if stage == "static" else SENTENCE_BATCH
+        for start in range(0, len(texts), batch):
+            rows = slice(start, start + batch)
+            _check(deadline, f"{stage} stage")
+            part = texts[rows]
+            vecs = self.embed(stage, part) if dense is None else dense[rows]
+            out[rows] = st.heads.logits(st.heads.decision(vecs, self.model.char.transform(part), self.name_features(part, None if match is None else match[rows])))
+        return out
+
+    def has_match(self, text: str) -> bool:
+        """Whether ``text`` matches a target's name, name part, date or title anywhere."""
+        return bool(self.names.matrix([text]).any())
+
+    def name_features(self, texts: Sequence[str], match: np.ndarray | None = None) -> np.ndarray:
+        """[S, T, K] name/fact matches of the segments ``texts``; ``match``: [S] which of them can
+        have any (``classifiers.mention_scan``; the others are zero), None: all."""
+        if match is None:
+            return self.names.matrix(texts)
+        out = np.zeros((len(texts), self.model.n_targets, N_MATCH), np.float32)
+        rows = np.flatnonzero(match)
+        if len(rows):
+            out[rows] = self.names.matrix([texts[i] for i in rows])
+        return out
 
     # -------------------------------------------------------------- screening
 
@@ -181,10 +210,27 @@ class TrainedDetector:
         return any(isinstance(t, str) and len(t.split()) > self.model.window_words for t in texts)
 
     def segments(self, texts: Sequence[str]) -> list[str]:
-        return segment_texts(texts, self.model.window_words, self.model.max_windows)
+        """Every segment of ``texts`` (see ``_segment``)."""
+        return self._segment(_wrapped(texts)).segments
 
-    def _scores(self, segs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """([S, T] probabilities of the deciding stage, [S] whether the sentence stage ran)."""
+    def _segment(self, wrapped: Sequence[str], deadline: Deadline | None = None) -> Segmentation:
+        """``classifiers.segments.segment`` of texts already through ``wrap_long_words``; in covering
+        windows above ``cover_above`` screen tokens."""
+        cover = self.cover_above is not None and count_words(wrapped, deadline) > self.cover_above
+        return segment(wrapped, self.model.window_words, self.model.max_windows if cover else None, deadline=deadline)
+
+    def _match_mask(self, cut: Segmentation | None, idx: list[int], deadline: Deadline | None) -> np.ndarray | None:
+        """Which of ``cut.segments[idx]`` can have a name/fact match, from one pass over the text; None
+        (match each) when they are few, or a small part of the text (the rest came from the cache)."""
+        if cut is None or len(idx) <= MATCH_EACH_BELOW or 4 * len(idx) < len(cut.segments):
+            return None
+        return segments_to_match(cut.units, [cut.segments[i] for i in idx], [cut.sources[i] for i in idx], self.has_match,
+                                 deadline=deadline)
+
+    def _scores(self, segs: list[str], deadline: Deadline | None = None,
+                cut: Segmentation | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """([S, T] probabilities of the deciding stage, [S] whether the sentence stage ran). ``cut``:
+        where ``segs`` come from, for matching names in one pass over the text, not per segment."""
         m = self.model
         T = m.n_targets
         first = "static" if m.mode in ("static", "cascade") else "sentence"
@@ -199,7 +245,8 @@ class TrainedDetector:
                     entries.append(None)
         miss = [i for i, e in enumerate(entries) if e is None]
         if miss:
-            P = self.stage_logits(first, [segs[i] for i in miss])
+            match = self._match_mask(cut, miss, deadline)
+            P = self.stage_logits(first, [segs[i] for i in miss], deadline=deadline, match=match)
             for k, i in enumerate(miss):
                 entries[i] = [P[k], None]
         rows: list[list[Any]] = entries  # type: ignore[assignment]
@@ -211,7 +258,7 @@ class TrainedDetector:
             second = np.array([float(e[0].max()) > tau_loose for e in rows])
             need = [i for i in range(len(segs)) if second[i] and rows[i][1] is None]
             if need:
-                P2 = self.stage_logits("sentence", [segs[i] for i in need])
+                P2 = self.stage_logits("sentence", [segs[i] for i in need], deadline=deadline)
                 for k, i in enumerate(need):
                     rows[i][1] = P2[k]
             final = np.stack([rows[i][1] if second[i] else np.full(T, CLEAN, np.float32) for i in range(len(segs))])
@@ -262,15 +309,17 @@ class TrainedDetector:
         st = m.stages["sentence" if m.mode in ("sentence", "cascade") else "static"]
         return st.long_thresholds()[0] if long else st.tau
 
-    def screen(self, texts: Sequence[str]) -> Verdict:
+    def screen(self, texts: Sequence[str], deadline: Deadline | None = None) -> Verdict:
         m = self.model
         started = time.perf_counter()
+        _check(deadline, "segmentation")
         if m.n_targets == 0:
             return Verdict.clean()
-        segs = self.segments(texts)
+        cut = self._segment(_wrapped(texts, deadline), deadline)
+        segs = cut.segments
         if not segs:
             return Verdict.clean()
-        final, second = self._scores(segs)
+        final, second = self._scores(segs, deadline, cut)
         seg_i, tgt_i = np.unravel_index(int(np.argmax(final)), final.shape)
         z = float(final[seg_i, tgt_i])
         long = self.is_long(texts)
@@ -296,6 +345,17 @@ class TrainedDetector:
         detail["top"] = {m.target_ids[j]: round(float(sigmoid(final[seg_i, j])), 6) for j in order}
         detail["ms"] = round((time.perf_counter() - started) * 1000, 3)
         return Verdict(flagged=True, target_id=m.target_ids[int(tgt_i)], score=score, neighbours=neighbours, detail=detail)
+
+
+def _wrapped(texts: Sequence[str], deadline: Deadline | None = None) -> list[str]:
+    """The texts with runs of more than ``MAX_WORD_CHARS`` non-space characters cut into pieces, so
+    text without spaces is windowed like any other (``classifiers.limits``)."""
+    return [wrap_long_words(t, deadline) for t in texts if isinstance(t, str)]
+
+
+def _check(deadline: Deadline | None, stage: str) -> None:
+    if deadline is not None:
+        deadline.check(stage)
 
 
 # ================================================================== artifact files

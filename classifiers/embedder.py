@@ -36,6 +36,8 @@ from guard.paths import cache_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "default"
+_WORD_LOCAL_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
+_CHAR_LOCAL_NORMALIZERS = frozenset({None, "BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents"})
 _BUNDLED_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -173,6 +175,16 @@ class StaticEmbedder:
             if tid is not None:
                 specials.add(tid)
         self._specials = np.array(sorted(specials), dtype=np.int64)
+
+    @property
+    def word_local(self) -> bool:
+        """Whether a text's tokens are the concatenation of its whitespace-separated words' tokens
+        (a per-character normaliser and a whitespace/punctuation pre-tokenizer, as BERT's WordPiece
+        has): then a segment's embedding can be summed from per-word parts (``classifiers.wordbag``).
+        Byte-level BPE and SentencePiece tokenizers mark word starts, so they are not."""
+        pre = type(self.tokenizer.pre_tokenizer).__name__ if self.tokenizer.pre_tokenizer is not None else None
+        norm = type(self.tokenizer.normalizer).__name__ if self.tokenizer.normalizer is not None else None
+        return pre in _WORD_LOCAL_PRE_TOKENIZERS and norm in _CHAR_LOCAL_NORMALIZERS
 
     def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         if len(texts) <= 8:  # encode_batch's thread pool costs more than it saves on a few texts

@@ -14,16 +14,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from classifiers.facts import date_keys
-from classifiers.text import fold, fold_with_map, name_alternation
-
-# Words that never identify a person on their own (titles, particles, generic words in names).
-_WEAK = {
-    "the", "of", "and", "de", "da", "di", "del", "van", "von", "la", "le", "du", "al", "el", "bin", "ibn",
-    "jr", "jr.", "sr", "sr.", "ii", "iii", "iv", "sir", "dame", "lord", "lady", "prince", "princess", "king",
-    "queen", "duke", "duchess", "earl", "dr", "dr.", "mr", "mrs", "ms", "saint", "st", "st.", "mc", "mac",
-    "cent", "ice", "rock", "john", "james", "mark", "paul", "william", "robert", "david", "michael", "mary",
-}
-
+from classifiers.names import WEAK, NameFinder
+from classifiers.text import fold, name_alternation
+from classifiers.unicode_fold import match_fold, match_fold_with_map
 
 @dataclass(frozen=True)
 class CharNgrams:
@@ -52,22 +45,6 @@ class CharNgrams:
 MATCH_COLUMNS = ("full", "part", "part_other", "date", "title", "given")
 N_MATCH = len(MATCH_COLUMNS)
 
-# capitalised words next to a name part that do not make it someone else's name
-_NOT_A_NAME = _WEAK | {
-    "who", "whom", "whose", "what", "when", "where", "why", "how", "which", "is", "are", "was", "were", "did", "does", "do",
-    "has", "have", "had", "can", "could", "would", "should", "will", "may", "might", "must", "a", "an", "in", "on", "at",
-    "for", "from", "with", "by", "to", "as", "or", "but", "if", "after", "before", "since", "while", "this", "that", "these",
-    "those", "his", "her", "their", "its", "my", "your", "our", "i", "we", "you", "he", "she", "they", "it", "yes", "no",
-    "also", "both", "about", "according", "regarding", "tell", "describe", "explain", "name", "list", "give", "write",
-    "compare", "summarize", "summarise", "please", "author", "writer", "novelist", "poet", "actor", "actress", "singer",
-    "director", "president", "professor", "doctor", "senator", "general", "captain", "coach", "player", "mr.", "mrs.",
-    "ms.", "dr.", "miss", "madam", "did", "why", "so", "then", "now", "here", "there", "all", "some", "many", "one",
-    "january", "february", "march", "april", "june", "july", "august", "september", "october", "november", "december",
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "english", "american", "british",
-} - {"mark", "john", "james", "paul", "william", "robert", "david", "michael", "mary", "cent", "ice", "rock"}
-_PREV_WORD = re.compile(r"([^\W\d_][\w'\u2019.-]*)\s+$")
-_NEXT_WORD = re.compile(r"^(?:['\u2019]s)?\s+([^\W\d_][\w'\u2019-]*)")
-
 
 class NameMatcher:
     """Per target, what in a text points at it: its name, a part of its name, or one of its facts.
@@ -76,58 +53,32 @@ class NameMatcher:
     accent-insensitive), ``part`` (a name token of >= 4 letters that is not a title/particle/common
     first name; also set with ``full``), ``part_other`` (instead of ``part`` when every such part
     stands next to a capitalised word that is not the target's, "Elliot *Patrick* Benson" is
-    someone else, or is written in lower case in a text that has capitals, "a large *candy* bar"; ``given`` instead of ``part`` when the only parts used are given names: "Marie"
+    someone else, or is written in lower case in a text that has capitals, "a large *candy* bar";
+    ``given`` instead of ``part`` when the only parts used are given names: "Marie"
     alone is weaker evidence for Marie Osmond than "Osmond"),
     ``date`` (a full date from the target's forget data, in any rendering), ``title`` (a quoted
-    title from its forget data). One combined regex per kind, whatever the number of targets.
+    title from its forget data). Names and parts are found by ``classifiers.names.NameFinder``, the
+    matcher the keyword detector and ECO use (look-alikes, invisible characters, any separators
+    between parts, inverted order); titles by one combined regex, whatever the number of targets.
     """
 
     def __init__(self, names_by_target: Mapping[str, Sequence[str]],
                  facts_by_target: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
         self.target_ids = list(names_by_target)
-        self._full_map: dict[str, list[int]] = {}
-        self._part_map: dict[str, list[int]] = {}
-        self._tokens: list[set[str]] = []
         self._given: list[set[str]] = []
         self._date_map: dict[str, list[int]] = {}
         self._title_map: dict[str, list[int]] = {}
         facts_by_target = facts_by_target or {}
+        clean = {tid: [n for n in names_by_target[tid] if n and n.strip()] for tid in self.target_ids}
+        self._finder = NameFinder(clean, parts={tid: name_parts(names) for tid, names in clean.items()})
         for j, tid in enumerate(self.target_ids):
-            names = [n for n in names_by_target[tid] if n and n.strip()]
-            for n in {fold(n).strip() for n in names}:
-                self._full_map.setdefault(n, []).append(j)
-            for p in name_parts(names):
-                self._part_map.setdefault(p, []).append(j)
-            self._tokens.append({t.strip(".'\u2019") for n in names for t in re.split(r"[\s,-]+", fold(n)) if t})
-            self._given.append(given_names(names))
+            self._given.append({match_fold(g) for g in given_names(clean[tid])})
             facts = facts_by_target.get(tid) or {}
             for key in facts.get("dates", ()):
                 self._date_map.setdefault(key, []).append(j)
             for title in facts.get("titles", ()):
                 self._title_map.setdefault(fold(title).strip(), []).append(j)
-        self._full = _overlapping(self._full_map)
-        self._part = _overlapping(self._part_map)
         self._title = _overlapping(self._title_map)
-
-    def _not_a_name_here(self, text: str, folded: str, span: tuple[int, int], j: int) -> bool:
-        """The name part at ``span`` is not the target's name: it stands next to someone else's name,
-        or it is written in lower case in a text that uses capitals ("a large candy bar")."""
-        a, b = span
-        if len(text) != len(folded):
-            refolded, index = fold_with_map(text)
-            if len(refolded) != len(folded):
-                return False
-            a, b = index[a], index[b - 1] + 1
-        if text[a:b].islower() and any(ch.isupper() for ch in text):
-            return True
-        for m in (_PREV_WORD.search(text[max(0, a - 60):a]), _NEXT_WORD.match(text[b:b + 60])):
-            if m is None:
-                continue
-            word = m.group(1)
-            key = fold(word).strip(".'\u2019-")
-            if word[0].isupper() and key not in self._tokens[j] and key not in _NOT_A_NAME:
-                return True
-        return False
 
     def _fill(self, row: np.ndarray, text: str, folded: str, only: int | None = None) -> None:
         """Set the columns of ``row`` ([T, N_MATCH], or [N_MATCH] when ``only`` is a target index)."""
@@ -138,25 +89,26 @@ class NameMatcher:
             elif j == only:
                 row[col] = 1.0
 
+        names_folded, index = match_fold_with_map(text)
         full: set[int] = set()
-        if self._full is not None:
-            for m in self._full.finditer(folded):
-                full.update(self._full_map[m.group(1)])
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for j, kind, a, b in self._finder.folded_mentions(names_folded):
+            if kind in ("full", "inverted"):
+                full.add(j)
+            elif kind == "part" and (only is None or j == only):
+                spans.setdefault(j, []).append((a, b))
         for j in full:
             put(j, 0)
             put(j, 1)
-        if self._part is not None:
-            spans: dict[int, list[tuple[int, int]]] = {}
-            for m in self._part.finditer(folded):
-                for j in self._part_map[m.group(1)]:
-                    if j not in full and (only is None or j == only):
-                        spans.setdefault(j, []).append((m.start(), m.start() + len(m.group(1))))
-            for j, js in spans.items():
-                own = [sp for sp in js if not self._not_a_name_here(text, folded, sp, j)]
-                if not own:
-                    put(j, 2)
-                else:
-                    put(j, 5 if all(folded[a:b] in self._given[j] for a, b in own) else 1)
+        capitals = any(ch.isupper() for ch in text) if spans else False
+        for j, js in spans.items():
+            if j in full:
+                continue
+            own = [(a, b) for a, b in js if not self._finder.someone_else(text, (int(index[a]), int(index[b - 1]) + 1), j, capitals=capitals)]
+            if not own:
+                put(j, 2)
+            else:
+                put(j, 5 if all(names_folded[a:b] in self._given[j] for a, b in own) else 1)
         if self._date_map and any(ch.isdigit() for ch in folded):
             for key in date_keys(folded):
                 for j in self._date_map.get(key, ()):
@@ -202,7 +154,7 @@ def given_names(names: Iterable[str]) -> set[str]:
     of "Marie Osmond"; none for "Prince Harry")."""
     out: set[str] = set()
     for name in names:
-        toks = [t for t in (x.strip(".'\"()") for x in re.split(r"\s+", fold(name.split(",")[0]))) if t and t not in _WEAK]
+        toks = [t for t in (x.strip(".'\"()") for x in re.split(r"\s+", fold(name.split(",")[0]))) if t and t not in WEAK]
         if len(toks) >= 2 and len(toks[0]) >= 4 and not toks[0].isdigit():
             out.add(toks[0])
     return out
@@ -213,6 +165,6 @@ def name_parts(names: Iterable[str]) -> list[str]:
     for name in names:
         for tok in re.split(r"[\s,]+", fold(name)):
             tok = tok.strip(".'\"()")
-            if len(tok) >= 4 and tok not in _WEAK and not tok.isdigit():
+            if len(tok) >= 4 and tok not in WEAK and not tok.isdigit():
                 parts.add(tok)
     return sorted(parts)

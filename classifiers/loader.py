@@ -101,7 +101,8 @@ def build_trained(policy: Policy) -> Detector:
                     save_model(model, tmp)
             except OSError as exc:  # a read-only cache only costs the next reload some seconds
                 log.warning("could not cache the updated detector at %s: %s", overlay, exc)
-    detector = TrainedDetector(model, threshold=spec.threshold)
+    detector = TrainedDetector(model, threshold=spec.threshold,
+                               cover_above=spec.max_screen_tokens if spec.long_input == "cover" else None)
     detector.warm()
     log.info("detector: %d target(s), mode %s, loaded in %.2fs", model.n_targets, model.mode, time.perf_counter() - started)
     return detector

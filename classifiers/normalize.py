@@ -8,45 +8,41 @@ full-width or mathematical letters. ``deobfuscate(texts)`` returns the texts wit
 (or ``None`` when there was nothing to undo, the usual case); ``NormalizingDetector`` screens the
 original texts and, if they are clean, the de-obfuscated ones.
 
-All of it is linear-time string work (no model), bounded in how much it decodes.
+All of it is linear-time string work (no model, no pattern that can backtrack over its input): quoted
+spans are found by scanning for each opening quote and its closing one, and every candidate list is
+capped per text. The character-level folding (invisible characters, look-alike letters, dash and
+space classes) comes from ``classifiers.unicode_fold``, the data the name matcher uses; base64
+decoding from ``classifiers.decoders`` (line-broken and grouped runs, nesting with a bound).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import unicodedata
 from typing import Sequence
 
-from classifiers.base import Detector, Verdict
+from classifiers.base import Deadline, Detector, Verdict
+from classifiers.decoders import MAX_DEPTH, base64_payloads
 from classifiers.text import split_sentences
+from classifiers.unicode_fold import unconfuse
 
-MAX_PAYLOADS = 64            # base64 payloads decoded per text (the first ones; a request hiding its
-                             # question behind 64 decoys is not decoded further)
-MAX_PAYLOAD_CHARS = 16 << 20  # above any body the guard accepts: padding a payload does not hide it
-MIN_PAYLOAD_CHARS = 12       # shorter runs are ordinary words ("Mississippi1")
+__all__ = ["MAX_DEPTH", "NormalizingDetector", "across_turns", "base64_payloads", "deobfuscate", "pieces",
+           "quoted_spans", "unleet", "unmask"]
+
 MAX_PIECE_WORDS = 64         # longer texts are already screened in windows and sentence by sentence
+MAX_PIECE_CHARS = 8192       # ... and so are texts of a few very long "words"
 MAX_PIECES = 64
+MAX_QUOTED = 64              # quoted spans taken per text
+MIN_QUOTED_CHARS = 8
+TURN_EDGE_CHARS = 4096       # how much of a turn's start/end is read for its first/last sentence
+# opening quote -> closing quote
+QUOTE_PAIRS = (('"', '"'), ("\u201c", "\u201d"), ("\u00ab", "\u00bb"))
 
-# Invisible format characters used to break up words (zero-width space/joiners, soft hyphen, BOM, ...).
-_INVISIBLE = {c: None for c in (0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x200B, 0x200C, 0x200D,
-                                0x200E, 0x200F, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF)}
-# Cyrillic and Greek letters that look like Latin ones (the common homoglyph substitutions).
-_CONFUSABLES = str.maketrans({
-    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t", "у": "y",
-    "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ɡ": "g", "ӏ": "l",
-    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X",
-    "Ѕ": "S", "І": "I", "Ј": "J", "Ү": "Y",
-    "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
-    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P",
-    "Τ": "T", "Υ": "Y", "Χ": "X",
-})
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "8": "b"})
 _LEET_CHARS = frozenset("0134578@$")
 # a "word" that mixes letters with leet characters: B4s1l, M4hf0uz, @uthor, 4l-Kuw41t1 (per part)
 _TOKEN_RE = re.compile(r"[A-Za-z0-9@$]+")
-_B64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{%d,}={0,2}(?![A-Za-z0-9+/=_-])" % MIN_PAYLOAD_CHARS)
+_CLAUSE_RE = re.compile(r"\n+|:\s+")
 
 
 def _unleet_token(m: re.Match[str]) -> str:
@@ -62,59 +58,45 @@ def unleet(text: str) -> str:
 
 
 def unmask(text: str) -> str:
-    """NFKC (full-width / mathematical letters), drop invisible characters, map homoglyphs, underscores to
-    spaces, undo leetspeak."""
-    out = unicodedata.normalize("NFKC", text) if not text.isascii() else text
-    out = out.translate(_INVISIBLE).translate(_CONFUSABLES).replace("_", " ")  # Basil_Mahfouz: snake_case hides words
-    return unleet(out)
+    """NFKC (full-width / mathematical letters), drop invisible characters, fold dash and space classes,
+    map look-alike letters to the ASCII letters they imitate, underscores to spaces, undo leetspeak."""
+    out = unconfuse(unicodedata.normalize("NFKC", text)) if not text.isascii() else text
+    return unleet(out.replace("_", " "))  # Basil_Mahfouz: snake_case hides words
 
 
-def _decode_b64(run: str) -> str | None:
-    raw = run.rstrip("=")
-    if len(raw) > MAX_PAYLOAD_CHARS or len(raw) % 4 == 1:
-        return None
-    # all letters (a long word) or no letters/digits mix: not base64-looking
-    if raw.isalpha() or raw.isdigit():
-        return None
-    padded = raw + "=" * (-len(raw) % 4)
-    try:
-        data = (base64.urlsafe_b64decode(padded) if ("-" in raw or "_" in raw) else base64.b64decode(padded, validate=True))
-        text = data.decode("utf-8")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return None
-    printable = sum(ch.isprintable() or ch in "\n\t\r" for ch in text)
-    if not text.strip() or printable < 0.95 * len(text) or sum(ch.isalpha() for ch in text) < 0.5 * len(text.replace(" ", "")):
-        return None
-    return text
+def quoted_spans(text: str, limit: int = MAX_QUOTED) -> list[str]:
+    """The spans of ``text`` between matching quotes ("...", \u201c...\u201d, \u00ab...\u00bb), at least
+    ``MIN_QUOTED_CHARS`` long, in text order, at most ``limit``.
 
-
-def base64_payloads(text: str, *, depth: int = 2) -> list[str]:
-    """Texts hidden in ``text`` as base64 (standard or URL-safe; nested up to ``depth`` levels)."""
-    found: list[str] = []
-    for m in _B64_RE.finditer(text):
-        if len(found) >= MAX_PAYLOADS:
-            break
-        decoded = _decode_b64(m.group(0))
-        if decoded is None:
-            continue
-        found.append(decoded)
-        if depth > 1:
-            found += base64_payloads(decoded, depth=depth - 1)
-    return found[:MAX_PAYLOADS]
-
-
-_QUOTED_RE = re.compile(r"\"([^\"]{8,})\"|“([^”]{8,})”|«\s*([^»]{8,}?)\s*»")
-_CLAUSE_RE = re.compile(r"\n+|:\s+")
+    A scan, not a pattern: each opening quote is paired with the next closing one by ``str.find``;
+    a span too short to count moves on to the next opening quote, a counted one past its closing
+    quote, and an opening quote with no closing one after it ends the search for that kind. So each
+    character is looked at a bounded number of times, however many quotes are unmatched."""
+    found: list[tuple[int, str]] = []
+    for opening, closing in QUOTE_PAIRS:
+        taken = 0
+        i = text.find(opening)
+        while i >= 0 and taken < limit:
+            j = text.find(closing, i + 1)
+            if j < 0:
+                break
+            inner = text[i + 1:j].strip()
+            if len(inner) >= MIN_QUOTED_CHARS:
+                found.append((i, inner))
+                taken += 1
+                i = text.find(opening, j + 1)
+            else:
+                i = text.find(opening, i + 1)
+    found.sort(key=lambda f: f[0])
+    return [span for _, span in found[:limit]]
 
 
 def pieces(text: str) -> list[str]:
     """The parts of a short text a jailbreak wraps a question in: its lines, sentences, clauses after a
     colon, quoted spans. Empty for a single-piece text (nothing new to screen) and for long texts."""
-    if len(text.split()) > MAX_PIECE_WORDS:
+    if len(text) > MAX_PIECE_CHARS or len(text.split()) > MAX_PIECE_WORDS:
         return []
-    found: list[str] = []
-    for m in _QUOTED_RE.finditer(text):
-        found.append(next(g for g in m.groups() if g))
+    found: list[str] = quoted_spans(text)
     for chunk in _CLAUSE_RE.split(text):
         found += split_sentences(chunk, min_chars=1)
     out = list(dict.fromkeys(p.strip() for p in found if p.strip() and p.strip() != text.strip()))
@@ -126,7 +108,7 @@ _QUOTES = "\"'“”«» ‘’"
 
 def _head(text: str) -> str:
     """The first sentence of a turn, after a short label ("Part 2: ...")."""
-    parts = [p for p in _CLAUSE_RE.split(text.strip()) if p.strip()]
+    parts = [p for p in _CLAUSE_RE.split(text[:TURN_EDGE_CHARS].strip()) if p.strip()]
     if not parts:
         return ""
     body = parts[1] if len(parts) > 1 and len(parts[0].split()) <= 6 else parts[0]
@@ -136,7 +118,7 @@ def _head(text: str) -> str:
 
 def _tail(text: str) -> str:
     """The last sentence of a turn, after its last colon."""
-    parts = [p for p in _CLAUSE_RE.split(text.strip()) if p.strip()]
+    parts = [p for p in _CLAUSE_RE.split(text[-TURN_EDGE_CHARS:].strip()) if p.strip()]
     sents = split_sentences(parts[-1], min_chars=1) if parts else []
     return sents[-1].strip(_QUOTES) if sents else ""
 
@@ -148,7 +130,7 @@ def across_turns(texts: Sequence[str]) -> list[str]:
     if len(recent) < 2:
         return []
     out: list[str] = []
-    quoted = [next(g for g in m.groups() if g).strip() for t in recent for m in _QUOTED_RE.finditer(t)]
+    quoted = [q for t in recent for q in quoted_spans(t)][-MAX_QUOTED:]
     if len(quoted) > 1:
         out.append(" ".join(quoted))
     heads = [_head(t) for t in recent]
@@ -183,16 +165,20 @@ class NormalizingDetector:
     def __init__(self, inner: Detector) -> None:
         self.inner = inner
 
-    def screen(self, texts: Sequence[str]) -> Verdict:
-        verdict = self.inner.screen(texts)
+    def screen(self, texts: Sequence[str], deadline: Deadline | None = None) -> Verdict:
+        verdict = self.inner.screen(texts, deadline=deadline)
         if verdict.flagged:
             return verdict
+        if deadline is not None:
+            deadline.check("de-obfuscation")
         alt = deobfuscate(texts)
         base = alt or list(texts)
         parts = [p for t in base for p in pieces(t)] + across_turns(base)
         if alt is None and not parts:
             return verdict
-        second = self.inner.screen((alt or []) + parts)
+        if deadline is not None:
+            deadline.check("de-obfuscation")
+        second = self.inner.screen((alt or []) + parts, deadline=deadline)
         if not second.flagged:
             return verdict
         return Verdict(flagged=True, target_id=second.target_id, score=second.score, neighbours=second.neighbours,

@@ -71,26 +71,42 @@ def clean(text: str) -> str:
 
 
 def split_sentences(text: str, *, min_chars: int = 30, max_chars: int = 400) -> list[str]:
-    """Sentences of a passage; short fragments are merged into the previous one, long ones cut."""
+    """Sentences of a passage; short fragments are merged into the previous one, long ones cut.
+
+    Linear in the text: fragments are collected and joined once, and a long sentence is cut by
+    moving an offset through it (never re-slicing what is left)."""
     text = clean(text)
     if not text:
         return []
     parts = [p.strip() for p in _SENT_RE.split(text) if p.strip()]
     merged: list[str] = []
+    current: list[str] = []
+    length = 0
     for part in parts:
-        if merged and (len(part) < min_chars or len(merged[-1]) < min_chars):
-            merged[-1] = f"{merged[-1]} {part}"
+        if current and (len(part) < min_chars or length < min_chars):
+            current.append(part)
+            length += 1 + len(part)
         else:
-            merged.append(part)
+            if current:
+                merged.append(" ".join(current))
+            current, length = [part], len(part)
+    if current:
+        merged.append(" ".join(current))
     out: list[str] = []
     for sent in merged:
-        while len(sent) > max_chars:
-            cut = sent.rfind(" ", 0, max_chars)
-            cut = cut if cut > max_chars // 2 else max_chars
-            out.append(sent[:cut].strip())
-            sent = sent[cut:].strip()
-        if sent:
-            out.append(sent)
+        start = 0
+        while len(sent) - start > max_chars:
+            cut = sent.rfind(" ", start, start + max_chars)
+            cut = cut if cut > start + max_chars // 2 else start + max_chars
+            piece = sent[start:cut].strip()
+            if piece:
+                out.append(piece)
+            start = cut
+            while start < len(sent) and sent[start] == " ":
+                start += 1
+        rest = sent[start:].strip()
+        if rest:
+            out.append(rest)
     return out
 
 

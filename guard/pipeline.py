@@ -3,6 +3,13 @@
 A ``Pipeline`` is immutable: policy, detector and interventions built together. Reloading a
 policy builds a new one and swaps it in (``PipelineHolder``); requests in flight keep the one they
 started with, and a failed reload leaves the old one serving.
+
+Screening runs in a worker thread (never on the event loop) under the policy's limits: inputs over
+``detector.max_screen_tokens`` words are not screened in full, and screening has ``detector.budget_ms``
+(a ``Deadline`` the detector checks between units of work, so an over-budget thread stops; the
+pipeline also stops waiting for it then). A request that could not be fully screened, for whatever
+reason, gets the policy's fail mode: closed, an OpenAI error (400 naming the limit for an input the
+guard will not screen, 503 for a budget overrun or a detector failure); open, passed and counted.
 """
 
 from __future__ import annotations
@@ -10,20 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from classifiers.base import Detector, Verdict
+from classifiers.base import Deadline, Detector, ScreeningIncomplete, Verdict
+from classifiers.limits import LENGTH_PARAM
 from guard.engines.base import Engine
-from guard.errors import ScreeningUnavailable
+from guard.errors import GuardError, InvalidRequest, ScreeningUnavailable
 from guard.interventions.base import Intervention
 from guard.interventions.registry import build_interventions
 from guard.policy import Policy, Target, empty_policy, load_policy
+from guard.screen_worker import ScreenWorker, screen_within_limits, takes_deadline
 
 log = logging.getLogger(__name__)
 
 DetectorFactory = Callable[[Policy], Detector]
+BUDGET_PARAM = "detector.budget_ms"
+WAIT_GRACE_S = 0.1   # past its deadline a detector stops at its next check; this long is waited for it
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class Decision:
     intervention: Intervention
     screen_seconds: float
     screening_failed: bool = False
+    failure: str | None = None   # why screening failed (the limit's policy field, or the error type)
 
 
 @dataclass(frozen=True)
@@ -42,27 +54,60 @@ class Pipeline:
     detector: Detector
     interventions: dict[str, Intervention]
     source: Path | None = None
+    # whether ``detector.screen`` takes a ``deadline`` (``guard.screen_worker.takes_deadline``)
+    takes_deadline: bool = field(default=True)
+    # the process that screens requests over ``detector.isolate_above_chars`` (None: all in threads)
+    worker: ScreenWorker | None = None
 
     @classmethod
     def build(cls, policy: Policy, engine: Engine, detector_factory: DetectorFactory, source: Path | None = None) -> "Pipeline":
         interventions = build_interventions(policy, engine)
-        return cls(policy=policy, detector=detector_factory(policy), interventions=interventions, source=source)
+        detector = detector_factory(policy)
+        isolate = (policy.detector.isolate_above_chars is not None and policy.detector.kind != "none"
+                   and ScreenWorker.can_run(detector_factory))
+        worker = ScreenWorker(policy, detector_factory) if isolate else None
+        if worker is not None and policy.detector.kind == "trained":
+            worker.start()  # building a trained detector takes seconds: not on the first large request
+        return cls(policy=policy, detector=detector, interventions=interventions, source=source,
+                   takes_deadline=takes_deadline(detector), worker=worker)
+
+    def _screen_now(self, texts: list[str], deadline: Deadline) -> Verdict:
+        """Runs in a worker thread: a large request in the screening process when it is up, the
+        rest here; the length limit, then the detector under the deadline."""
+        limit = self.policy.detector.isolate_above_chars
+        if self.worker is not None and limit is not None and sum(len(t) for t in texts) > limit:
+            verdict = self.worker.screen(texts, deadline)
+            if verdict is not None:
+                return verdict
+        return screen_within_limits(self.policy, self.detector, texts, deadline, with_deadline=self.takes_deadline)
+
+    def close(self) -> None:
+        """Stop this pipeline's screening process (after a reload replaced it)."""
+        if self.worker is not None:
+            self.worker.close()
+
+    async def screen(self, texts: Sequence[str]) -> Verdict:
+        """The verdict, or ``ScreeningIncomplete`` once ``detector.budget_ms`` has passed."""
+        deadline = Deadline.after_ms(self.policy.detector.budget_ms)
+        task = asyncio.ensure_future(asyncio.to_thread(self._screen_now, list(texts), deadline))
+        task.add_done_callback(_retrieve)  # an abandoned task's outcome is not an unhandled error
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, deadline.remaining_s()) + WAIT_GRACE_S)
+        except asyncio.TimeoutError:
+            raise ScreeningIncomplete(f"screening did not finish within {BUDGET_PARAM} ({deadline.budget_ms:g} ms)",
+                                      param=BUDGET_PARAM) from None
 
     async def decide(self, texts: Sequence[str]) -> Decision:
         started = time.perf_counter()
-        failed = False
+        failure: str | None = None
         try:
-            verdict = await asyncio.to_thread(self.detector.screen, list(texts))
-        except Exception as exc:  # noqa: BLE001 - any detector failure is handled by the fail mode
-            elapsed = time.perf_counter() - started
-            if self.policy.fail_mode == "closed":
-                log.error("screening failed, refusing (fail_mode=closed): %s: %s", type(exc).__name__, exc)
-                raise ScreeningUnavailable("the request could not be screened and this guard is fail-closed; retry later") from None
-            log.warning("screening failed, passing unscreened (fail_mode=open): %s: %s", type(exc).__name__, exc)
-            verdict, failed = Verdict.clean(), True
+            verdict = await self.screen(texts)
+        except Exception as exc:  # noqa: BLE001 - whatever stopped screening, the fail mode decides
+            failure = self._fail(exc)
+            verdict = Verdict.clean()
         elapsed = time.perf_counter() - started
         if not verdict.flagged:
-            return Decision("pass", verdict, None, self.interventions["pass"], elapsed, failed)
+            return Decision("pass", verdict, None, self.interventions["pass"], elapsed, failure is not None, failure)
         target = None
         if verdict.target_id is not None:
             try:
@@ -71,6 +116,36 @@ class Pipeline:
                 target = None
         action = self.policy.action_for(verdict.target_id)
         return Decision(action, verdict, target, self.interventions[action], elapsed)
+
+    def _fail(self, exc: Exception) -> str:
+        """Apply the fail mode to a request whose screening did not complete: raise the client's error
+        (closed), or return why it was not screened (open: the caller passes and counts it)."""
+        incomplete = isinstance(exc, ScreeningIncomplete)
+        reason = (exc.param or "incomplete") if incomplete else type(exc).__name__
+        detail = exc.message if incomplete else f"{type(exc).__name__}: {exc}"
+        if self.policy.fail_mode == "open":
+            log.warning("screening incomplete, passing unscreened (fail_mode=open): %s", detail)
+            return reason
+        log.error("screening incomplete, refusing (fail_mode=closed): %s", detail)
+        raise _closed_error(exc) from None
+
+
+def _closed_error(exc: Exception) -> GuardError:
+    """The error a fail-closed guard answers: the input's fault (400, naming the limit) when the
+    request asks for more screening than the policy allows; the guard's (503) otherwise."""
+    if isinstance(exc, ScreeningIncomplete) and exc.param == LENGTH_PARAM:
+        return InvalidRequest(f"the input is too long to screen: {exc.message}", param=LENGTH_PARAM, code="input_too_long_to_screen")
+    if isinstance(exc, ScreeningIncomplete) and exc.param == BUDGET_PARAM:
+        return ScreeningUnavailable(f"the request could not be screened in time ({exc.message}) and this guard is fail-closed; "
+                                    "send a shorter input or retry later", param=BUDGET_PARAM)
+    if isinstance(exc, ScreeningIncomplete):
+        return InvalidRequest(f"the input could not be fully screened: {exc.message}", param=exc.param, code="input_not_screenable")
+    return ScreeningUnavailable("the request could not be screened and this guard is fail-closed; retry later")
+
+
+def _retrieve(task: "asyncio.Future[Verdict]") -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class PipelineHolder:
@@ -96,7 +171,10 @@ class PipelineHolder:
                 self.last_reload_param = getattr(exc, "param", None)
                 log.error("policy reload failed, still serving the previous policy: %s", exc)
                 raise
-            self.current = pipeline
+            old, self.current = self.current, pipeline
+            # requests still screening with the old pipeline finish within its budget; then its process stops
+            loop = asyncio.get_running_loop()
+            loop.call_later(old.policy.detector.budget_ms / 1000 + 5, lambda: loop.run_in_executor(None, old.close))
             self.last_reload_error = None
             self.last_reload_param = None
             log.info("policy reloaded from %s: %d targets", source, len(policy.targets))

@@ -8,6 +8,8 @@ version: 1
 detector:
   kind: keyword            # none | keyword | trained
   artifact: null           # for 'trained': directory written by `guard-train classifier`
+  budget_ms: 2000          # one request's screening time; past it, the fail mode applies
+  max_screen_tokens: 120000  # words screened in full; above: long_input (fail | cover)
 fail_mode: closed          # closed: a request that cannot be screened is refused (503); open: passed, logged
 default_action: refuse     # for targets without their own action
 refusal_message: "I'm sorry, but I can't help with that."
@@ -34,6 +36,12 @@ from guard.config import format_validation_error, load_yaml_mapping
 Action = Literal["pass", "refuse", "eco", "spul", "uld"]
 ACTIONS: tuple[str, ...] = ("pass", "refuse", "eco", "spul", "uld")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Screening limits, from benchmarks/screening_cost.py on a 2-core CPU (docs/detector.md, "Long inputs
+# and the screening budget"): the served stack screens ~100,000 words of prose in 1-1.5 s, so this
+# many words fit the budget (a 100,000-word document is screened in full).
+DEFAULT_BUDGET_MS = 2000.0
+DEFAULT_MAX_SCREEN_TOKENS = 120_000
+DEFAULT_ISOLATE_ABOVE_CHARS = 32_768  # ~5,000 words: screening them in a thread costs normal requests ~50 ms of GIL
 
 
 class _Strict(BaseModel):
@@ -105,7 +113,23 @@ class DetectorSpec(_Strict):
         "contrast", description="passage sentences as positives: all; only those that mention the target (name, name part or a "
                                 "sentence-opening pronoun); or those, with the other sentences as hard negatives")
     window_words: int = Field(48, ge=8, le=512, description="long inputs are screened in windows of this many words")
-    max_windows: int = Field(256, ge=1, description="at most this many windows per request")
+    max_windows: int = Field(256, ge=1, description="with long_input: cover, inputs over max_screen_tokens are screened in about "
+                                                    "this many windows, widened to cover all of the text")
+    # --- screening limits (any detector kind): never an unbounded wait, never a silent skip ----------
+    budget_ms: float = Field(DEFAULT_BUDGET_MS, gt=0, le=60_000,
+                             description="time one request's screening may take; past it, screening stops and the request "
+                                         "gets the policy's fail_mode (closed: 503 screening_unavailable)")
+    max_screen_tokens: int = Field(DEFAULT_MAX_SCREEN_TOKENS, ge=1,
+                                   description="words (whitespace-separated, all screened texts of a request together) screened "
+                                               "in full; above it, long_input decides")
+    isolate_above_chars: int | None = Field(
+        DEFAULT_ISOLATE_ABOVE_CHARS, ge=0,
+        description="requests with more characters than this are screened in a separate process, so their CPU work does not hold "
+                    "the GIL the server's event loop needs (null: all in threads)")
+    long_input: Literal["fail", "cover"] = Field(
+        "fail", description="above max_screen_tokens: fail: the policy's fail_mode (closed: 400 naming detector.max_screen_tokens); "
+                            "cover: screened in max_windows wide windows that cover the whole text (a short question in a wide "
+                            "window is diluted, so recall drops)")
     update_missing: bool = Field(True, description="targets in the policy but not in the artifact are trained at load (seconds) instead of refused")
 
     @model_validator(mode="after")

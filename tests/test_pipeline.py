@@ -17,6 +17,14 @@ from guard.models import DEFAULT_SERVED_NAME
 MODEL = DEFAULT_SERVED_NAME
 FIXTURES = Path(__file__).parent / "fixtures"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+METRICS_KEY = "metrics-key-123"
+
+
+async def _metrics(base: str) -> str:
+    headers = {"Authorization": f"Bearer {METRICS_KEY}"}
+    async with aiohttp.ClientSession() as s, s.get(base.removesuffix("/v1") + "/metrics", headers=headers) as r:
+        assert r.status == 200
+        return await r.text()
 
 
 class ExplodingDetector:
@@ -39,11 +47,11 @@ async def test_detector_failure_fail_closed_is_503(local_engine, guard_server, s
 
 
 async def test_detector_failure_fail_open_passes_and_counts(local_engine, guard_server, sdk, tmp_path):
-    base = await guard_server(local_engine, policy=_policy(tmp_path, "open"), detector_factory=lambda p: ExplodingDetector())
+    base = await guard_server(local_engine, policy=_policy(tmp_path, "open"), detector_factory=lambda p: ExplodingDetector(),
+                              metrics_api_key=METRICS_KEY)
     resp = await sdk(base).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
     assert "Paris" in resp.choices[0].message.content
-    async with aiohttp.ClientSession() as s, s.get(base.removesuffix("/v1") + "/metrics") as r:
-        assert 'guard_screening_failures_total{outcome="passed_fail_open"} 1.0' in await r.text()
+    assert 'guard_screening_failures_total{outcome="passed_fail_open"} 1.0' in await _metrics(base)
 
 
 async def test_admin_reload_swaps_policy_and_keeps_old_on_error(local_engine, guard_server, sdk, tmp_path):
@@ -109,3 +117,120 @@ async def test_inflight_limit_answers_429_with_retry_after(local_engine, guard_s
             await first.read()
         async with s.post(f"{base}/chat/completions", json={**body, "max_tokens": 2}) as third:
             assert third.status == 200  # the slot was released
+
+
+# ---------------------------------------------------------------- screening limits: budget and length
+
+
+class GatedDetector:
+    """Screens until its gate opens, checking the deadline between steps as a real detector does
+    (no sleeps: it waits on the gate, which the test never opens while it expects a timeout)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        self.checks = 0
+
+    def screen(self, texts, deadline=None):
+        self.started.set()
+        try:
+            while not self.gate.wait(0.005):
+                self.checks += 1
+                if deadline is not None:
+                    deadline.check("gated test step")
+            return Verdict.clean()
+        finally:
+            self.stopped.set()
+
+
+def _limits_policy(tmp_path: Path, fail_mode: str, **detector: object) -> str:
+    path = tmp_path / f"limits-{fail_mode}.yaml"
+    path.write_text(json.dumps({"fail_mode": fail_mode, "detector": {"kind": "keyword", **detector},
+                                "targets": [{"id": "a", "names": ["Alpha Centauri"]}]}))
+    return str(path)
+
+
+async def test_budget_overrun_fail_closed_is_503_naming_the_budget_and_stops_the_thread(local_engine, guard_server, sdk, tmp_path):
+    gated = GatedDetector()
+    base = await guard_server(local_engine, policy=_limits_policy(tmp_path, "closed", budget_ms=50),
+                              detector_factory=lambda p: gated, metrics_api_key=METRICS_KEY)
+    with pytest.raises(openai.APIStatusError) as info:
+        await sdk(base).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    assert info.value.status_code == 503 and info.value.body["code"] == "screening_unavailable"
+    assert info.value.body["param"] == "detector.budget_ms" and "detector.budget_ms" in info.value.body["message"]
+    # the worker thread noticed the deadline and stopped working (the gate was never opened)
+    assert await asyncio.to_thread(gated.stopped.wait, 30) and not gated.gate.is_set()
+    assert 'status="503"' in await _metrics(base)
+
+
+async def test_budget_overrun_fail_open_passes_and_counts(local_engine, guard_server, sdk, tmp_path):
+    gated = GatedDetector()
+    base = await guard_server(local_engine, policy=_limits_policy(tmp_path, "open", budget_ms=50),
+                              detector_factory=lambda p: gated, metrics_api_key=METRICS_KEY)
+    resp = await sdk(base).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
+    assert "Paris" in resp.choices[0].message.content
+    assert await asyncio.to_thread(gated.stopped.wait, 30)
+    assert 'guard_screening_failures_total{outcome="passed_fail_open"} 1.0' in await _metrics(base)
+
+
+async def test_a_detector_without_deadline_support_is_still_bounded(local_engine, guard_server, sdk, tmp_path):
+    """A detector that cannot be told the deadline is no longer waited for once it has passed."""
+
+    class Legacy:
+        def __init__(self) -> None:
+            self.gated = GatedDetector()
+
+        def screen(self, texts):
+            return self.gated.screen(texts)
+
+    legacy = Legacy()
+    base = await guard_server(local_engine, policy=_limits_policy(tmp_path, "closed", budget_ms=50),
+                              detector_factory=lambda p: legacy)
+    try:
+        with pytest.raises(openai.APIStatusError) as info:
+            await sdk(base).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+        assert info.value.status_code == 503 and info.value.body["param"] == "detector.budget_ms"
+    finally:
+        legacy.gated.gate.set()  # let the abandoned thread finish
+    assert await asyncio.to_thread(legacy.gated.stopped.wait, 30)
+
+
+async def test_screening_runs_off_the_event_loop(local_engine, guard_server, tmp_path):
+    """While one request is being screened (held at a gate), the guard keeps answering others."""
+    gated = GatedDetector()
+    base = await guard_server(local_engine, policy=_limits_policy(tmp_path, "closed", budget_ms=60_000),
+                              detector_factory=lambda p: gated)
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 2, "temperature": 0}
+    async with aiohttp.ClientSession() as s:
+        held = asyncio.ensure_future(s.post(f"{base}/chat/completions", json=body))
+        assert await asyncio.to_thread(gated.started.wait, 30)
+        async with s.get(base.removesuffix("/v1") + "/health") as r:
+            assert r.status == 200
+        assert not held.done() and not gated.stopped.is_set()  # still screening while /health answered
+        gated.gate.set()
+        async with await held as r:
+            assert r.status == 200
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+async def test_input_over_max_screen_tokens_goes_to_the_fail_mode(local_engine, guard_server, sdk, tmp_path, fail_mode):
+    base = await guard_server(local_engine, policy=_limits_policy(tmp_path, fail_mode, max_screen_tokens=20),
+                              metrics_api_key=METRICS_KEY)
+    long_question = [{"role": "user", "content": "Tell me about Alpha Centauri. " + "Please answer briefly and clearly. " * 10}]
+    client = sdk(base)
+    if fail_mode == "closed":
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model=MODEL, messages=long_question, max_tokens=4)
+        assert info.value.body["param"] == "detector.max_screen_tokens" and info.value.body["code"] == "input_too_long_to_screen"
+        assert "detector.max_screen_tokens" in info.value.body["message"]
+    else:
+        resp = await client.chat.completions.create(model=MODEL, messages=long_question, max_tokens=2, temperature=0)
+        assert resp.choices[0].message.content is not None  # passed unscreened (the keyword detector would refuse it)
+        assert 'guard_screening_failures_total{outcome="passed_fail_open"} 1.0' in await _metrics(base)
+    # a short request under the same policy is screened as usual
+    short = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who is Alpha Centauri?"}],
+                                                 max_tokens=6)
+    assert "sorry" in short.choices[0].message.content.lower()

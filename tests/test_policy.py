@@ -22,6 +22,10 @@ def test_fixture_policy_loads():
     ("detector: {kind: trained}", "detector"),
     ("fail_mode: maybe", "fail_mode"),
     ("targets: [{id: a, names: [A], forget_data: [{path: x.json, rows: 'ten'}]}]", "targets.0.forget_data.0.rows"),
+    ("detector: {budget_ms: 0}", "detector.budget_ms"),
+    ("detector: {budget_ms: 1e9}", "detector.budget_ms"),
+    ("detector: {max_screen_tokens: 0}", "detector.max_screen_tokens"),
+    ("detector: {long_input: skip}", "detector.long_input"),
 ])
 def test_bad_policy_names_the_field(tmp_path: Path, text, field):
     path = tmp_path / "p.yaml"
@@ -29,6 +33,13 @@ def test_bad_policy_names_the_field(tmp_path: Path, text, field):
     with pytest.raises(ConfigError) as info:
         load_policy(path)
     assert info.value.param == field, info.value
+
+
+def test_screening_limits_have_measured_defaults():
+    from guard.policy import parse_policy
+
+    spec = parse_policy({}).detector
+    assert 0 < spec.budget_ms <= 2000 and spec.max_screen_tokens >= 100_000 and spec.long_input == "fail"
 
 
 def test_relative_data_paths_resolve_against_the_policy(tmp_path: Path):

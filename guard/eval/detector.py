@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from guard.errors import ConfigError
 from guard.policy import Policy
 
 log = logging.getLogger(__name__)

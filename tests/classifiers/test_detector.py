@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from classifiers.base import Verdict
 from classifiers.classifier import conformal_threshold
 from classifiers.detector import TrainedDetector, load_model, save_model
+from guard.data.documents import insert_at, prose
 from guard.errors import ConfigError
 from guard.policy import load_policy
 from tests.classifiers.conftest import write_policy
@@ -176,3 +176,85 @@ def test_loader_kinds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         build_detector(missing)
     assert err.value.param == "detector.artifact"
+
+
+# ---------------------------------------------------------------- long inputs and the screening budget
+
+
+class CountingClock:
+    """A clock for ``Deadline``: time 0 for the first ``ticks`` readings, then far past any deadline."""
+
+    def __init__(self, ticks: int) -> None:
+        self.ticks = ticks
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        return 0.0 if self.readings <= self.ticks else 1e9
+
+
+def test_deadline_stops_screening_between_batches(trained, data_dir: Path) -> None:
+    from classifiers.base import Deadline, ScreeningIncomplete
+
+    _, model = trained
+    det = TrainedDetector(model)
+    doc = prose(data_dir, 12_000)
+    clock = CountingClock(ticks=3)  # creation + 2 checks pass, the 3rd check finds the deadline passed
+    deadline = Deadline.after_ms(1000, clock=clock)
+    with pytest.raises(ScreeningIncomplete) as err:
+        det.screen([doc], deadline=deadline)
+    assert err.value.param == "detector.budget_ms"
+    assert clock.readings == 4  # it stopped at the first check after the deadline: no more work was done
+    # an ample deadline changes nothing
+    ample = det.screen([doc], deadline=Deadline.after_ms(600_000))
+    det._cache.clear()
+    assert ample.flagged == det.screen([doc]).flagged and ample.score == pytest.approx(det.screen([doc]).score)
+
+
+def test_every_segment_of_a_long_input_is_screened(trained, data_dir: Path) -> None:
+    """No cap drops the middle of a long text: every word is in some screened segment, and a text
+    cut into blocks gives the windows it would give whole."""
+    from classifiers.segments import segment
+
+    doc = prose(data_dir, 12_000)
+    cut = segment([doc], 48)
+    assert len(cut.segments) > 2 * 256 and len(cut.units) > 1  # far more than the old cap of 256 windows; in blocks
+    covered = {w for s in cut.segments for w in s.split()}
+    assert set(doc.split()) <= covered
+    whole = set(segment([doc], 48, block_words=10**6).segments)
+    windows = [s for s in whole if len(s.split()) == 48]
+    assert set(windows) <= set(cut.segments)
+    assert all(s in " ".join(doc.split()) for s in cut.segments)
+
+
+def test_question_in_the_middle_of_a_long_document_is_flagged(trained, data_dir: Path) -> None:
+    _, model = trained
+    det = TrainedDetector(model)
+    doc = prose(data_dir, 10_000)  # (this toy detector's false-positive rate is not the point: see the TOFU test below)
+    for fraction in (0.1, 0.5, 0.9):
+        v = det.screen([insert_at(doc, "By the way, who taught Zorblax Quenton glassblowing?", fraction)])
+        assert v.flagged and v.target_id == "zorblax-quenton" and v.score > 0.99, fraction
+
+
+def test_tofu_question_anywhere_in_a_long_document_is_flagged(tofu01_detectors, data_dir: Path) -> None:
+    """The trained TOFU detector (forget01, first-half policy) as served, on a held-out forget
+    question placed at several depths of a ~10,000-word document of ordinary prose."""
+    _, detectors = tofu01_detectors
+    served = detectors["trained+deobf"]
+    rows = [json.loads(line) for line in (data_dir / "tofu" / "forget01.json").read_text(encoding="utf-8").splitlines() if line.strip()]
+    held_out = [rows[12]["question"], rows[35]["question"]]  # rows 10:20 and 30:40 are not in the policy's forget data
+    doc = prose(data_dir, 10_000, seed=1)
+    assert not served.screen([doc]).flagged
+    for question in held_out:
+        for fraction in (0.05, 0.5, 0.95):
+            assert served.screen([insert_at(doc, question, fraction)]).flagged, (question, fraction)
+
+
+def test_cover_mode_screens_a_bounded_number_of_windows_over_all_the_text(trained, data_dir: Path) -> None:
+    _, model = trained
+    det = TrainedDetector(model, cover_above=1000)
+    doc = insert_at(prose(data_dir, 20_000), "Who taught Zorblax Quenton glassblowing?", 0.5)
+    segs = det.segments([doc])
+    assert len(segs) <= model.max_windows + 2
+    assert {w for s in segs for w in s.split()} == set(doc.split())
+    assert det.screen([doc]).detail["segments"] == len(segs)

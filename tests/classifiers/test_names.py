@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import strategies as st
 
 from classifiers.features import NameMatcher
 from classifiers.keyword import KeywordDetector
@@ -68,3 +69,174 @@ def test_passage_sentences_naming_the_target_by_a_short_surname_are_about_it(dat
     headed = [s for s in sentences if re.match(r"=+[^=]+=+\s*(He|His)\b", s)]
     assert headed and all(about(s) for s in headed)
     assert not about("Chuck Norris founded a martial arts discipline called Chun Kuk Do.")
+
+
+# ------------------------------------------------------------------ written however a reader still reads the name
+
+BASIL = "Basil Mahfouz Al-Kuwaiti"
+FILLER = ("The committee met on Thursday to review the budget, the new bicycle lanes and the library hours. " * 8).strip()
+
+
+@pytest.mark.parametrize("written", [
+    "Basil Mahfouz Al\u2013Kuwaiti", "Basil Mahfouz Al\u2011Kuwaiti", "Basil Mahfouz Al\u2212Kuwaiti",
+    "Basil Mahfouz Al Kuwaiti", "Basil Mahfouz AlKuwaiti", "Basil Mahfouz\nAl-Kuwaiti", "Basil\u2028Mahfouz Al-Kuwaiti",
+    "Bas\u0131l Mahfouz Al-Kuwaiti", "Basil Mahfouz \u0251l-Kuwaiti", "Basil Mahf\u0585uz Al-Kuwaiti",
+    "Ba\ufe0fsil Mah\U000e0041fouz Al-\u2066Kuwaiti\u2069", "Bas\u180bil Mahfo\ufff9uz Al-Kuwaiti",
+    "Basil  Mahfouz\tAl-Kuwaiti", "Basil\u1680Mahfouz Al-Kuwaiti", "Al-Kuwaiti, Basil Mahfouz", "Basil Mahfouz's",
+    "Basil_Mahfouz_Al_Kuwaiti", "BASIL MAHFOUZ AL-KUWAITI",
+])
+@pytest.mark.parametrize("long_text", [False, True])
+def test_issue_19_name_variants_are_flagged_and_found(written: str, long_text: bool) -> None:
+    from guard.interventions.token_selection import find_mentions
+
+    text = f"What does {written} write about?"
+    if long_text:  # texts over 64 words used to be matched differently
+        text = f"{FILLER} {text} {FILLER}"
+    verdict = KeywordDetector({"basil": [BASIL]}).screen([text])
+    assert verdict.flagged and verdict.target_id == "basil"
+    start = text.index(written)
+    spans = find_mentions(text, [BASIL])
+    assert len(spans) == 1 and spans[0][0] == start
+    core = written[:-2] if written.endswith("'s") else written
+    letters = [start + i for i, ch in enumerate(core) if ch.isalnum()]
+    assert all(spans[0][0] <= i < spans[0][1] for i in letters)
+
+
+@pytest.mark.parametrize("text", [
+    "Basil Mahfouz Smith wrote a cookbook.",          # leading given names of someone else
+    "The basil mahfouz recipe is from Lebanon.",      # lower case in a text with capitals
+    "Basil is a herb; Mahfouz is a surname.",         # the words apart
+    "Al-Kuwaiti airline schedules",                   # one distinctive word is not the name
+    "J.R.R. Tolkien wrote The Hobbit.",
+])
+def test_given_name_forms_keep_their_protection(text: str) -> None:
+    names = {"basil": [BASIL], "cash": ["Johnny Cash", "J. R. Cash"]}
+    assert not KeywordDetector(names).screen([text]).flagged
+
+
+def test_a_name_with_a_comma_matches_with_or_without_it() -> None:
+    detector = KeywordDetector({"harry": ["Prince Harry, Duke of Sussex"]})
+    assert detector.screen(["What did Prince Harry, Duke of Sussex say?"]).flagged
+    assert detector.screen(["What did Prince Harry Duke of Sussex say?"]).flagged
+    assert not detector.screen(["What did the Duke of Sussex say?"]).flagged
+
+
+def test_trained_features_see_variants_as_the_full_name() -> None:
+    m = NameMatcher({"basil": [BASIL]}, {})
+    got = m.matrix(["Who is Bas\u0131l Mahfouz Al\u2011Kuwaiti?", "Al-Kuwaiti, Basil Mahfouz wrote it.",
+                    "Ba\u200bsil Mahf\u0585uz's father"])
+    assert got[0, 0, 0] == 1 and got[1, 0, 0] == 1
+    assert got[2, 0, 0] == 0 and got[2, 0, 1] == 1  # given names: a part of the name, not the name
+
+
+# ------------------------------------------------------------------ property tests over real TOFU names
+
+def _tofu_names(data_dir) -> list[str]:
+    from guard.eval.bypass import tofu_names
+
+    return tofu_names(data_dir, "forget10")
+
+
+def _look_alikes() -> dict[str, list[str]]:
+    """ASCII letter -> non-ASCII characters the fold maps to it (from the UTS #39 table)."""
+    from classifiers.unicode_fold import PROTOTYPES, fold_char
+
+    out: dict[str, list[str]] = {}
+    for src in PROTOTYPES:
+        f = fold_char(src)
+        if not src.isascii() and len(f) == 1 and f.isascii() and f.isalpha():
+            out.setdefault(f, []).append(src)
+    return out
+
+
+_INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufe0f", "\ufe00", "\U000e0041", "\U000e0020", "\u2066",
+              "\u2069", "\u180b", "\u180e", "\ufff9", "\ufffb", "\u00ad", "\u034f", "\u061c", "\u115f"]
+_SEPARATORS = [" ", "  ", "\t", "\n", "\r\n", " \n ", "\u00a0", "\u1680", "\u2028", "\u2029", "\u3000", "-", "\u2010",
+               "\u2011", "\u2013", "\u2014", "\u2212", "\ufe63", "_", ""]
+
+
+@st.composite
+def name_variant(draw, names: list[str], look_alikes: dict[str, list[str]]):
+    """(the name as written, the canonical name): confusables, separator and dash/space class swaps,
+    inserted invisibles, inversion, case, optionally leading given names + possessive."""
+    name = draw(st.sampled_from(names))
+    words = name.split()
+    form = draw(st.sampled_from(["plain", "inverted", "given"] if len(words) >= 3 else ["plain", "inverted"]))
+    if form == "inverted":
+        k = draw(st.integers(1, len(words) - 1))
+        words = words[k:] + [","] + words[:k]
+    elif form == "given":
+        words = words[:draw(st.integers(2, len(words) - 1))]
+    parts = [p for w in words for p in (w.split("-") if "-" in w else [w])]
+    out = []
+    for i, part in enumerate(parts):
+        if part == ",":
+            out.append(draw(st.sampled_from([",", ", ", " , "])))
+            continue
+        chars = []
+        for k, ch in enumerate(part):
+            low = ch.lower()
+            if form == "given" and k == 0:
+                pass  # leading given names count only written as names (capitalised: "Xin Lee's", not "xin lee's")
+            elif low in look_alikes and draw(st.booleans()):
+                ch = draw(st.sampled_from(look_alikes[low]))
+            elif draw(st.integers(0, 3)) == 0:
+                ch = ch.swapcase()
+            chars.append(ch)
+            if draw(st.integers(0, 4)) == 0:
+                chars.append(draw(st.sampled_from(_INVISIBLE)))
+        out.append("".join(chars))
+        if i + 1 < len(parts) and parts[i + 1] != "," and part != ",":
+            out.append(draw(st.sampled_from(_SEPARATORS)))
+    written = "".join(out)
+    if form == "given":
+        written += draw(st.sampled_from(["'s", "\u2019s", ""]))
+    return written, name
+
+
+@pytest.fixture(scope="module")
+def tofu_names(data_dir) -> list[str]:
+    return _tofu_names(data_dir)
+
+
+def test_generated_variants_of_real_tofu_names_are_flagged_and_found(tofu_names) -> None:
+    from hypothesis import HealthCheck, given as hgiven, settings as hsettings
+
+    from guard.interventions.token_selection import find_mentions
+
+    detector = KeywordDetector({n: [n] for n in tofu_names})
+    look_alikes = _look_alikes()
+
+    @hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @hgiven(variant=name_variant(tofu_names, look_alikes), long_text=st.booleans(),
+            prefix=st.sampled_from(["Tell me about ", "What did ", "Who is\n", "Q: "]))
+    def check(variant, long_text, prefix) -> None:
+        written, name = variant
+        text = f"{prefix}{written} and the books."
+        if long_text:
+            text = f"{FILLER} {text} {FILLER}"
+        verdict = detector.screen([text])
+        assert verdict.flagged and verdict.target_id == name, (written, verdict)
+        start = text.index(written)
+        spans = find_mentions(text, [name])
+        first_letter = start + next(i for i, ch in enumerate(written) if ch.isalnum())
+        assert any(s <= first_letter < e for s, e in spans), (written, spans)
+
+    check()
+
+
+def test_benign_tofu_texts_are_not_flagged(tofu_names, data_dir) -> None:
+    """Other authors' questions and answers, world facts and real authors: none names a forget10
+    author, and the looser matching (separators, look-alikes, inversion, given names) flags none."""
+    import json
+
+    detector = KeywordDetector({n: [n] for n in tofu_names})
+    texts: list[str] = []
+    for split in ("retain90", "world_facts", "real_authors"):
+        with open(data_dir / "tofu" / f"{split}.json", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                texts += [row["question"], str(row["answer"])]
+    assert len(texts) > 7000
+    flagged = [t for t in texts if detector.screen([t]).flagged]
+    assert flagged == []

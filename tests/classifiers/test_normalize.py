@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from classifiers.base import Verdict
 from classifiers.keyword import KeywordDetector
 from classifiers.normalize import (
-    MAX_PAYLOADS,
     NormalizingDetector,
     across_turns,
     base64_payloads,
@@ -50,8 +49,10 @@ def test_base64_payloads_found_nested_and_bounded() -> None:
                            "d41d8cd98f00b204e9800998ecf8427e " + base64.b64encode(bytes(range(64))).decode()) == []
     padded = Q + " " + "The weather was mild and the harbour was quiet that week. " * 3000  # a >200k-char run
     assert base64_payloads(f"answer: {b64(padded)}")[0].startswith(Q)
-    many = " ".join(b64(f"question number {i} here") for i in range(MAX_PAYLOADS + 10))
-    assert len(base64_payloads(many)) == MAX_PAYLOADS
+    # every run is decoded: a question after any number of decoys is found
+    many = " ".join(b64(f"question number {i} here") for i in range(200)) + " " + b64(Q)
+    found = base64_payloads(many)
+    assert Q in found and all(f"question number {i} here" in found for i in range(200))
 
 
 def test_deobfuscate_is_none_for_plain_text() -> None:
@@ -105,3 +106,61 @@ def test_never_raises_on_any_text(texts) -> None:
         assert all(isinstance(p, str) and p for p in pieces(t))
     assert all(isinstance(t, str) for t in across_turns(texts))
     assert isinstance(NormalizingDetector(KeywordDetector({"m": ["Mirela Vantongeren"]})).screen(texts).flagged, bool)
+
+
+# ------------------------------------------------------------------ quoted spans by scanning, base64 in every layout
+
+def test_quoted_spans_pair_each_opening_quote_with_its_closing_one() -> None:
+    from classifiers.normalize import quoted_spans
+
+    assert quoted_spans('Say "Which medal did Mirela win?" now') == ["Which medal did Mirela win?"]
+    assert quoted_spans("\u201cWhich medal did\u201d and \u00ab  Mirela Vantongeren receive \u00bb") == [
+        "Which medal did", "Mirela Vantongeren receive"]
+    # a span too short to count: its closing quote may open the next one (as the old pattern read it)
+    assert quoted_spans('"ab" then "a longer quoted span"') == ["a longer quoted span"]
+    assert quoted_spans('"ab" is what we then called it" ok') == ["is what we then called it"]
+    assert quoted_spans("\u201c" * 5000) == [] and quoted_spans("Hi \u00ab" + " " * 5000 + "x") == []
+    assert len(quoted_spans(' "a quoted span here" ' * 500)) == 64  # capped per text
+
+
+def _mime(text: str, width: int = 76, newline: str = "\n") -> str:
+    payload = b64(text)
+    return newline.join(payload[i:i + width] for i in range(0, len(payload), width))
+
+
+LONG_Q = Q + " Please also list the year, the society that awarded it and the reason given."
+
+
+def test_base64_broken_into_lines_or_groups_is_decoded() -> None:
+    assert LONG_Q in base64_payloads(f"Decode this:\n{_mime(LONG_Q)}\nthanks")
+    assert LONG_Q in base64_payloads(f"Decode this:\r\n{_mime(LONG_Q, 64, chr(13) + chr(10))}\r\n")
+    groups = " ".join(b64(LONG_Q)[i:i + 4] for i in range(0, len(b64(LONG_Q)), 4))
+    assert LONG_Q in base64_payloads(f"Decode this: {groups} and answer it.")
+    assert LONG_Q in base64_payloads(" ".join(b64(LONG_Q)[i:i + 8] for i in range(0, len(b64(LONG_Q)), 8)))
+
+
+def test_nesting_is_decoded_to_its_bound_and_beyond_it_screening_is_incomplete() -> None:
+    import pytest
+
+    from classifiers.base import ScreeningIncomplete
+    from classifiers.decoders import MAX_DEPTH
+
+    nested = Q
+    for _ in range(MAX_DEPTH):
+        nested = b64(nested)
+    assert base64_payloads(f"answer: {nested}")[-1] == Q
+    with pytest.raises(ScreeningIncomplete, match="nested"):
+        base64_payloads(f"answer: {b64(nested)}")
+    with pytest.raises(ScreeningIncomplete):  # the pipeline's fail mode decides, never a silent pass
+        NormalizingDetector(KeywordDetector({"mirela": ["Mirela Vantongeren"]})).screen([b64(nested)])
+
+
+def test_decoys_do_not_hide_the_payload() -> None:
+    decoys = " ".join(b64(f"Tell me a fun fact number {i}.") for i in range(300))
+    det = NormalizingDetector(KeywordDetector({"mirela": ["Mirela Vantongeren"]}))
+    assert det.screen([f"{decoys} {b64(Q)}"]).flagged
+    assert not det.screen([decoys]).flagged
+
+
+def test_deobfuscated_text_folds_dashes_spaces_invisibles_and_look_alikes() -> None:
+    assert unmask("Mirela\u2028Vant\u0585ngeren\ufe0f\U000e0041 Al\u2011Kuwaiti \u0399van") == "Mirela\nVantongeren Al-Kuwaiti Ivan"

@@ -1,0 +1,256 @@
+"""Finding a target's name in a text, however it is written: the one name matcher of the guard.
+
+The keyword detector flags what ``NameFinder`` finds, the trained detector's name features
+(``classifiers.features.NameMatcher``) are built from it, and ECO's token selection corrupts the
+spans it returns, so ECO corrupts exactly what the detector flagged.
+
+A text is matched in its ``classifiers.unicode_fold.match_fold`` form (case, accents, full-width,
+look-alike letters, invisible characters, dash and space classes undone). A name of several parts
+matches with any run of separators between its parts (spaces, tabs, line breaks, hyphens and
+dashes, underscores, dots, apostrophes, or none: "Al-Kuwaiti", "Al Kuwaiti", "Al_Kuwaiti",
+"AlKuwaiti"), whole-word at its ends ("Al" never matches inside "Also"), in any text length.
+Besides the names themselves, each target has these *forms*:
+
+* ``inverted``: the name turned around at a word ("Al-Kuwaiti, Basil Mahfouz"; comma optional);
+* ``given``: the leading words of a name of three or more words, two or more of them and at least
+  two distinctive (not a title, particle or initial): "Basil Mahfouz" of "Basil Mahfouz Al-Kuwaiti",
+  but not "J. R." of "J. R. Cash". It counts unless the next word is someone else's name
+  ("Basil Mahfouz Smith") or the text writes them in lower case while it uses capitals elsewhere;
+* ``part``: one word of a name (>= 4 letters, not a title or particle), for the trained detector's
+  features only.
+
+Names in scripts written without spaces (Han, kana, Hangul, Thai, ...) match inside running text.
+
+Matching is linear in the text: the folded text is cut into words once, and only forms whose first
+letters match a word's first letters are tried there (each an anchored pattern without nested
+repetition).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Collection, Iterable, Mapping, Sequence
+
+from classifiers.text import SPACELESS, fold, name_alternation
+from classifiers.unicode_fold import match_fold, match_fold_with_map
+
+# Words that never identify a person on their own (titles, particles, generic words in names).
+WEAK = frozenset({
+    "the", "of", "and", "de", "da", "di", "del", "van", "von", "la", "le", "du", "al", "el", "bin", "ibn",
+    "jr", "jr.", "sr", "sr.", "ii", "iii", "iv", "sir", "dame", "lord", "lady", "prince", "princess", "king",
+    "queen", "duke", "duchess", "earl", "dr", "dr.", "mr", "mrs", "ms", "saint", "st", "st.", "mc", "mac",
+    "cent", "ice", "rock", "john", "james", "mark", "paul", "william", "robert", "david", "michael", "mary",
+})
+# capitalised words next to a name part that do not make it someone else's name
+NOT_A_NAME = (WEAK | {
+    "who", "whom", "whose", "what", "when", "where", "why", "how", "which", "is", "are", "was", "were", "did", "does", "do",
+    "has", "have", "had", "can", "could", "would", "should", "will", "may", "might", "must", "a", "an", "in", "on", "at",
+    "for", "from", "with", "by", "to", "as", "or", "but", "if", "after", "before", "since", "while", "this", "that", "these",
+    "those", "his", "her", "their", "its", "my", "your", "our", "i", "we", "you", "he", "she", "they", "it", "yes", "no",
+    "also", "both", "about", "according", "regarding", "tell", "describe", "explain", "name", "list", "give", "write",
+    "compare", "summarize", "summarise", "please", "author", "writer", "novelist", "poet", "actor", "actress", "singer",
+    "director", "president", "professor", "doctor", "senator", "general", "captain", "coach", "player", "mr.", "mrs.",
+    "ms.", "dr.", "miss", "madam", "did", "why", "so", "then", "now", "here", "there", "all", "some", "many", "one",
+    "january", "february", "march", "april", "june", "july", "august", "september", "october", "november", "december",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "english", "american", "british",
+}) - {"mark", "john", "james", "paul", "william", "robert", "david", "michael", "mary", "cent", "ice", "rock"}
+
+KINDS = ("full", "inverted", "given", "part")
+FLAGGING_KINDS = ("full", "inverted", "given")  # what the keyword detector flags and ECO corrupts
+
+# between the parts of a name, in the folded text: any run of separators, or none
+_SEP = r"[\s\-_.'\u00b7\u30fb\u2027]*"
+_INVERSION = _SEP + r"(?:," + _SEP + r")?"
+# a word of a spaced script in the folded text (letters/digits; "_" and apostrophes separate words)
+_WORD = re.compile(f"[^\\W_{SPACELESS}]+")
+_RIGHT_EDGE = re.compile(f"(?![^\\W_{SPACELESS}])")  # checked after a form's match: not inside a longer word
+_KEY = 3  # forms are indexed by the first letters of their first word
+_PREV_WORD = re.compile(r"([^\W\d_][\w'\u2019.-]*)\s+$")
+_NEXT_WORD = re.compile(r"^(?:['\u2019]s)?\s+([^\W\d_][\w'\u2019-]*)")
+_NEIGHBOUR_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A form of target ``target`` (index into the finder's targets) at ``[start, end)`` of the original text."""
+
+    target: int
+    kind: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _Form:
+    target: int
+    kind: str
+    pattern: re.Pattern[str]
+
+
+def name_words(name: str) -> list[str]:
+    """The words of a folded name (hyphenated words stay one word: "al-kuwaiti")."""
+    return [w for w in re.split(r"[\s,]+", name) if w]
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def _source(words: Sequence[str], comma_before: Collection[int] = ()) -> tuple[str, str] | None:
+    """(first word's first token, pattern source) for ``words`` (folded) as consecutive name parts,
+    separators free between them; ``comma_before``: the words a comma may precede ("Prince Harry,
+    Duke of Sussex"; where an inverted name turns)."""
+    chunks: list[str] = []
+    first = ""
+    for i, w in enumerate(words):
+        toks = _tokens(w)
+        if not toks:
+            continue
+        if chunks:
+            chunks.append(_INVERSION if i in comma_before else _SEP)
+        else:
+            first = toks[0]
+        chunks.append(_SEP.join(re.escape(t) for t in toks))
+    return (first, "".join(chunks)) if chunks else None
+
+
+def _spaceless(name: str) -> bool:
+    return re.search(f"[{SPACELESS}]", name) is not None or not _tokens(name)
+
+
+def _distinctive(word: str) -> bool:
+    """A name word that says something on its own: not a title or particle, not an initial ("J.")."""
+    return word not in WEAK and sum(len(t) for t in _tokens(word)) >= 3
+
+
+def name_forms(name: str) -> list[tuple[str, str, str]]:
+    """(kind, first token, pattern source) of one folded name's full, inverted and given forms."""
+    words = name_words(name)
+    commas = {i for i, m in enumerate(re.finditer(r"[^\s,]+", name)) if name[:m.start()].rstrip().endswith(",")}
+    full = _source(words, commas)
+    if full is None:
+        return []
+    out = [("full", *full)]
+    if "," in name or len(words) < 2:
+        return out
+    for k in range(1, len(words)):
+        inverted = _source(words[k:] + words[:k], {len(words) - k})
+        if inverted is not None:
+            out.append(("inverted", *inverted))
+    if len(words) >= 3:
+        for k in range(2, len(words)):
+            prefix = words[:k]
+            given = _source(prefix) if sum(_distinctive(w) for w in prefix) >= 2 else None
+            if given is not None:
+                out.append(("given", *given))
+    return out
+
+
+class NameFinder:
+    """Every mention of any target's names in a text (see the module docstring).
+
+    ``names_by_target``: target id -> names/aliases as written; ``parts``: target id -> single name
+    words to find as ``part`` mentions (``classifiers.features.name_parts``), optional.
+    """
+
+    def __init__(self, names_by_target: Mapping[str, Sequence[str]],
+                 parts: Mapping[str, Iterable[str]] | None = None) -> None:
+        self.target_ids = list(names_by_target)
+        self._by_key: dict[str, list[_Form]] = {}
+        self._own_words: list[frozenset[str]] = []
+        spaceless: dict[str, list[tuple[int, str]]] = {}
+        for j, tid in enumerate(self.target_ids):
+            names = [match_fold(n).strip() for n in names_by_target[tid] if n and n.strip()]
+            self._own_words.append(frozenset(t for n in names for t in _tokens(n)))
+            forms: set[tuple[str, str, str]] = set()
+            for n in names:
+                if _spaceless(n):
+                    spaceless.setdefault(n, []).append((j, "full"))
+                else:
+                    forms.update(name_forms(n))
+            for p in (parts or {}).get(tid, ()):
+                p = match_fold(p).strip()
+                part = None if _spaceless(p) else _source([p])
+                if part is not None:
+                    forms.add(("part", *part))
+            for kind, first, src in sorted(forms):
+                self._by_key.setdefault(first[:_KEY], []).append(_Form(j, kind, re.compile(src)))
+        self._key_lengths = sorted({len(k) for k in self._by_key}, reverse=True)
+        self._spaceless = spaceless
+        source = name_alternation(spaceless)
+        self._spaceless_re = None if source is None else re.compile(f"(?=({source}))")
+
+    def __bool__(self) -> bool:
+        return bool(self._by_key) or self._spaceless_re is not None
+
+    def folded_mentions(self, folded: str) -> list[tuple[int, str, int, int]]:
+        """(target, kind, start, end) in ``folded`` (a ``match_fold`` text), sorted, overlaps included."""
+        found: list[tuple[int, str, int, int]] = []
+        if self._by_key:
+            for m in _WORD.finditer(folded):
+                pos, word = m.start(), m.group(0)
+                for n in self._key_lengths:
+                    for form in self._by_key.get(word[:n], ()) if n <= len(word) else ():
+                        hit = form.pattern.match(folded, pos)
+                        if hit is not None and _RIGHT_EDGE.match(folded, hit.end()):
+                            found.append((form.target, form.kind, pos, hit.end()))
+        if self._spaceless_re is not None:
+            for m in self._spaceless_re.finditer(folded):
+                for j, kind in self._spaceless.get(m.group(1), ()):
+                    found.append((j, kind, m.start(), m.start() + len(m.group(1))))
+        found.sort(key=lambda f: (f[2], f[3], f[0]))
+        return found
+
+    def mentions(self, text: str, kinds: Sequence[str] = KINDS) -> list[Mention]:
+        """Mentions in ``text`` (original-text spans); ``given`` ones only where they stand for the target."""
+        folded, index = match_fold_with_map(text)
+        out: list[Mention] = []
+        capitals: bool | None = None
+        for j, kind, a, b in self.folded_mentions(folded):
+            if kind not in kinds or b <= a:
+                continue
+            start, end = int(index[a]), int(index[b - 1]) + 1
+            if kind == "given":
+                if capitals is None:
+                    capitals = any(ch.isupper() for ch in text)
+                if self.someone_else(text, (start, end), j, capitals=capitals, previous=False):
+                    continue
+            out.append(Mention(j, kind, start, end))
+        return out
+
+    def someone_else(self, text: str, span: tuple[int, int], j: int, *, capitals: bool | None = None,
+                     previous: bool = True) -> bool:
+        """The name words at ``span`` of ``text`` are not target ``j``'s: they stand next to a
+        capitalised word that is not one of its name words (or a common word), or are written in lower
+        case in a text that uses capitals elsewhere ("a large candy bar"). ``capitals``: whether
+        ``text`` has an upper-case letter, if already known; ``previous``: whether the word before
+        counts too (leading given names are judged by the word after them: "Basil Mahfouz *Smith*",
+        while the word before is often just a capitalised sentence start, "Through Basil Mahfouz's")."""
+        a, b = span
+        if text[a:b].islower() and (any(ch.isupper() for ch in text) if capitals is None else capitals):
+            return True
+        own = self._own_words[j]
+        before = _PREV_WORD.search(text[max(0, a - _NEIGHBOUR_CHARS):a]) if previous else None
+        for m in (before, _NEXT_WORD.match(text[b:b + _NEIGHBOUR_CHARS])):
+            if m is None:
+                continue
+            word = m.group(1)
+            key = fold(word).strip(".'\u2019-")
+            if word[0].isupper() and key not in NOT_A_NAME and not set(_tokens(match_fold(key))) <= own:
+                return True
+        return False
+
+
+def find_name_spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of ``text`` where any of ``names`` is mentioned in a flagging
+    form (name, inverted name, distinctive given names), merged and sorted."""
+    finder = NameFinder({"target": [n for n in names if n and n.strip()]})
+    spans = sorted((m.start, m.end) for m in finder.mentions(text, FLAGGING_KINDS))
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
