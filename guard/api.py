@@ -12,15 +12,31 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from guard import app_keys as keys
-from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, Overloaded, PayloadTooLarge
+from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, Overloaded
+from guard.request_body import BodyLimits, read_body
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# What /health shows without the admin key: no upstream URLs, errors or model paths.
+PUBLIC_ENGINE_HEALTH = ("ready", "engine", "prompt_embeds")
+
+
 def error_response(exc: GuardError) -> web.Response:
     return web.json_response(exc.to_openai(), status=exc.status, headers=exc.headers())
+
+
+async def _answer_and_hang_up(request: web.Request, exc: GuardError) -> web.Response:
+    """Send the error now, then close the connection: aiohttp would otherwise keep reading (and
+    discarding) the rest of a body for its lingering time, from a client already judged too slow."""
+    response = error_response(exc)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 @web.middleware
@@ -29,7 +45,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except GuardError as exc:
-        return error_response(exc)
+        return await _answer_and_hang_up(request, exc) if exc.close_connection else error_response(exc)
     except web.HTTPNotFound:
         return error_response(NotFound(f"no route {request.method} {request.path}", code="unknown_route"))
     except web.HTTPMethodNotAllowed as exc:
@@ -64,7 +80,15 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
-    if request.path.startswith("/v1/") and settings.api_keys:
+    if request.path == "/metrics":
+        # Counters by action are an oracle (send a name, watch guard_flagged_total): never open.
+        scrapers = [(name, key) for name, key in (("metrics", settings.metrics_api_key), ("admin", settings.admin_api_key)) if key]
+        if not scrapers:
+            raise NotFound("/metrics is disabled: set metrics_api_key (or admin_api_key) and scrape with it as the "
+                           "bearer token", code="unknown_route")
+        if _match_key(request, scrapers) is None:
+            raise AuthenticationError("missing or invalid metrics key: send 'Authorization: Bearer <metrics_api_key>'")
+    elif request.path.startswith("/v1/") and settings.api_keys:
         name = _match_key(request, [(k.name, k.key) for k in settings.api_keys])
         if name is None:
             raise AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <key>'")
@@ -78,10 +102,24 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _is_generation(request: web.Request) -> bool:
+    return request.method == "POST" and request.path.startswith("/v1/")
+
+
+@web.middleware
+async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Reads (and decodes) a generation request's body before it counts as in flight: a client that
+    trickles its body holds a connection until ``body_read_timeout_s``, never a slot of ``max_inflight``."""
+    if _is_generation(request):
+        settings = request.app[keys.SETTINGS]
+        request[keys.BODY] = await read_body(request, BodyLimits(settings.max_body_bytes, settings.body_read_timeout_s))
+    return await handler(request)
+
+
 @web.middleware
 async def inflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Backpressure: beyond ``max_inflight`` generation requests, answer 429 instead of queueing."""
-    if request.method != "POST" or not request.path.startswith("/v1/"):
+    if not _is_generation(request):
         return await handler(request)
     gate = request.app[keys.INFLIGHT]
     if gate.count >= request.app[keys.SETTINGS].max_inflight:
@@ -98,7 +136,8 @@ def _match_key(request: web.Request, candidates: list[tuple[str, str]]) -> str |
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
-    supplied = token.strip().encode()
+    # aiohttp hands non-UTF-8 header bytes over as surrogate escapes: keep them, they just never match
+    supplied = token.strip().encode("utf-8", "surrogateescape")
     found = None
     for name, key in candidates:  # compare against every key: timing does not reveal which matched
         if hmac.compare_digest(supplied, key.encode()):
@@ -106,20 +145,12 @@ def _match_key(request: web.Request, candidates: list[tuple[str, str]]) -> str |
     return found
 
 
-async def _read_body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[keys.SETTINGS].max_body_bytes
-        raise PayloadTooLarge(f"request body too large: the limit is {limit} bytes (max_body_bytes)") from None
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[keys.SERVICE].handle(request, "chat", await _read_body(request))
+    return await request.app[keys.SERVICE].handle(request, "chat", request[keys.BODY])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[keys.SERVICE].handle(request, "completion", await _read_body(request))
+    return await request.app[keys.SERVICE].handle(request, "completion", request[keys.BODY])
 
 
 async def models(request: web.Request) -> web.Response:
@@ -130,11 +161,13 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Open to load balancers, so cheap and uniform: the engine's cached status (its own background
+    checks, never a call upstream per request); no URLs, errors, paths, target names or counts unless
+    debug or the admin key."""
     engine_health = await request.app[keys.ENGINE].health()
     holder = request.app[keys.PIPELINES]
     policy = holder.current.policy
     settings = request.app[keys.SETTINGS]
-    # Open to load balancers: no target names, counts or detector details unless debug or the admin key.
     privileged = settings.debug or bool(settings.admin_api_key and _match_key(request, [("admin", settings.admin_api_key)]))
     policy_info: dict = {"fail_mode": policy.fail_mode, "last_reload_error": _public_reload_error(holder)}
     if privileged:
@@ -142,7 +175,7 @@ async def health(request: web.Request) -> web.Response:
                             "last_reload_error": holder.last_reload_error})
     body = {
         "status": "ok" if engine_health.get("ready") else "unavailable",
-        "engine": engine_health,
+        "engine": engine_health if privileged else {k: engine_health[k] for k in PUBLIC_ENGINE_HEALTH if k in engine_health},
         "policy": policy_info,
         "uptime_s": round(time.time() - request.app[keys.STARTED], 1),
     }

@@ -17,6 +17,7 @@ from guard import app_keys as keys
 from guard.api import (
     add_routes,
     auth_middleware,
+    body_middleware,
     echo_request_id,
     errors_middleware,
     inflight_middleware,
@@ -61,7 +62,13 @@ def create_engine(settings: Settings) -> Engine:
 
 def build_app(settings: Settings, *, engine: Engine | None = None,
               detector_factory: DetectorFactory | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_id_middleware, errors_middleware, auth_middleware, inflight_middleware])
+    # Order: authenticate, then read the body (bounded in time), then count the request as in flight.
+    middlewares = [request_id_middleware, errors_middleware, auth_middleware, body_middleware, inflight_middleware]
+    # keepalive_timeout: aiohttp closes a connection that has not delivered a full request head in that
+    # time (from opening or its last response), which is the header timeout. auto_decompress off:
+    # guard.request_body decodes Content-Encoding itself, with OpenAI errors and a size cap.
+    handler_args = {"keepalive_timeout": settings.header_timeout_s, "auto_decompress": False}
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares, handler_args=handler_args)
     owns_engine = engine is None
     app[keys.SETTINGS] = settings
     app[keys.ENGINE] = engine if engine is not None else create_engine(settings)

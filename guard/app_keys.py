@@ -28,3 +28,4 @@ STARTED: web.AppKey[int] = web.AppKey("started")
 INFLIGHT: web.AppKey[InflightGate] = web.AppKey("inflight")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 KEY_NAME: web.RequestKey[str] = web.RequestKey("api_key_name")  # which API key authenticated the request
+BODY: web.RequestKey[bytes] = web.RequestKey("body")  # a generation request's body, read and decoded before the in-flight gate

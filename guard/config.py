@@ -68,7 +68,15 @@ class Settings(_Strict):
     policy: Path | None = Field(None, description="policy YAML; without one every request passes")
     api_keys: tuple[ApiKey, ...] = ()
     admin_api_key: str | None = Field(None, min_length=8, description="enables /admin/* (policy reload)")
+    metrics_api_key: str | None = Field(None, min_length=8, description="a key for /metrics only (Prometheus "
+                                        "bearer_token); the admin key is accepted too; with neither, /metrics is off")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    body_read_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body must arrive within this "
+                                       "many seconds of its headers; a slower client gets 408 and is disconnected")
+    header_timeout_s: float = Field(75.0, gt=0, le=3600, description="a connection must deliver a complete request "
+                                    "head within this many seconds of opening (or of its previous response), else "
+                                    "it is closed; also the idle keep-alive timeout, so keep it above a load "
+                                    "balancer's idle timeout (often 60 s)")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a client may ask for")
     max_inflight: int = Field(256, ge=1, description="generation requests in flight at once; more get 429 + Retry-After")
     audit_prompts: bool = Field(False, description="include the prompt text in the audit line of flagged requests")
@@ -98,6 +106,7 @@ _ENV_PREFIX = "GUARD_"
 _ENV_FIELDS = {
     "HOST": "host", "PORT": "port", "MODEL": "model", "SERVED_MODEL_NAME": "served_model_name",
     "POLICY": "policy", "API_KEYS": "api_keys", "ADMIN_API_KEY": "admin_api_key", "DEBUG": "debug", "LOG_LEVEL": "log_level",
+    "METRICS_API_KEY": "metrics_api_key", "BODY_READ_TIMEOUT_S": "body_read_timeout_s", "HEADER_TIMEOUT_S": "header_timeout_s",
     "MAX_BODY_BYTES": "max_body_bytes", "MAX_INFLIGHT": "max_inflight", "AUDIT_PROMPTS": "audit_prompts", "MAX_TOKENS_LIMIT": "max_tokens_limit",
     "SHUTDOWN_TIMEOUT_S": "shutdown_timeout_s",
     "UPSTREAM": "upstream.kind", "UPSTREAM_URL": "upstream.url", "UPSTREAM_MODEL": "upstream.model",

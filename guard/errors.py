@@ -5,9 +5,12 @@ GuardError                      500  internal_error (never carries a traceback t
 ├── ConfigError                 raised at start-up / policy load; names the field
 ├── RequestError                4xx  client's fault
 │   ├── InvalidRequest          400  invalid_request_error (bad JSON, bad field, forbidden field)
+│   │   └── ContextLengthExceeded   the prompt does not fit the served model's context
 │   ├── AuthenticationError     401  authentication_error
 │   ├── NotFound                404  not_found_error (unknown model, route)
+│   ├── RequestTimeout          408  the client sent its body too slowly (the connection is closed)
 │   ├── PayloadTooLarge         413  invalid_request_error
+│   ├── UnsupportedMediaType    415  a Content-Encoding the guard does not decode
 │   └── Overloaded              429  rate_limit_error (queue full; carries Retry-After)
 ├── ScreeningUnavailable        503  the detector failed and the policy is fail-closed
 └── UpstreamError               502  upstream_error (refused, garbage, error status)
@@ -25,6 +28,7 @@ class GuardError(Exception):
     status = 500
     type = "internal_error"
     code: str | None = None
+    close_connection = False  # answer, then close the connection (a client that cannot be trusted to continue)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -58,6 +62,10 @@ class InvalidRequest(RequestError):
     pass
 
 
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
 class AuthenticationError(RequestError):
     status = 401
     type = "authentication_error"
@@ -69,9 +77,20 @@ class NotFound(RequestError):
     type = "not_found_error"
 
 
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+    close_connection = True
+
+
 class PayloadTooLarge(RequestError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class Overloaded(RequestError):

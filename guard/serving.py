@@ -1,8 +1,13 @@
 """The generation endpoints' logic: validate -> screen -> decide -> forward or intervene -> respond.
 
 Dependencies are passed in (engine, pipeline holder, metrics, settings); handlers in ``guard.api``
-only pick the schema. Pass-through on a vLLM upstream forwards the client's bytes and streams the
-upstream's bytes back untouched; everything else is produced from ``GenerationChunk`` streams.
+only pick the schema. Pass-through on a vLLM upstream forwards the client's bytes (re-serialised
+only to add the guard's ``max_tokens`` or the upstream's model name) and sends the upstream's bytes
+back untouched; everything else is produced from ``GenerationChunk`` streams.
+
+Whichever path answers, the framing is the same, so a client cannot tell that its answer was
+altered: JSON answers are sent whole with ``Content-Length``, streams as chunked SSE with the same
+headers, and ids have one format (vLLM builds its id from the ``X-Request-Id`` the guard sends it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any, AsyncIterator
 
 from aiohttp import web
@@ -20,7 +26,7 @@ from guard.config import Settings
 from guard.engines.base import Engine, GenerationChunk
 from guard.engines.sse import DONE, frame
 from guard.engines.vllm import VllmEngine
-from guard.errors import GuardError, NotFound, UpstreamError
+from guard.errors import ContextLengthExceeded, GuardError, NotFound, UpstreamError
 from guard.interventions.base import GuardRequest
 from guard.metrics import GuardMetrics
 from guard.pipeline import Decision, PipelineHolder
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 audit_log = logging.getLogger("guard.audit")  # one JSON line per flagged request; no prompt text unless configured
 
 DEFAULT_MAX_TOKENS = 512
+PARSE_OFF_LOOP_BYTES = 64 << 10
 _CLIENT_GONE = (ConnectionResetError, ConnectionError, asyncio.CancelledError)
 _OPENAI_CONTENT_TYPES = ("application/json", "text/event-stream")
 
@@ -57,16 +64,21 @@ class GenerationService:
         status = 500
         try:
             schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
-            req, body = parse_request(raw, schema)
+            # decoding and validating a large body is milliseconds of CPU per MiB: off the event loop
+            req, body = (await asyncio.to_thread(parse_request, raw, schema) if len(raw) > PARSE_OFF_LOOP_BYTES
+                         else parse_request(raw, schema))
             if req.model != self.engine.served_model_name:
                 raise NotFound(f"model {req.model!r} does not exist; this guard serves {self.engine.served_model_name!r}",
                                param="model", code="model_not_found")
-            params = sampling_params(req, DEFAULT_MAX_TOKENS, self.settings.max_tokens_limit)
-            decision = await self.pipelines.current.decide(req.screen_texts())
+            params = sampling_params(req, min(DEFAULT_MAX_TOKENS, self.settings.max_tokens_limit),
+                                     self.settings.max_tokens_limit)
+            self._check_prompt_bound(req, kind)
+            texts = req.screen_texts()
+            decision = await self._decide(request, texts)
             action = decision.action
-            self._record_decision(request, decision, req.screen_texts())
+            self._record_decision(request, decision, texts)
             if action == "pass" and isinstance(self.engine, VllmEngine):
-                response = await self._forward(request, kind, body, raw, route, started)
+                response = await self._forward(request, kind, body, raw, params.max_tokens, route, started)
             else:
                 guard_req = GuardRequest(kind=kind, params=params,
                                          messages=tuple(req.plain_messages()) if kind == "chat" else (),
@@ -82,6 +94,8 @@ class GenerationService:
             return response
         except GuardError as exc:
             status = exc.status
+            if isinstance(exc, ContextLengthExceeded) and exc.param is None:  # the engine's exact check
+                exc.param = _prompt_field(kind)
             if isinstance(exc, UpstreamError):
                 self.metrics.upstream_errors.labels(kind=type(exc).__name__).inc()
             raise
@@ -92,12 +106,37 @@ class GenerationService:
             self.metrics.requests.labels(route=route, status=str(status), action=action).inc()
             self.metrics.latency.labels(route=route, action=action).observe(time.perf_counter() - started)
 
+    def _check_prompt_bound(self, req: ChatCompletionRequest | CompletionRequest, kind: str) -> None:
+        """Reject a prompt that cannot fit the model's context before screening or tokenising it (a
+        lower bound on its tokens from its length); the engine checks the exact count later."""
+        window = self.engine.context_window
+        if window is None:
+            return
+        if isinstance(req, ChatCompletionRequest):
+            chars = sum(len(m["content"]) for m in req.plain_messages())
+        else:
+            chars = len(req.prompt_text)
+        window.check_chars(chars, _prompt_field(kind))
+
+    async def _decide(self, request: web.Request, texts: list[str]) -> Decision:
+        """The pipeline's decision; a request refused because it could not be screened (fail-closed:
+        over the length limit or the budget, or the detector failed) is counted and audited too."""
+        try:
+            return await self.pipelines.current.decide(texts)
+        except GuardError as exc:
+            self.metrics.screening_failures.labels(outcome="refused_fail_closed").inc()
+            audit_log.warning(json.dumps({"event": "unscreened", "request_id": request.get(keys.REQUEST_ID),
+                                          "key": request.get(keys.KEY_NAME), "action": "refuse", "fail_mode": "closed",
+                                          "reason": exc.param or exc.code or type(exc).__name__}))
+            raise
+
     def _record_decision(self, request: web.Request, decision: Decision, texts: list[str]) -> None:
         self.metrics.detector_latency.observe(decision.screen_seconds)
         if decision.screening_failed:
             self.metrics.screening_failures.labels(outcome="passed_fail_open").inc()
             audit_log.warning(json.dumps({"event": "unscreened", "request_id": request.get(keys.REQUEST_ID),
-                                          "key": request.get(keys.KEY_NAME), "action": "pass", "fail_mode": "open"}))
+                                          "key": request.get(keys.KEY_NAME), "action": "pass", "fail_mode": "open",
+                                          "reason": decision.failure}))
         if decision.verdict.flagged:
             self.metrics.flagged.labels(action=decision.action).inc()
             record = {"event": "flagged", "request_id": request.get(keys.REQUEST_ID), "key": request.get(keys.KEY_NAME),
@@ -115,14 +154,19 @@ class GenerationService:
                 "X-Guard-Score": f"{decision.verdict.score:.4f}"}
 
     # -- vLLM fast path ----------------------------------------------------------------------------
-    async def _forward(self, request: web.Request, kind: str, body: dict[str, Any], raw: bytes, route: str,
-                       started: float) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, kind: str, body: dict[str, Any], raw: bytes, max_tokens: int,
+                       route: str, started: float) -> web.StreamResponse:
         assert isinstance(self.engine, VllmEngine)
         upstream_model = await self.engine.ensure_model()
+        patch: dict[str, Any] = {}
         if body.get("model") != upstream_model:
-            raw = json.dumps({**body, "model": upstream_model}).encode()
+            patch["model"] = upstream_model
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            patch["max_tokens"] = max_tokens  # the guard's default, as on every other path, never above the limit
+        if patch:
+            raw = json.dumps({**body, **patch}).encode()
         path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-        upstream = await self.engine.forward(path, raw)
+        upstream = await self.engine.forward(path, raw, request_id=uuid.uuid4().hex)
         try:
             if upstream.status >= 500:
                 text = (await upstream.text())[:500]
@@ -130,10 +174,15 @@ class GenerationService:
             if upstream.content_type not in _OPENAI_CONTENT_TYPES:  # an HTML error page, a proxy's banner, ...
                 raise UpstreamError(f"the upstream answered {upstream.status} with content type {upstream.content_type!r}, "
                                     "not an OpenAI response; is upstream.url a vLLM server?")
-            response = web.StreamResponse(status=upstream.status)
-            response.content_type = upstream.content_type
-            if upstream.charset:
-                response.charset = upstream.charset
+            if upstream.content_type != "text/event-stream":
+                try:
+                    data = await upstream.read()
+                except Exception as exc:  # noqa: BLE001 - nothing was sent yet: a clean 502
+                    self.metrics.upstream_errors.labels(kind="mid_stream").inc()
+                    raise UpstreamError(f"the upstream closed the connection mid-response ({type(exc).__name__})") from None
+                self.metrics.ttft.labels(route=route, action="pass").observe(time.perf_counter() - started)
+                return json_answer(data, upstream.status)
+            response = sse_answer(upstream.status)
             await response.prepare(request)
             first = True
             try:
@@ -147,9 +196,8 @@ class GenerationService:
             except Exception as exc:  # noqa: BLE001 - upstream died mid-stream: end the stream cleanly
                 self.metrics.upstream_errors.labels(kind="mid_stream").inc()
                 log.warning("upstream failed mid-response: %s", exc)
-                if upstream.content_type == "text/event-stream":
-                    err = UpstreamError("the upstream closed the connection mid-stream")
-                    await response.write(frame(err.to_openai()) + DONE)
+                err = UpstreamError("the upstream closed the connection mid-stream")
+                await response.write(frame(err.to_openai()) + DONE)
             await response.write_eof()
             return response
         finally:
@@ -165,7 +213,7 @@ class GenerationService:
             if chunk.finish_reason:
                 last = chunk
         body = full_response(meta, "".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens)
-        return web.json_response(body, headers=headers)
+        return json_answer(json.dumps(body).encode(), 200, headers)
 
     async def _stream(self, request: web.Request, meta: ResponseMeta, chunks: AsyncIterator[GenerationChunk],
                       include_usage: bool, headers: dict[str, str], route: str, action: str,
@@ -177,8 +225,7 @@ class GenerationService:
         except StopAsyncIteration:
             first_chunk = None
         self.metrics.ttft.labels(route=route, action=action).observe(time.perf_counter() - started)
-        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", **headers})
-        response.content_type = "text/event-stream"
+        response = sse_answer(200, headers)
         await response.prepare(request)
         try:
             if meta.kind == "chat":
@@ -212,6 +259,23 @@ class GenerationService:
         await response.write(DONE)
         await response.write_eof()
         return response
+
+
+def json_answer(body: bytes, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """A whole JSON answer (``Content-Length``), framed the same whether the guard or the upstream wrote it."""
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json", charset="utf-8")
+
+
+def sse_answer(status: int, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """A streamed answer (chunked SSE), framed the same whether the guard or the upstream wrote it."""
+    response = web.StreamResponse(status=status, headers={"Cache-Control": "no-cache", **(headers or {})})
+    response.content_type = "text/event-stream"
+    response.charset = "utf-8"
+    return response
+
+
+def _prompt_field(kind: str) -> str:
+    return "messages" if kind == "chat" else "prompt"
 
 
 async def _aclose(iterator: Any) -> None:

@@ -34,6 +34,10 @@ def test_api_keys_from_env():
     ("api_keys: ['a:short']\n", "api_keys.0.key", "at least 8"),
     ("- just\n- a list\n", "config", "mapping"),
     ("port: [\n", "config", "not valid YAML"),
+    ("body_read_timeout_s: 0\n", "body_read_timeout_s", "greater than 0"),
+    ("header_timeout_s: -1\n", "header_timeout_s", "greater than 0"),
+    ("header_timeout_s: 86400\n", "header_timeout_s", "less than or equal to 3600"),
+    ("metrics_api_key: short\n", "metrics_api_key", "at least 8"),
 ])
 def test_config_errors_name_the_field(tmp_path: Path, yaml_text, field, fragment):
     cfg = tmp_path / "guard.yaml"
@@ -67,3 +71,11 @@ def test_local_device_comes_from_file_env_and_flags(tmp_path):
     assert load_settings(path, environ={}).local.device == "cpu"
     assert load_settings(None, environ={"GUARD_DEVICE": "cuda:0"}).local.device == "cuda:0"
     assert load_settings(None, environ={}).local.device == "auto"
+
+
+def test_transport_settings_from_env_and_defaults():
+    s = load_settings(None, {}, environ={})
+    assert s.body_read_timeout_s == 30 and s.header_timeout_s == 75 and s.metrics_api_key is None
+    s = load_settings(None, {}, environ={"GUARD_BODY_READ_TIMEOUT_S": "2.5", "GUARD_HEADER_TIMEOUT_S": "9",
+                                         "GUARD_METRICS_API_KEY": "scrape-secret"})
+    assert (s.body_read_timeout_s, s.header_timeout_s, s.metrics_api_key) == (2.5, 9.0, "scrape-secret")

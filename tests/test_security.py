@@ -3,35 +3,22 @@ debug or the admin key, participant names are screened, fail-open passes leave a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
 
-from benchmarks.fake_upstream import build_fake_app
-from guard.engines.vllm import VllmEngine
 from guard.models import DEFAULT_SERVED_NAME
-from tests.conftest import free_port
 
 MODEL = DEFAULT_SERVED_NAME
 FIXTURES = Path(__file__).parent / "fixtures"
 ADMIN = "admin-secret-123"
 CLIENT = "sk-client-123456"
-
-
-@pytest.fixture
-async def fake_engine(default_model_path):
-    fake = TestServer(build_fake_app(tokens=4, delay_s=0), host="127.0.0.1", port=free_port())
-    await fake.start_server()
-    engine = VllmEngine(str(fake.make_url("")), default_model_path, MODEL, upstream_model=MODEL)
-    await engine.start()
-    yield engine
-    await engine.close()
-    await fake.close()
 
 
 async def test_client_and_admin_keys_are_separate(fake_engine, guard_server, sdk):
@@ -97,3 +84,112 @@ async def test_fail_open_pass_leaves_an_audit_line(fake_engine, guard_server, sd
     assert resp.status_code == 200
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "guard.audit"]
     assert lines == [{"event": "unscreened", "request_id": "req-open-1", "key": "app", "action": "pass", "fail_mode": "open"}]
+
+
+# -- no oracle without a key (issue 19, findings 8 and 9) -----------------------------------------
+
+
+async def test_metrics_need_the_metrics_or_admin_key(fake_engine, guard_server):
+    """guard_flagged_total{action} would let anyone enumerate targets by sending candidate names."""
+    async with aiohttp.ClientSession() as s:
+        closed = (await guard_server(fake_engine)).removesuffix("/v1")
+        async with s.get(f"{closed}/metrics") as r:
+            assert r.status == 404 and "metrics_api_key" in (await r.json())["error"]["message"]
+        root = (await guard_server(fake_engine, api_keys=[f"app:{CLIENT}"], admin_api_key=ADMIN,
+                                   metrics_api_key="metrics-key-123")).removesuffix("/v1")
+        for key, status in ((None, 401), (CLIENT, 401), ("metrics-key-123", 200), (ADMIN, 200)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            async with s.get(f"{root}/metrics", headers=headers) as r:
+                assert r.status == status, key
+                if status == 200:
+                    assert "guard_requests_total" in await r.text()
+                else:
+                    assert (await r.json())["error"]["type"] == "authentication_error"
+
+
+async def test_health_is_cached_and_uniform_without_the_admin_key(fake_upstream, fake_vllm_engine, guard_server):
+    fake = await fake_upstream()
+    engine = await fake_vllm_engine(fake, health_interval_s=3600)  # the loop will not run during the test
+    root = (await guard_server(engine, admin_api_key=ADMIN)).removesuffix("/v1")
+    async with aiohttp.ClientSession() as s:
+        bodies = []
+        for _ in range(5):
+            async with s.get(f"{root}/health") as r:
+                assert r.status == 200
+                bodies.append(await r.text())
+        assert fake.log.requests == []  # no upstream call per /health
+        public = json.loads(bodies[0])
+        assert public["engine"] == {"ready": True, "engine": "vllm", "prompt_embeds": True}
+        assert all("http" not in b and "127.0.0.1" not in b and str(engine.model_path) not in b for b in bodies)
+        async with s.get(f"{root}/health", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+            detail = (await r.json())["engine"]
+    assert detail["replicas"][0]["url"] == fake.url and detail["model"] == str(engine.model_path)
+    assert fake.log.requests == []
+
+
+async def test_health_follows_the_upstream_through_the_background_loop(fake_upstream, fake_vllm_engine, guard_server):
+    """A dead upstream shows as unavailable (503) from the loop's probes, without URLs or errors."""
+    fake = await fake_upstream()
+    engine = await fake_vllm_engine(fake, health_interval_s=0.05)
+    root = (await guard_server(engine)).removesuffix("/v1")
+    await fake.kill()
+    async with aiohttp.ClientSession() as s:
+        for _ in range(600):  # polls every 0.05 s; the bound only ends a failing run
+            async with s.get(f"{root}/health") as r:
+                if r.status == 503:
+                    body = await r.text()
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("/health never saw the upstream go down")
+    assert json.loads(body)["engine"] == {"ready": False, "engine": "vllm", "prompt_embeds": True}
+    assert "127.0.0.1" not in body and "connect" not in body.lower()  # no URL, no upstream error text
+
+
+_ID = {"chat/completions": re.compile(r"^chatcmpl-[0-9a-f]{32}$"), "completions": re.compile(r"^cmpl-[0-9a-f]{32}$")}
+_FRAMING = ("content-type", "content-length", "transfer-encoding", "cache-control", "connection")
+
+
+async def _answer(s: aiohttp.ClientSession, url: str, body: dict) -> tuple[dict[str, str], str]:
+    async with s.post(url, json=body) as r:
+        assert r.status == 200, await r.text()
+        raw = await r.text()
+        headers = {k.lower(): v for k, v in r.headers.items()}
+    if body.get("stream"):
+        first = next(line for line in raw.splitlines() if line.startswith("data: {"))
+        return headers, json.loads(first.removeprefix("data: "))["id"]
+    return headers, json.loads(raw)["id"]
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_flagged_and_passed_answers_are_framed_alike(fake_upstream, fake_vllm_engine, guard_server, route, stream):
+    """In vLLM mode a client must not tell from the framing that its answer was rewritten."""
+    await _assert_framed_alike(await fake_vllm_engine(await fake_upstream()), guard_server, route, stream)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_flagged_and_passed_answers_are_framed_alike_on_real_vllm(vllm_engine, guard_server, route, stream):
+    """The same against vLLM itself: its ids come from the X-Request-Id the guard sends."""
+    await _assert_framed_alike(vllm_engine, guard_server, route, stream)
+
+
+async def _assert_framed_alike(engine, guard_server, route: str, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    base = await guard_server(engine, policy=str(FIXTURES / "refuse_keyword.yaml"))
+    flagged_text, passed_text = "Who is Basil Mahfouz Al-Kuwaiti?", "Who is Ada Lovelace?"
+
+    def body(text: str) -> dict:
+        ask = {"messages": [{"role": "user", "content": text}]} if route == "chat/completions" else {"prompt": text}
+        return {"model": MODEL, **ask, "max_tokens": 4, "stream": stream}
+
+    async with aiohttp.ClientSession() as s:
+        flagged_headers, flagged_id = await _answer(s, f"{base}/{route}", body(flagged_text))
+        passed_headers, passed_id = await _answer(s, f"{base}/{route}", body(passed_text))
+    assert set(flagged_headers) == set(passed_headers), (flagged_headers, passed_headers)
+    for name in _FRAMING:
+        if name != "content-length":
+            assert flagged_headers.get(name) == passed_headers.get(name), name
+    assert ("content-length" in passed_headers) is (not stream)
+    assert _ID[route].match(flagged_id) and _ID[route].match(passed_id), (flagged_id, passed_id)

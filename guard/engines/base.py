@@ -6,7 +6,8 @@ An engine owns the served model's tokenizer and chat template, and can
   (interventions use the spans to target the user's tokens);
 * look up input embeddings for token ids;
 * generate, streaming, from token ids **or** from prompt embeddings;
-* give the top-k next-token log-probs for a token prefix (step-wise ULD).
+* give the top-k next-token log-probs for a token prefix (step-wise ULD);
+* say how long a prompt the model reads (``context_window``), and refuse a longer one with a 400.
 
 The vLLM engine additionally forwards untouched requests (the fast path); see ``VllmEngine.forward``.
 """
@@ -18,6 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
 import torch
+
+from guard.engines.context import ContextWindow
+
+# vLLM's rule (SamplingParams.__post_init__): 0 < temperature < 0.01 is raised to 0.01; below that the
+# logits divided by the temperature overflow and the probabilities turn into NaN.
+MIN_SAMPLING_TEMPERATURE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if 0.0 < self.temperature < MIN_SAMPLING_TEMPERATURE:
+            object.__setattr__(self, "temperature", MIN_SAMPLING_TEMPERATURE)
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +95,12 @@ class Engine(abc.ABC):
 
     kind: str
     served_model_name: str
+    context_window: ContextWindow | None = None  # set by start(); None: unknown, nothing is checked
+
+    def check_prompt_length(self, prompt_tokens: int) -> None:
+        """The exact check, where the prompt's tokens are known: 400 when it leaves no room for an answer."""
+        if self.context_window is not None:
+            self.context_window.check_tokens(prompt_tokens)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (load the model, open connections)."""

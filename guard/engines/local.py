@@ -19,6 +19,7 @@ import torch
 
 from guard.devices import resolve_device
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.context import ContextWindow, config_context_length
 from guard.engines.rendering import IncrementalDecoder, StopMatcher, render_chat
 from guard.errors import Overloaded
 
@@ -90,6 +91,8 @@ class LocalEngine(Engine):
         self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
         self._model.eval()
         self._stop_ids = self.stop_token_ids()
+        tokens = config_context_length(self._model.config)
+        self.context_window = ContextWindow.for_tokenizer(tokens, self._tokenizer) if tokens else None
         log.info("local engine loaded %s on %s in %.1fs", self.model_path, self.device, time.perf_counter() - started)
 
     async def close(self) -> None:
@@ -127,6 +130,7 @@ class LocalEngine(Engine):
 
     async def generate(self, prompt: PromptInput, params: SamplingParams,
                        logits_processors: Sequence[Any] = ()) -> AsyncIterator[GenerationChunk]:
+        self.check_prompt_length(prompt.length)
         await self._admit()
         assert self._slots is not None and self._executor is not None
         loop = asyncio.get_running_loop()
@@ -174,8 +178,11 @@ class LocalEngine(Engine):
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         try:
+            max_new = params.max_tokens
+            if self.context_window is not None:
+                max_new = self.context_window.answer_room(prompt.length, max_new)
             config = GenerationConfig(
-                max_new_tokens=params.max_tokens,
+                max_new_tokens=max_new,
                 do_sample=not params.greedy,
                 temperature=params.temperature if not params.greedy else None,
                 top_p=params.top_p if not params.greedy else None,
@@ -207,6 +214,8 @@ class LocalEngine(Engine):
             put(None)
 
     async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
+        self.check_prompt_length(len(token_ids))
+
         def run() -> list[tuple[int, float]]:
             with torch.no_grad():
                 logits = self._model(torch.tensor([list(token_ids)], device=self.device)).logits[0, -1]
@@ -216,4 +225,5 @@ class LocalEngine(Engine):
         return await asyncio.to_thread(run)
 
     async def health(self) -> dict[str, Any]:
-        return {"ready": self._model is not None, "engine": "local", "model": str(self.model_path), "device": self.device}
+        return {"ready": self._model is not None, "engine": "local", "model": str(self.model_path), "device": self.device,
+                "context_length": self.context_window.tokens if self.context_window else None}

@@ -41,6 +41,19 @@ def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generati
     return RenderedPrompt(text=text, token_ids=ids, spans=tuple(spans), offsets=tuple(offsets))
 
 
+def render_text_prompt(tokenizer: Any, prompt: str) -> RenderedPrompt:
+    """A text-completion prompt as a ``RenderedPrompt``: no template, the whole prompt is one
+    user-content span, tokenised with the tokenizer's default special tokens (as the engines
+    generate from it)."""
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = tuple(tuple(o) for o in enc["offset_mapping"])
+    content = [i for i, (s, e) in enumerate(offsets) if e > s]
+    start, end = (content[0], content[-1] + 1) if content else (0, 0)
+    spans = (MessageSpan("user", start, end, 0, len(prompt)),) if content else ()
+    return RenderedPrompt(text=prompt, token_ids=ids, spans=spans, offsets=offsets)
+
+
 class IncrementalDecoder:
     """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8."""
 

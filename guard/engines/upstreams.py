@@ -2,8 +2,9 @@
 
 Each replica counts the requests it is serving (from send until the response is released). A
 request goes to the healthy replica with the fewest; a replica that refuses connections is marked
-down at once and the request is retried on another (nothing was sent, so a retry is safe). A
-background loop probes every replica's ``/v1/models`` and brings recovered ones back.
+down at once and the request is retried on another (nothing was sent, so a retry is safe). The
+engine's background loop calls ``check`` every ``health_interval_s``: it probes every replica's
+``/v1/models`` and brings recovered ones back.
 """
 
 from __future__ import annotations
@@ -99,8 +100,3 @@ class UpstreamPool:
                 self.mark_down(replica, f"{type(exc).__name__}: {exc}"[:200])
 
         await asyncio.gather(*(probe(r) for r in self.replicas))
-
-    async def run_health_checks(self, session: aiohttp.ClientSession, headers: dict[str, str]) -> None:
-        while True:
-            await asyncio.sleep(self.health_interval_s)
-            await self.check(session, headers)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.context import ContextWindow, config_context_length
 from guard.engines.rendering import render_chat
 from guard.engines.sse import iter_sse_data
 from guard.engines.upstreams import UpstreamPool, UpstreamResponse
@@ -83,29 +84,43 @@ class VllmEngine(Engine):
         # capability probe: does the upstream accept prompt_embeds? None = not known yet
         self.prompt_embeds_supported: bool | None = None
         self.prompt_embeds_detail: str = "not probed yet"
+        self._context_from_upstream = False  # context_window.tokens is the upstream's max_model_len
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=0))
         await asyncio.to_thread(self._load_local_parts)
-        if not self.upstream_model:
-            try:
-                self.upstream_model = await self._discover_model()
-            except UpstreamError as exc:
-                log.warning("upstream not reachable at start-up (%s); will retry on first request", exc.message)
+        await self.refresh_health()
+        if not any(r.healthy for r in self.pool.replicas):
+            errors = "; ".join(f"{r.url}: {r.last_error}" for r in self.pool.replicas)
+            log.warning("upstream not reachable at start-up (%s); will retry on first request", errors)
         if not self._served_override:
             self.served_model_name = self.upstream_model or Path(str(self.model_path)).name
-        if self.upstream_model:
-            await self.probe_prompt_embeds()
-        if len(self.pool.replicas) > 1:
-            self._health_task = asyncio.create_task(self.pool.run_health_checks(self.session, self.headers()))
+        # /health answers from what this loop last saw: a health check never costs an upstream call.
+        self._health_task = asyncio.create_task(self._health_loop())
 
     def _load_local_parts(self) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         if Path(str(self.model_path)).is_dir():
             self._embeddings = load_input_embeddings(Path(str(self.model_path)))
+        try:  # the model's own limit, until the upstream tells its max_model_len
+            tokens = config_context_length(AutoConfig.from_pretrained(self.model_path))
+        except Exception:  # noqa: BLE001 - no readable config: learn the limit from the upstream only
+            tokens = None
+        if tokens:
+            self.context_window = ContextWindow.for_tokenizer(tokens, self._tokenizer)
+
+    def _learn_context_length(self, card: dict[str, Any]) -> None:
+        tokens = card.get("max_model_len")
+        if not isinstance(tokens, int) or tokens <= 0:
+            return
+        if self.context_window is None:
+            self.context_window = ContextWindow.for_tokenizer(tokens, self._tokenizer)
+        elif self.context_window.tokens != tokens:
+            self.context_window = self.context_window.with_tokens(tokens)
+        self._context_from_upstream = True
 
     async def close(self) -> None:
         if self._health_task:
@@ -150,7 +165,8 @@ class VllmEngine(Engine):
         """The replica to use for one-off calls (model discovery, capability probes)."""
         return self.pool.candidates()[0].url
 
-    async def _discover_model(self) -> str:
+    async def _read_model_card(self) -> str:
+        """GET /v1/models: the upstream's model (discovered when not configured) and its max_model_len."""
         try:
             async with self.session.get(f"{self._primary_url()}/v1/models", headers=self.headers(),
                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
@@ -161,23 +177,30 @@ class VllmEngine(Engine):
             raise
         except Exception as exc:  # noqa: BLE001 - every transport error becomes an UpstreamError
             raise self._translate(exc) from None
-        models = [m["id"] for m in data.get("data", [])]
-        if not models:
+        cards = [m for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
+        if not cards:
             raise UpstreamError(f"the upstream at {self.url} serves no models")
-        return models[0]
+        card = next((m for m in cards if m["id"] == self.upstream_model), cards[0])
+        self.upstream_model = self.upstream_model or card["id"]
+        self._learn_context_length(card)
+        return self.upstream_model
 
     async def ensure_model(self) -> str:
         if not self.upstream_model:
-            self.upstream_model = await self._discover_model()
+            await self._read_model_card()
             if not self.served_model_name:
                 self.served_model_name = self.upstream_model
+        assert self.upstream_model is not None
         return self.upstream_model
 
-    async def forward(self, path: str, body: bytes) -> UpstreamResponse:
+    async def forward(self, path: str, body: bytes, request_id: str | None = None) -> UpstreamResponse:
         """POST ``body`` unchanged to ``path`` on the least-busy healthy replica; the caller streams
         the response and releases it. A replica that refuses the connection is marked down and the
-        next one is tried (nothing was sent)."""
+        next one is tried (nothing was sent). ``request_id`` goes as ``X-Request-Id``, which vLLM
+        uses for its response id (``chatcmpl-<request_id>``)."""
         headers = {"Content-Type": "application/json", **self.headers()}
+        if request_id:
+            headers["X-Request-Id"] = request_id
         last: BaseException | None = None
         for replica in self.pool.candidates():
             replica.outstanding += 1
@@ -257,6 +280,7 @@ class VllmEngine(Engine):
         except Exception as exc:  # noqa: BLE001
             self.prompt_embeds_supported, self.prompt_embeds_detail = None, f"not probed: {self._translate(exc).message}"
             return None
+        known_refused = self.prompt_embeds_supported is False
         try:
             if resp.status == 200:
                 self.prompt_embeds_supported, self.prompt_embeds_detail = True, "accepted"
@@ -266,7 +290,7 @@ class VllmEngine(Engine):
                     self.prompt_embeds_supported, self.prompt_embeds_detail = None, f"probe failed: {err.message}"
         finally:
             resp.release()
-        if self.prompt_embeds_supported is False:
+        if self.prompt_embeds_supported is False and not known_refused:
             log.error("%s", self.prompt_embeds_detail)
         return self.prompt_embeds_supported
 
@@ -291,8 +315,11 @@ class VllmEngine(Engine):
         return payload
 
     async def generate(self, prompt: PromptInput, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        self.check_prompt_length(prompt.length)
         await self.ensure_model()
-        payload = self._completion_payload(prompt, params)
+        # encoding prompt embeddings (torch.save + base64 of [seq, hidden]) is CPU work: off the event loop
+        payload = (await asyncio.to_thread(self._completion_payload, prompt, params) if prompt.embeds is not None
+                   else self._completion_payload(prompt, params))
         finish: str | None = None
         usage: dict[str, int] = {}
         async for chunk in self._post_stream(payload):
@@ -309,6 +336,7 @@ class VllmEngine(Engine):
                               completion_tokens=usage.get("completion_tokens", 0))
 
     async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
+        self.check_prompt_length(len(token_ids))
         await self.ensure_model()
         payload = {"model": self.upstream_model, "prompt": list(token_ids), "max_tokens": 1, "temperature": 0.0,
                    "logprobs": k, "return_tokens_as_token_ids": True}
@@ -327,15 +355,38 @@ class VllmEngine(Engine):
         pairs = [(int(key.split(":", 1)[1]), float(lp)) for key, lp in top.items()]
         return sorted(pairs, key=lambda p: -p[1])[:k]
 
-    async def health(self) -> dict[str, Any]:
+    # -- health -----------------------------------------------------------------------------------
+    async def refresh_health(self) -> None:
+        """Probe every replica; then, if one serves, learn what is still unknown (the upstream's
+        max_model_len, whether it takes prompt embeddings: a refusal is a 400 before any generation)."""
         await self.pool.check(self.session, self.headers())
+        if not any(r.healthy for r in self.pool.replicas):
+            return
+        if not self._context_from_upstream or not self.upstream_model:
+            try:
+                await self._read_model_card()
+            except UpstreamError as exc:
+                log.debug("model card not read: %s", exc.message)
+        if self.prompt_embeds_supported is not True and self._embeddings is not None:
+            await self.probe_prompt_embeds()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.pool.health_interval_s)
+            try:
+                await self.refresh_health()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failed round
+                log.warning("upstream health check failed", exc_info=True)
+
+    async def health(self) -> dict[str, Any]:
+        """What the health loop (and the traffic itself) last saw; never a call upstream."""
         ready = any(r.healthy for r in self.pool.replicas)
         detail: dict[str, Any] = {"replicas": [r.status() for r in self.pool.replicas]}
         if not ready:
             detail["error"] = "; ".join(f"{r.url}: {r.last_error}" for r in self.pool.replicas)
-        if ready and self.prompt_embeds_supported is not True and self._embeddings is not None:
-            await self.probe_prompt_embeds()  # cheap: a refusal is a 400 before any generation
         embeds = {"prompt_embeds": self.prompt_embeds_supported}
         if self.prompt_embeds_supported is not True:
             embeds["prompt_embeds_detail"] = self.prompt_embeds_detail
-        return {"ready": ready, "engine": "vllm", "upstream": self.url, **detail, **embeds}
+        context = self.context_window.tokens if self.context_window else None
+        return {"ready": ready, "engine": "vllm", "upstream": self.url, "model": str(self.model_path),
+                "context_length": context, **detail, **embeds}
