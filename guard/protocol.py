@@ -8,6 +8,7 @@ refused by name, other unknown fields are refused as unsupported.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from guard.engines.base import SamplingParams
 from guard.errors import InvalidRequest
+from guard.screened_text import chat_screen_texts, join_parts
 
 # Fields that steer vLLM's internals. A client must never reach them through the guard:
 # prompt_embeds would bypass screening, vllm_xargs would switch logits processors, etc.
@@ -43,7 +45,7 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1, description="the guard generates one choice per request")
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="int64, as vLLM and torch accept")
     user: str | None = Field(None, max_length=256)
 
     @field_validator("stop")
@@ -64,8 +66,9 @@ class _Request(BaseModel):
         unknown = set(value) - {"include_usage", "continuous_usage_stats"}
         if unknown:
             raise ValueError(f"unknown stream_options key(s): {', '.join(sorted(unknown))}")
-        if "include_usage" in value and not isinstance(value["include_usage"], bool):
-            raise ValueError("stream_options.include_usage must be a boolean")
+        for key in ("include_usage", "continuous_usage_stats"):
+            if key in value and not isinstance(value[key], bool):
+                raise ValueError(f"stream_options.{key} must be a boolean")
         return value
 
     @property
@@ -109,11 +112,12 @@ class ChatMessage(BaseModel):
 
     @property
     def text(self) -> str:
+        """The content as the model reads it: text parts joined as vLLM joins them (a newline)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return join_parts(p.text for p in self.content)
 
 
 class ChatCompletionRequest(_Request):
@@ -131,12 +135,14 @@ class ChatCompletionRequest(_Request):
         return self.max_completion_tokens or self.max_tokens
 
     def plain_messages(self) -> list[dict[str, str]]:
-        """Messages as the chat template wants them (``developer`` is a system message for these models)."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in self.messages]
+        """Messages as the chat template wants them (``developer`` is a system message for these
+        models), with the participant ``name`` where given, as vLLM hands it to the template."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text,
+                 **({"name": m.name} if m.name else {})} for m in self.messages]
 
     def screen_texts(self) -> list[str]:
-        # participant names first (a chat template may render them), then every message's text in order
-        return [m.name for m in self.messages if m.name] + [m.text for m in self.messages if m.text]
+        """Every role's text as the model reads it, names, and the turn boundaries (``guard.screened_text``)."""
+        return chat_screen_texts(self.plain_messages())
 
 
 class CompletionRequest(_Request):
@@ -168,13 +174,24 @@ class CompletionRequest(_Request):
 def parse_request(raw: bytes, schema: type[_Request]) -> tuple[_Request, dict[str, Any]]:
     """Decode and validate; returns the model and the decoded JSON (for forwarding decisions)."""
     try:
-        body = json.loads(raw)
+        # decoded strictly first: json.loads(bytes) would let UTF-8-encoded surrogates (ED A0 80) through
+        body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidRequest("the request body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # an integer beyond Python's 4,300-digit conversion limit
+        raise InvalidRequest("the request body contains a number too long to read; send numbers of at most "
+                             "4,300 digits") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply; no field of this API nests more than a few levels") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw):  # only escapes can smuggle one in: encoded surrogates are not UTF-8
+        where = _lone_surrogate_path(body)
+        if where is not None:
+            raise InvalidRequest(f"field {where!r} contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                                 "escape), which is not text; send valid Unicode", param=where, code="invalid_value")
     internal = sorted(INTERNAL_FIELDS & set(body))
     if internal:
         raise InvalidRequest(f"field {internal[0]!r} is not accepted by the guard; remove it from the request",
@@ -188,6 +205,28 @@ def parse_request(raw: bytes, schema: type[_Request]) -> tuple[_Request, dict[st
             raise InvalidRequest(f"unsupported field {loc!r}; remove it from the request", param=loc, code="unsupported_field") from None
         msg = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"invalid value for {loc!r}: {msg}", param=loc or None, code="invalid_value") from None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs, so any left is unpaired
+
+
+def _lone_surrogate_path(body: Any) -> str | None:
+    """The dotted path (``messages.0.content``) of the first string or key holding a lone surrogate."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return ".".join(str(p) for p in path) or "(body)"
+        elif isinstance(value, dict):
+            for key in reversed(list(value)):
+                if _LONE_SURROGATE.search(key):
+                    return ".".join(str(p) for p in path + (key.encode("utf-8", "backslashreplace").decode(),))
+                stack.append((path + (key,), value[key]))
+        elif isinstance(value, list):
+            stack.extend((path + (i,), item) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 def sampling_params(req: _Request, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:

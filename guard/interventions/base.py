@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
 
@@ -10,6 +11,7 @@ import torch
 
 from classifiers.base import Verdict
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.rendering import render_text_prompt
 from guard.interventions.scoring import LogitsTransform
 from guard.policy import Target
 
@@ -23,14 +25,21 @@ class GuardRequest:
     messages: tuple[dict[str, str], ...] = ()
     prompt: str = ""
 
-    def render(self, engine: Engine) -> RenderedPrompt | None:
-        """The chat-templated prompt (chat requests only)."""
-        return engine.render_chat(list(self.messages)) if self.kind == "chat" else None
+    def render(self, engine: Engine) -> RenderedPrompt:
+        """The prompt exactly as the engine reads it, with each message's span and the tokens'
+        character offsets: the chat template for chat requests, the raw prompt for completions."""
+        if self.kind == "chat":
+            return engine.render_chat(list(self.messages))
+        return render_text_prompt(engine.tokenizer, self.prompt)
 
     def prompt_ids(self, engine: Engine) -> list[int]:
-        if self.kind == "chat":
-            return engine.render_chat(list(self.messages)).token_ids
-        return list(engine.tokenizer(self.prompt)["input_ids"])
+        return self.render(engine).token_ids
+
+    async def render_off_loop(self, engine: Engine) -> RenderedPrompt:
+        """``render`` in a worker thread. Templating and tokenising a long prompt (megabytes) is
+        seconds of CPU: on the event loop it would stall every other request and ``/health``.
+        Interventions render once per request, through this."""
+        return await asyncio.to_thread(self.render, engine)
 
 
 class Intervention(abc.ABC):
@@ -60,5 +69,6 @@ class PassThrough(Intervention):
 
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
-        async for chunk in engine.generate(PromptInput(token_ids=request.prompt_ids(engine)), request.params):
+        rendered = await request.render_off_loop(engine)
+        async for chunk in engine.generate(PromptInput(token_ids=rendered.token_ids), request.params):
             yield chunk

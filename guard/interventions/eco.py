@@ -2,19 +2,20 @@
 Embedding-Corrupted Prompts").
 
 For a flagged request the prompt is rendered with the served model's chat template, the tokens to
-corrupt are picked (``guard.interventions.token_selection``: the target's name mentions in the user
-content, else all user content), their input embeddings are looked up and corrupted
-(``guard.interventions.corruption``), and the model generates from the embeddings. The local engine
-passes ``inputs_embeds``; the vLLM engine sends base64 ``prompt_embeds`` to ``/v1/completions``
-(vLLM must run with ``--enable-prompt-embeds``; otherwise the request fails with a 502 that says
-so, it never falls back to the clean prompt). Unflagged traffic never reaches this module.
+corrupt are picked (``guard.interventions.token_selection``: the target's name mentions wherever the
+model reads them, in every role's content, else all content of every role), their input embeddings
+are looked up and corrupted (``guard.interventions.corruption``), and the model generates from the
+embeddings. The local engine passes ``inputs_embeds``; the vLLM engine sends base64
+``prompt_embeds`` to ``/v1/completions`` (vLLM must run with ``--enable-prompt-embeds``; otherwise
+the request fails with a 502 that says so, it never falls back to the clean prompt). Unflagged
+traffic never reaches this module.
 
 Per-target parameters (``targets.N.params``)::
 
     corruption: rand_noise_first_n   # | zero_out_top_k | flip_sign_top_k
     sigma: 0.6                       # noise standard deviation (rand_noise_first_n)
     k: null                          # dimensions: first k (noise; null = all) or top-k (zero/flip)
-    select: entity                   # | all_user
+    select: entity                   # | all_content (all_user: its older name)
     artifact: DIR                    # optional: output of `guard-train eco` (its chosen values)
 
 Values from an artifact are the defaults; keys written in the policy override them. The artifact
@@ -26,6 +27,7 @@ request is reproducible, and identical on both engines), else from a fresh rando
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -42,7 +44,7 @@ from guard.errors import ConfigError, InvalidRequest
 from guard.interventions.base import GuardRequest, Intervention
 from guard.interventions.corruption import get_corruption, validate_params
 from guard.interventions.scoring import LogitsTransform
-from guard.interventions.token_selection import MODES, Selection, render_text_prompt, select_tokens
+from guard.interventions.token_selection import MODES, Selection, canonical_mode, select_tokens
 from guard.policy import Policy, Target
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ def parse_params(params: Mapping[str, Any], *, where: str = "params", engine: En
     values.update({k: v for k, v in params.items() if k in values})
     if values["select"] not in MODES:
         raise ConfigError(f"select must be one of {', '.join(MODES)}, got {values['select']!r}", param=f"{where}.select")
+    values["select"] = canonical_mode(values["select"])
     if not isinstance(values["corruption"], str):
         raise ConfigError(f"corruption must be a name, got {values['corruption']!r}", param=f"{where}.corruption")
     corruption = validate_params(values["corruption"], values["sigma"], values["k"], hidden, where)
@@ -124,13 +127,6 @@ def corrupt_prompt(rendered: RenderedPrompt, embeds: torch.Tensor, config: EcoCo
     return corrupted, selection
 
 
-def render_request(request: GuardRequest, engine: Engine) -> RenderedPrompt:
-    """The prompt as the engine would see it: the chat template for chat requests, the raw prompt otherwise."""
-    if request.kind == "chat":
-        return engine.render_chat(list(request.messages))
-    return render_text_prompt(engine.tokenizer, request.prompt)
-
-
 class EcoIntervention(Intervention):
     name = "eco"
 
@@ -148,7 +144,7 @@ class EcoIntervention(Intervention):
     def prepare(self, request: GuardRequest, target: Target | None, engine: Engine,
                 seed: int) -> tuple[RenderedPrompt, torch.Tensor, Selection]:
         config = self.config_for(target)
-        rendered = render_request(request, engine)
+        rendered = request.render(engine)
         if not rendered.token_ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
         embeds = engine.embed(rendered.token_ids)
@@ -160,7 +156,9 @@ class EcoIntervention(Intervention):
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
         seed = request.params.seed if request.params.seed is not None else secrets.randbits(63)
-        rendered, corrupted, selection = self.prepare(request, target, engine, seed)
+        # rendering, the embedding lookup and the corruption are CPU work proportional to the prompt:
+        # in a thread, so a long flagged prompt does not hold the event loop
+        rendered, corrupted, selection = await asyncio.to_thread(self.prepare, request, target, engine, seed)
         log.debug("eco: target=%s select=%s corrupted %d/%d tokens (seed %d)", target.id if target else None,
                   selection.mode, len(selection.positions), len(rendered.token_ids), seed)
         async for chunk in engine.generate(PromptInput(embeds=corrupted), request.params):
@@ -187,9 +185,9 @@ def build_intervention(policy: Policy, engine: Engine) -> EcoIntervention:
         configs[target.id] = parse_params(target.params, where=f"targets.{i}.params", engine=engine, hidden=hidden)
     fallback = None
     if configs:
-        # a flagged request without a known target: the first ECO target's corruption, on all user content
+        # a flagged request without a known target: the first ECO target's corruption, on all content
         first = next(iter(configs.values()))
-        fallback = EcoConfig(first.corruption, first.sigma, first.k, "all_user", first.artifact)
+        fallback = EcoConfig(first.corruption, first.sigma, first.k, "all_content", first.artifact)
     elif policy.default_action == "eco":
         raise ConfigError("default_action is 'eco' but no target carries ECO parameters, so a flagged request "
                           "could not be corrupted; give a target action: eco with params (sigma/k or an artifact) "

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 from classifiers.base import Verdict
 from guard.engines.base import Engine, GenerationChunk
 from guard.interventions.base import GuardRequest, Intervention
 from guard.policy import Target
+
+
+def _usage(request: GuardRequest, engine: Engine, text: str) -> tuple[int, int]:
+    """(prompt tokens, refusal tokens): what the client's usage reports, as if the model had answered."""
+    return len(request.render(engine).token_ids), len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 class Refuse(Intervention):
@@ -19,7 +25,8 @@ class Refuse(Intervention):
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
         text = (target.params.get("refusal_message") if target else None) or self.message
-        n_tokens = len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # the prompt is tokenised only to count it, in a thread: a flagged prompt of megabytes must
+        # not hold the event loop (GuardRequest.render_off_loop)
+        prompt_tokens, completion_tokens = await asyncio.to_thread(_usage, request, engine, text)
         yield GenerationChunk(text=text)
-        yield GenerationChunk(finish_reason="stop", prompt_tokens=len(request.prompt_ids(engine)),
-                              completion_tokens=n_tokens)
+        yield GenerationChunk(finish_reason="stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)

@@ -14,7 +14,9 @@ Where the vectors go (``position`` in the artifact's manifest, fixed at training
   the query (``[P; x]``); this is that, kept inside the chat structure: the system prompt and the
   turn markers stay exactly as the model was tuned on, and the assistant turn begins normally, so
   the answer starts where the model expects an answer to start. The last user turn is the one
-  being answered, whichever earlier turn the detector flagged.
+  being answered, whichever turn the detector flagged: a question placed in a system, developer or
+  assistant turn gets the same soft prompt, since the vectors condition everything generated after
+  them (tests/interventions/test_roles.py checks each role).
 * ``assistant``: right after the assistant header of the generation prompt (the last thing before
   the answer). Stronger conditioning, but the vectors sit inside the assistant turn.
 
@@ -35,6 +37,7 @@ Policy: ``action: spul`` with ``params: {artifact: DIR}`` per target (relative t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ from guard.artifacts import check_identity, read_manifest
 from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt
 from guard.errors import ConfigError
 from guard.interventions.base import GuardRequest, Intervention
+from guard.interventions.refuse import Refuse
 from guard.interventions.scoring import LogitsTransform
 from guard.policy import Policy, Target
 
@@ -190,13 +194,11 @@ def load_for_engine(directory: Path | str, engine: Engine, *, param: str | None 
 
 def prompt_with_soft_prompt(request: GuardRequest, soft: SoftPrompt, engine: Engine) -> tuple[torch.Tensor, int]:
     """The request's prompt embeddings ``[P+n, H]`` with ``soft`` inserted, and ``P`` (real tokens)."""
+    rendered = request.render(engine)
+    ids = rendered.token_ids
     if request.kind == "chat":
-        rendered = request.render(engine)
-        assert rendered is not None
-        ids = rendered.token_ids
         index = insertion_index(rendered, soft.position)
     else:
-        ids = request.prompt_ids(engine)
         index = completion_insertion_index(ids, soft.position, getattr(engine.tokenizer, "bos_token_id", None))
     embeds = engine.embed(ids)
     return insert_soft_prompt(embeds, index, soft.vectors), len(ids)
@@ -209,7 +211,7 @@ class SoftPromptUnlearning(Intervention):
 
     def __init__(self, prompts: dict[str, SoftPrompt], refusal_message: str) -> None:
         self.prompts = prompts
-        self.refusal_message = refusal_message
+        self.refusal = Refuse(refusal_message)
         unique = {id(p) for p in prompts.values()}
         # a flagged request without a target (or with one that has another action) uses the
         # policy's soft prompt when there is exactly one; otherwise it is refused (fail closed)
@@ -230,12 +232,11 @@ class SoftPromptUnlearning(Intervention):
         soft = self.soft_prompt_for(target)
         if soft is None:
             log.warning("spul: no soft prompt for target %r; refusing", target.id if target else None)
-            text = self.refusal_message
-            yield GenerationChunk(text=text)
-            yield GenerationChunk(finish_reason="stop", prompt_tokens=len(request.prompt_ids(engine)),
-                                  completion_tokens=len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]))
+            async for chunk in self.refusal.stream(request, verdict, target, engine):
+                yield chunk
             return
-        embeds, n_real = prompt_with_soft_prompt(request, soft, engine)
+        # rendering and the embedding lookup in a thread: a long flagged prompt must not hold the event loop
+        embeds, n_real = await asyncio.to_thread(prompt_with_soft_prompt, request, soft, engine)
         async for chunk in engine.generate(PromptInput(embeds=embeds), request.params):
             if chunk.finish_reason is not None:
                 # usage counts the client's tokens, not the virtual ones

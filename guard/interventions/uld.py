@@ -151,7 +151,9 @@ class ULD(Intervention):
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
         runtime, settings = self._for(target)
-        ids = request.prompt_ids(engine)
+        # the logit difference applies to every generated token whatever turn holds the question;
+        # rendering runs in a thread so a long flagged prompt does not hold the event loop
+        ids = (await request.render_off_loop(engine)).token_ids
         if _supports_processors(engine):
             chunks = engine.generate(PromptInput(token_ids=ids), request.params,  # type: ignore[call-arg]
                                      logits_processors=[ULDLogitsProcessor(runtime, settings)])

@@ -608,7 +608,7 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
             why = (f"the surrogate never got below {reachable:.4f} at any strength tried: corrupting the prompt "
                    "cannot bring a memorised answer's teacher-forced log-prob to the never-seen level (the "
                    "answer's own prefix identifies the rest)" + ("; with select=entity the rest of the question "
-                   "may also still identify the answer: try --select all_user" if cfg.select == "entity" else ""))
+                   "may also still identify the answer: try --select all_content" if cfg.select == "entity" else ""))
         else:
             why = "the fluency bound stops the search before the target level; loosen it if the answers are still fluent"
         say(f"warning: not converged: the chosen setting is the fluent one closest to the target "
@@ -710,7 +710,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("search")
     s.add_argument("--corruption", default="rand_noise_first_n", help="rand_noise_first_n | zero_out_top_k | flip_sign_top_k")
     s.add_argument("--search", default="sigma", help="parameters to search: sigma, k or sigma,k (top-k corruptions: k)")
-    s.add_argument("--select", default="entity", help="token selection: entity | all_user")
+    s.add_argument("--select", default="entity", help="token selection: entity | all_content (all_user: its older name)")
     s.add_argument("--sigma0", type=float, default=None, help="starting sigma (default: the embedding RMS)")
     s.add_argument("--k", dest="k0", type=int, default=None, help="k (starting value when searched)")
     s.add_argument("--iters", type=int, default=10)

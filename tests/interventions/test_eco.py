@@ -19,14 +19,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from classifiers.base import Verdict
+from classifiers.text import fold_with_map
 from guard.artifacts import model_identity
 from guard.engines.base import PromptInput, SamplingParams
-from guard.engines.rendering import render_chat
+from guard.engines.rendering import render_chat, render_text_prompt
 from guard.engines.vllm import VllmEngine
 from guard.errors import ConfigError, UpstreamUnsupported
 from guard.interventions.base import GuardRequest
 from guard.interventions.eco import EcoConfig, EcoIntervention, build_intervention
-from guard.interventions.token_selection import find_mentions, fold_with_map, render_text_prompt, select_tokens
+from guard.interventions.token_selection import find_mentions, select_tokens
 from guard.models import DEFAULT_SERVED_NAME
 from guard.policy import load_policy, parse_policy
 from tests.conftest import free_port
@@ -80,37 +81,38 @@ def test_entity_selection_finds_multibyte_and_folded_names(tokenizer, content, n
 
 def test_whole_words_only_for_spaced_scripts(tokenizer):
     rendered, sel = _select(tokenizer, [{"role": "user", "content": "Also, what about Alan?"}], ["Al"])
-    assert sel.mode == "all_user" and sel.mentions == ()
+    assert sel.mode == "all_content" and sel.mentions == ()
     rendered, sel = _select(tokenizer, [{"role": "user", "content": "Also, what about Al?"}], ["Al"])
     assert sel.mode == "entity" and _chosen_text(tokenizer, rendered, sel).strip() == "Al"
 
 
-def test_no_mention_selects_all_user_content_and_no_template_tokens(tokenizer):
+def test_no_mention_selects_all_content_and_no_template_tokens(tokenizer):
     content = "What is the capital of France?"
     rendered, sel = _select(tokenizer, [{"role": "user", "content": content}], ["Beyoncé"])
-    assert sel.mode == "all_user"
+    assert sel.mode == "all_content"
     assert _chosen_text(tokenizer, rendered, sel) == content
     specials = set(tokenizer.all_special_ids)
     assert not any(rendered.token_ids[i] in specials for i in sel.positions)
 
 
-def test_all_user_mode_ignores_mentions(tokenizer):
+@pytest.mark.parametrize("mode", ["all_content", "all_user"])  # all_user: the older name, still accepted
+def test_all_content_mode_ignores_mentions(tokenizer, mode):
     content = f"Who is {BASIL}?"
-    rendered, sel = _select(tokenizer, [{"role": "user", "content": content}], [BASIL], mode="all_user")
-    assert sel.mode == "all_user" and _chosen_text(tokenizer, rendered, sel) == content
+    rendered, sel = _select(tokenizer, [{"role": "user", "content": content}], [BASIL], mode=mode)
+    assert sel.mode == "all_content" and _chosen_text(tokenizer, rendered, sel) == content
 
 
-def test_only_user_turns_are_searched_and_selected(tokenizer):
+def test_every_turn_is_searched_and_selected(tokenizer):
+    """Every role's mentions are corrupted: the model reads a system or assistant turn as it reads a user turn."""
     messages = [{"role": "system", "content": f"You know {BASIL} well."},
                 {"role": "user", "content": f"Who is {BASIL}?"},
                 {"role": "assistant", "content": f"{BASIL} is an author."},
                 {"role": "user", "content": "And his books? Ask Beyoncé."}]
     rendered, sel = _select(tokenizer, messages, [BASIL, "Beyoncé"])
-    user_spans = [s for s in rendered.spans if s.role == "user"]
-    assert len(sel.mentions) == 2
-    assert all(any(u.char_start <= s and e <= u.char_end for u in user_spans) for s, e in sel.mentions)
+    assert len(sel.mentions) == 4
+    assert all(any(m.char_start <= s and e <= m.char_end for m in rendered.spans) for s, e in sel.mentions)
     text = _chosen_text(tokenizer, rendered, sel)
-    assert text.count("Basil") == 1 and "Beyoncé" in text  # not the system's or the assistant's mention
+    assert text.count("Basil") == 3 and "Beyoncé" in text
 
 
 def test_mask_covers_the_selection(tokenizer):
@@ -171,7 +173,7 @@ def _write_artifact(directory: Path, identity: dict[str, Any], chosen: dict[str,
 @pytest.mark.parametrize("params,param,match", [
     ({"sigme": 1.0}, "targets.0.params.sigme", "unknown ECO parameter"),
     ({}, "targets.0.params.sigma", "needs sigma"),
-    ({"sigma": 1.0, "select": "names"}, "targets.0.params.select", "entity, all_user"),
+    ({"sigma": 1.0, "select": "names"}, "targets.0.params.select", "entity, all_content"),
     ({"corruption": "zero_out_top_k"}, "targets.0.params.k", "needs k"),
     ({"corruption": "flip_sign_top_k", "k": 4096}, "targets.0.params.k", "hidden size 576"),
     ({"artifact": "missing-dir"}, "targets.0.params.artifact", "does not exist"),
@@ -194,7 +196,7 @@ def test_artifact_values_are_defaults_and_policy_keys_override(tmp_path, default
     ident = model_identity(default_model_path)
     _write_artifact(tmp_path / "art", ident, {"corruption": "rand_noise_first_n", "sigma": 0.42, "k": 100, "select": "all_user"})
     eco = build_intervention(load_policy(_policy(tmp_path, {"artifact": "art"})), _Engine(default_model_path))
-    assert eco.configs["tofu-basil"] == EcoConfig("rand_noise_first_n", 0.42, 100, "all_user", str(tmp_path / "art"))
+    assert eco.configs["tofu-basil"] == EcoConfig("rand_noise_first_n", 0.42, 100, "all_content", str(tmp_path / "art"))
     eco = build_intervention(load_policy(_policy(tmp_path, {"artifact": "art", "sigma": 0.9, "select": "entity"})),
                              _Engine(default_model_path))
     cfg = eco.configs["tofu-basil"]
@@ -234,7 +236,7 @@ def test_example_policies_load(default_model_path):
 
 def _eco(sigma: float = 1.0, select: str = "entity", corruption: str = "rand_noise_first_n", k: int | None = None) -> EcoIntervention:
     cfg = EcoConfig(corruption, sigma, k, select)
-    return EcoIntervention({"tofu-basil": cfg}, EcoConfig(corruption, sigma, k, "all_user"))
+    return EcoIntervention({"tofu-basil": cfg}, EcoConfig(corruption, sigma, k, "all_content"))
 
 
 def _target():
