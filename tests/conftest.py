@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -165,3 +164,49 @@ def tofu01_detectors(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     work = tmp_path_factory.mktemp("tofu01-detector")
     return work / "policy.yaml", build(data_dir, work, reuse=False)
+
+
+@pytest_asyncio.fixture
+async def fake_upstream() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await fake_upstream(tokens=4, delay_s=0, gate=None, port=None)`` -> a started recording fake
+    vLLM (``tests.support.upstream.FakeUpstream``), closed after the test."""
+    from tests.support.upstream import start_fake_upstream
+
+    started: list[Any] = []
+
+    async def start(**kwargs: Any) -> Any:
+        fake = await start_fake_upstream(**kwargs)
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        await fake.close()
+
+
+@pytest_asyncio.fixture
+async def fake_vllm_engine(default_model_path: Path) -> AsyncIterator[Callable[..., Awaitable[VllmEngine]]]:
+    """``await fake_vllm_engine(*fakes, **engine_kwargs)`` -> a started ``VllmEngine`` on those fakes
+    (served and upstream model: the default model's name unless overridden), closed after the test.
+    The fakes' logs are cleared once it has started (its start-up probe is not the test's traffic)."""
+    engines: list[VllmEngine] = []
+
+    async def start(*fakes: Any, served_model_name: str = DEFAULT_SERVED_NAME, **kwargs: Any) -> VllmEngine:
+        kwargs.setdefault("upstream_model", DEFAULT_SERVED_NAME)
+        engine = VllmEngine([f.url for f in fakes], default_model_path, served_model_name, **kwargs)
+        await engine.start()
+        engines.append(engine)
+        for fake in fakes:
+            fake.log.clear()
+        return engine
+
+    yield start
+    for engine in engines:
+        await engine.close()
+
+
+@pytest_asyncio.fixture
+async def fake_engine(fake_upstream: Callable[..., Awaitable[Any]],
+                      fake_vllm_engine: Callable[..., Awaitable[VllmEngine]]) -> VllmEngine:
+    """A started ``VllmEngine`` on one fast recording fake (4 tokens, no delay)."""
+    return await fake_vllm_engine(await fake_upstream(tokens=4, delay_s=0))

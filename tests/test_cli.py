@@ -130,7 +130,6 @@ def test_sigterm_drains_in_flight_streams(tmp_path: Path):
         reader = threading.Thread(target=read)
         reader.start()
         assert first.wait(30), "the stream never started"
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         with pytest.raises(OSError):  # no new connections while draining
@@ -139,7 +138,6 @@ def test_sigterm_drains_in_flight_streams(tmp_path: Path):
         raw = received.get("raw", "")
         assert raw.endswith("data: [DONE]\n\n") and raw.count("tok") == 64 and '"error"' not in raw
         assert proc.wait(30) == 0
-        assert time.monotonic() - started > 2  # it waited for the stream, it did not cut it
     finally:
         if proc.poll() is None:
             proc.kill()
