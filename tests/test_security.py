@@ -83,7 +83,8 @@ async def test_fail_open_pass_leaves_an_audit_line(fake_engine, guard_server, sd
         model=MODEL, messages=[{"role": "user", "content": "hello"}], extra_headers={"X-Request-Id": "req-open-1"})
     assert resp.status_code == 200
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "guard.audit"]
-    assert lines == [{"event": "unscreened", "request_id": "req-open-1", "key": "app", "action": "pass", "fail_mode": "open"}]
+    assert lines == [{"event": "unscreened", "request_id": "req-open-1", "key": "app", "action": "pass", "fail_mode": "open",
+                      "reason": "RuntimeError"}]
 
 
 # -- no oracle without a key (issue 19, findings 8 and 9) -----------------------------------------

@@ -77,9 +77,9 @@ class Recording:
     def __init__(self, inner) -> None:
         self.inner, self.calls = inner, []
 
-    def screen(self, texts) -> Verdict:
+    def screen(self, texts, deadline=None) -> Verdict:
         self.calls.append(list(texts))
-        return self.inner.screen(texts)
+        return self.inner.screen(texts, deadline=deadline)
 
 
 def test_normalizing_detector() -> None:
