@@ -9,7 +9,7 @@ wrapped in every attack of ``guard.eval.bypass.ATTACKS`` (plus hand-written tran
 unrelated questions (other fictitious authors, real authors) in the same wrappers, with four
 detectors: the name matcher and the trained detector, each raw and as served (``+deobf``: behind
 ``classifiers.normalize.NormalizingDetector``). Then the name and encoding variant families of
-issue 19 (``guard.eval.bypass.variant_families``: dash and space classes, look-alike letters,
+issue 19 (``guard.eval.bypass_variants.variant_families``: dash and space classes, look-alike letters,
 invisible characters, separators inside a name in a long text, inverted order, leading given names,
 MIME/grouped/nested base64), in two tables: the generators the matcher was tuned on, and the
 held-out generators written separately. Prints the tables; writes ``bypass.json`` and ``bypass.md``
@@ -38,8 +38,8 @@ def main() -> int:
         tofu01_detectors,
         tofu_names,
         tofu_probes,
-        variant_families,
     )
+    from guard.eval.bypass_variants import variant_families
     from guard.paths import default_data_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

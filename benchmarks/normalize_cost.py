@@ -4,7 +4,7 @@
     python benchmarks/normalize_cost.py                      # every family, 1 KB .. 4 MiB
     python benchmarks/normalize_cost.py --sizes 1K 16K 64K --timeout 60 --code-root /tmp/old-checkout
 
-Families (``guard.eval.bypass.cost_families``): unmatched quotes (\u201c " \u00ab), a guillemet before
+Families (``guard.eval.adversarial_inputs.cost_families``): unmatched quotes (\u201c " \u00ab), a guillemet before
 a run of spaces, nested brackets, many base64-looking runs (decodable, noise, grouped), many short
 lines, many turns, separator runs after a name part, invisible/look-alike characters, a long
 non-repeating document. Two columns per size:
@@ -45,7 +45,7 @@ def parse_size(text: str) -> int:
 
 
 def _child(family: str, sizes: list[int], code_root: str | None, out: "Connection") -> None:
-    from guard.eval.bypass import cost_families
+    from guard.eval.adversarial_inputs import cost_families
 
     inputs = {n: cost_families(n)[family] for n in sizes}
     if code_root:  # measure another checkout's classifiers on the same inputs
@@ -98,7 +98,7 @@ def _cell(row: dict, key: str) -> str:
 
 
 def main() -> int:
-    from guard.eval.bypass import cost_families
+    from guard.eval.adversarial_inputs import cost_families
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="text sizes (1K, 64K, 4M, ...)")

@@ -20,7 +20,7 @@ from classifiers.features import NameMatcher
 from classifiers.keyword import KeywordDetector
 from classifiers.normalize import NormalizingDetector, across_turns, deobfuscate, pieces
 from classifiers.text import split_sentences, windows
-from guard.eval.bypass import cost_families
+from guard.eval.adversarial_inputs import cost_families
 
 SIZE = 64 * 1024
 JOIN_S = 20.0

@@ -18,8 +18,8 @@ from guard.eval.bypass import (
     split_point,
     tofu_names,
     tofu_probes,
-    variant_families,
 )
+from guard.eval.bypass_variants import variant_families
 
 
 @pytest.fixture(scope="module")
