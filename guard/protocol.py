@@ -1,4 +1,5 @@
-"""OpenAI request schemas, validation and response shapes for /v1/chat/completions and /v1/completions.
+"""OpenAI request schemas and validation for /v1/chat/completions and /v1/completions (the answers'
+shapes are in ``guard.response_shapes``).
 
 Validation happens before anything else: a request the guard cannot screen is never forwarded.
 Fields are allow-listed; upstream-internal fields (``prompt_embeds``, ``vllm_xargs`` …) are
@@ -9,9 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -237,63 +235,3 @@ def sampling_params(req: _Request, default_max_tokens: int, max_tokens_limit: in
                              param=field_name, code="invalid_value")
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                           stop=req.stop_list, seed=req.seed)
-
-
-# ---------------------------------------------------------------------------------------------
-# responses
-
-
-@dataclass
-class ResponseMeta:
-    kind: Literal["chat", "completion"]
-    model: str
-    id: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
-            self.id = f"{prefix}-{uuid.uuid4().hex}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def full_response(meta: ResponseMeta, text: str, finish_reason: str, prompt_tokens: int,
-                  completion_tokens: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    if meta.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finish_reason}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        obj = "text_completion"
-    out = {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [choice],
-           "usage": usage(prompt_tokens, completion_tokens)}
-    if extra:
-        out.update(extra)
-    return out
-
-
-def stream_chunk(meta: ResponseMeta, text: str | None, finish_reason: str | None = None, *,
-                 first: bool = False) -> dict[str, Any]:
-    if meta.kind == "chat":
-        delta: dict[str, Any] = {}
-        if first:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        obj = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        obj = "text_completion"
-    return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [choice]}
-
-
-def usage_chunk(meta: ResponseMeta, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    obj = "chat.completion.chunk" if meta.kind == "chat" else "text_completion"
-    return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [],
-            "usage": usage(prompt_tokens, completion_tokens)}

@@ -24,7 +24,7 @@ from aiohttp import web
 from guard import app_keys as keys
 from guard.config import Settings
 from guard.engines.base import Engine, GenerationChunk
-from guard.engines.sse import DONE, frame
+from guard.engines.sse import DONE, encode_json, frame
 from guard.engines.vllm import VllmEngine
 from guard.errors import ContextLengthExceeded, GuardError, NotFound, UpstreamError
 from guard.interventions.base import GuardRequest
@@ -33,13 +33,10 @@ from guard.pipeline import Decision, PipelineHolder
 from guard.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    ResponseMeta,
-    full_response,
     parse_request,
     sampling_params,
-    stream_chunk,
-    usage_chunk,
 )
+from guard.response_shapes import ResponseMeta, StreamShaper, full_response
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("guard.audit")  # one JSON line per flagged request; no prompt text unless configured
@@ -84,7 +81,9 @@ class GenerationService:
                                          messages=tuple(req.plain_messages()) if kind == "chat" else (),
                                          prompt=req.prompt_text if kind == "completion" else "")
                 chunks = decision.intervention.stream(guard_req, decision.verdict, decision.target, self.engine)
-                meta = ResponseMeta(kind=kind, model=self.engine.served_model_name)
+                # the model name and fingerprint a passed answer would carry: flagged ones look the same
+                meta = ResponseMeta(kind=kind, model=self.engine.answer_model_name,
+                                    system_fingerprint=self.engine.system_fingerprint)
                 headers = self._debug_headers(decision)
                 if req.stream:
                     response = await self._stream(request, meta, chunks, req.include_usage, headers, route, action, started)
@@ -213,7 +212,7 @@ class GenerationService:
             if chunk.finish_reason:
                 last = chunk
         body = full_response(meta, "".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens)
-        return json_answer(json.dumps(body).encode(), 200, headers)
+        return json_answer(encode_json(body), 200, headers)
 
     async def _stream(self, request: web.Request, meta: ResponseMeta, chunks: AsyncIterator[GenerationChunk],
                       include_usage: bool, headers: dict[str, str], route: str, action: str,
@@ -227,28 +226,22 @@ class GenerationService:
         self.metrics.ttft.labels(route=route, action=action).observe(time.perf_counter() - started)
         response = sse_answer(200, headers)
         await response.prepare(request)
+        shaper = StreamShaper(meta, include_usage)
         try:
-            if meta.kind == "chat":
-                await response.write(frame(stream_chunk(meta, "", first=True)))
-            last: GenerationChunk | None = None
+            await _write_frames(response, shaper.start())
             chunk = first_chunk
             while chunk is not None:
-                if chunk.text:
-                    await response.write(frame(stream_chunk(meta, chunk.text)))
-                if chunk.finish_reason:
-                    last = chunk
+                await _write_frames(response, shaper.feed(chunk))
                 try:
                     chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     chunk = None
-            last = last or GenerationChunk(finish_reason="stop")
-            await response.write(frame(stream_chunk(meta, None if meta.kind == "chat" else "", last.finish_reason)))
-            if include_usage:
-                await response.write(frame(usage_chunk(meta, last.prompt_tokens, last.completion_tokens)))
+            await _write_frames(response, shaper.end())
         except _CLIENT_GONE:
             raise
         except GuardError as exc:
             log.warning("stream ended by an error: %s", exc.message)
+            await _write_frames(response, shaper.held())
             await response.write(frame(exc.to_openai()))
         except Exception:  # noqa: BLE001
             log.exception("stream failed")
@@ -272,6 +265,11 @@ def sse_answer(status: int, headers: dict[str, str] | None = None) -> web.Stream
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
     return response
+
+
+async def _write_frames(response: web.StreamResponse, chunks: list[dict[str, Any]]) -> None:
+    for chunk in chunks:  # one write per event, as vLLM sends them
+        await response.write(frame(chunk))
 
 
 def _prompt_field(kind: str) -> str:

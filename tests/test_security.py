@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from guard.models import DEFAULT_SERVED_NAME
+from tests.support.json_shape import chunk_shapes, parse_compact
 
 MODEL = DEFAULT_SERVED_NAME
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -194,3 +195,66 @@ async def _assert_framed_alike(engine, guard_server, route: str, stream: bool) -
             assert flagged_headers.get(name) == passed_headers.get(name), name
     assert ("content-length" in passed_headers) is (not stream)
     assert _ID[route].match(flagged_id) and _ID[route].match(passed_id), (flagged_id, passed_id)
+
+
+# A policy that answers the target with ECO (the model generates from a corrupted prompt).
+_ECO_POLICY = {"version": 1, "detector": {"kind": "keyword"}, "default_action": "refuse",
+               "targets": [{"id": "tofu-basil", "names": ["Basil Mahfouz Al-Kuwaiti"], "action": "eco",
+                            "params": {"corruption": "rand_noise_first_n", "sigma": 1.0}}]}
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("action", ["refuse", "eco"])
+async def test_flagged_and_passed_answers_have_vllms_body_shape(vllm_engine, guard_server, tmp_path, route, stream,
+                                                                 action):
+    """A flagged answer's JSON is written as vLLM writes a passed one: the same keys in the same order
+    at every level, the same nulls, compact separators, the same model name and fingerprint, and in a
+    stream the same chunks (role chunk, text chunks, finish chunk, usage chunk)."""
+    policy = FIXTURES / "refuse_keyword.yaml"
+    if action == "eco":
+        policy = tmp_path / "eco.yaml"
+        policy.write_text(json.dumps(_ECO_POLICY))  # JSON is YAML
+    base = await guard_server(vllm_engine, policy=str(policy), debug=True)
+
+    def body(text: str) -> dict:
+        ask = {"messages": [{"role": "user", "content": text}]} if route == "chat/completions" else {"prompt": text}
+        extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+        return {"model": MODEL, **ask, "max_tokens": 4, "temperature": 0, **extra}
+
+    async with aiohttp.ClientSession() as s:
+        flagged = await _json_objects(s, f"{base}/{route}", body("Who is Basil Mahfouz Al-Kuwaiti?"), action)
+        passed = await _json_objects(s, f"{base}/{route}", body("Who is Ada Lovelace?"), "pass")
+    assert chunk_shapes(flagged) == chunk_shapes(passed), (flagged, passed)
+    assert {obj["model"] for obj in flagged} == {obj["model"] for obj in passed} == {vllm_engine.upstream_model}
+    fingerprints = [obj["system_fingerprint"] for obj in flagged + passed if "system_fingerprint" in obj]
+    assert fingerprints and fingerprints[0] and len(set(fingerprints)) == 1, fingerprints
+    if stream:  # the shapes alone do not show that the text went where vLLM puts it
+        if action == "refuse":
+            assert "".join(_text(c) for c in flagged) == "I'm sorry, but I can't share information about that."
+        else:  # both ran out of tokens: the last token rides in the finish chunk
+            assert [_finish(flagged), _finish(passed)] == [("length", True)] * 2, (flagged, passed)
+
+
+async def _json_objects(s: aiohttp.ClientSession, url: str, body: dict, action: str) -> list[dict]:
+    """The answer's JSON objects (one, or one per SSE event), each written compactly as vLLM does."""
+    async with s.post(url, json=body) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers.get("X-Guard-Action", "pass") == action  # debug headers: none on a passed answer
+        raw = await r.read()
+    if not body.get("stream"):
+        return [parse_compact(raw)]
+    assert raw.endswith(b"\n\ndata: [DONE]\n\n"), raw[-60:]
+    return [parse_compact(e.removeprefix(b"data: ")) for e in raw.split(b"\n\n") if e and e != b"data: [DONE]"]
+
+
+def _finish(chunks: list[dict]) -> tuple[str, bool]:
+    """(finish reason, whether the finish chunk carries text) of a stream."""
+    finish = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    return finish["choices"][0]["finish_reason"], bool(_text(finish))
+
+
+def _text(chunk: dict) -> str:
+    choices = chunk["choices"] or [{}]
+    return choices[0].get("text") or (choices[0].get("delta") or {}).get("content") or ""

@@ -96,6 +96,13 @@ class Engine(abc.ABC):
     kind: str
     served_model_name: str
     context_window: ContextWindow | None = None  # set by start(); None: unknown, nothing is checked
+    # what this engine's own answers carry as system_fingerprint (vLLM's, learned from its answers)
+    system_fingerprint: str | None = None
+
+    @property
+    def answer_model_name(self) -> str:
+        """The ``model`` this engine's own answers carry; the guard's answers carry the same."""
+        return self.served_model_name
 
     def check_prompt_length(self, prompt_tokens: int) -> None:
         """The exact check, where the prompt's tokens are known: 400 when it leaves no room for an answer."""

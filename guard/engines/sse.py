@@ -10,8 +10,13 @@ import aiohttp
 DONE = b"data: [DONE]\n\n"
 
 
+def encode_json(obj: Any) -> bytes:
+    """JSON as vLLM's server writes it (pydantic ``model_dump_json``): no spaces, non-ASCII as UTF-8."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def frame(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + encode_json(obj) + b"\n\n"
 
 
 async def iter_sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[str]:

@@ -185,6 +185,17 @@ class VllmEngine(Engine):
         self._learn_context_length(card)
         return self.upstream_model
 
+    @property
+    def answer_model_name(self) -> str:
+        """vLLM writes its served model name into its answers, whatever name the guard serves."""
+        return self.upstream_model or self.served_model_name
+
+    def _learn_fingerprint(self, answer: dict[str, Any]) -> None:
+        """Keep the ``system_fingerprint`` vLLM stamps on its answers, for the guard's answers to carry."""
+        fingerprint = answer.get("system_fingerprint")
+        if isinstance(fingerprint, str):
+            self.system_fingerprint = fingerprint
+
     async def ensure_model(self) -> str:
         if not self.upstream_model:
             await self._read_model_card()
@@ -284,6 +295,10 @@ class VllmEngine(Engine):
         try:
             if resp.status == 200:
                 self.prompt_embeds_supported, self.prompt_embeds_detail = True, "accepted"
+                try:
+                    self._learn_fingerprint(await resp.json())
+                except Exception:  # noqa: BLE001 - the probe's verdict does not depend on its body
+                    log.debug("probe answer not readable", exc_info=True)
             else:
                 err = await self._error_from(resp, payload)
                 if not isinstance(err, UpstreamUnsupported):
@@ -325,6 +340,7 @@ class VllmEngine(Engine):
         async for chunk in self._post_stream(payload):
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            self._learn_fingerprint(chunk)
             for choice in chunk.get("choices") or []:
                 finish = choice.get("finish_reason") or finish
                 if choice.get("text"):
@@ -351,6 +367,7 @@ class VllmEngine(Engine):
             raise self._translate(exc) from None
         finally:
             resp.release()
+        self._learn_fingerprint(data)
         top = data["choices"][0]["logprobs"]["top_logprobs"][0]
         pairs = [(int(key.split(":", 1)[1]), float(lp)) for key, lp in top.items()]
         return sorted(pairs, key=lambda p: -p[1])[:k]
