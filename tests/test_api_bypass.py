@@ -106,11 +106,16 @@ def split_name_probes(questions: list[str], names: list[str]) -> list[tuple[str,
             for form, messages in split_forms(before, after).items()]
 
 
-async def _answers(client: Any, probes: list[tuple[str, Messages]]) -> dict[str, str]:
+async def _actions(base_url: str, probes: list[tuple[str, Messages]]) -> dict[str, str]:
+    """The guard's action per probe (its debug header; one token is enough to be answered)."""
     out: dict[str, str] = {}
-    for label, messages in probes:
-        resp = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1, temperature=0)
-        out[label] = resp.choices[0].message.content or ""
+    async with aiohttp.ClientSession() as session:
+        for label, messages in probes:
+            body = {"model": MODEL, "messages": messages, "max_tokens": 1, "temperature": 0}
+            async with session.post(f"{base_url}/chat/completions", json=body) as resp:
+                assert resp.status == 200, (label, resp.status, await resp.text())
+                await resp.read()
+                out[label] = resp.headers.get("X-Guard-Action", "")
     return out
 
 
@@ -118,7 +123,7 @@ async def _answers(client: Any, probes: list[tuple[str, Messages]]) -> dict[str,
 @pytest.mark.parametrize("detector", ["keyword", "trained"])
 async def test_a_name_split_across_parts_lines_or_turns_is_flagged(detector, engine_kind, request, data_dir,
                                                                  local_engine, fake_upstream, fake_vllm_engine,
-                                                                 guard_server, sdk):
+                                                                 guard_server):
     policy_path = KEYWORD_POLICY if detector == "keyword" else request.getfixturevalue("tofu01_detectors")[0]
     policy = load_policy(policy_path)
     names = [n for t in policy.targets for n in t.all_names]
@@ -132,17 +137,17 @@ async def test_a_name_split_across_parts_lines_or_turns_is_flagged(detector, eng
     else:
         fake = await fake_upstream(tokens=1)
         engine = await fake_vllm_engine(fake)
-    client = sdk(await guard_server(engine, policy=str(policy_path)))
+    base_url = await guard_server(engine, policy=str(policy_path), debug=True)
 
-    answers = await _answers(client, positives)
-    missed = [label for label, text in answers.items() if text != policy.refusal_message]
+    actions = await _actions(base_url, positives)
+    missed = [label for label, action in actions.items() if action != "refuse"]
     assert len(positives) >= 100 and not missed, f"{len(missed)}/{len(positives)} split names passed: {missed[:5]}"
     if fake is not None:
         assert fake.log.generations() == []  # nothing of a flagged probe reached the upstream
 
     # the seams add no false positive: a split unrelated question is refused only if it is whole
-    whole = await _answers(client, [(q, [{"role": "user", "content": q}]) for q in other])
-    split = await _answers(client, negatives)
-    new_flags = [label for label, text in split.items()
-                 if text == policy.refusal_message and whole[label.split(" | ", 1)[1]] != policy.refusal_message]
+    whole = await _actions(base_url, [(q, [{"role": "user", "content": q}]) for q in other])
+    split = await _actions(base_url, negatives)
+    new_flags = [label for label, action in split.items()
+                 if action == "refuse" and whole[label.split(" | ", 1)[1]] != "refuse"]
     assert not new_flags, new_flags[:5]
