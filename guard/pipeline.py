@@ -44,8 +44,12 @@ class Decision:
     target: Target | None
     intervention: Intervention
     screen_seconds: float
-    screening_failed: bool = False
     failure: str | None = None   # why screening failed (the limit's policy field, or the error type)
+
+    @property
+    def screening_failed(self) -> bool:
+        """Passed unscreened under ``fail_mode: open``."""
+        return self.failure is not None
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class Pipeline:
             verdict = Verdict.clean()
         elapsed = time.perf_counter() - started
         if not verdict.flagged:
-            return Decision("pass", verdict, None, self.interventions["pass"], elapsed, failure is not None, failure)
+            return Decision("pass", verdict, None, self.interventions["pass"], elapsed, failure)
         target = None
         if verdict.target_id is not None:
             try:

@@ -127,12 +127,7 @@ class ScreenWorker:
             self._start()
             return False
         if not self._ready:
-            with self._lock:
-                if not self._ready and self._conn is not None and self._conn.poll(0):
-                    try:
-                        self._ready = self._conn.recv() == ("ready",)
-                    except (EOFError, OSError):
-                        self._fail("exited while building its detector")
+            self._take_ready(0)
         return self._ready and not self._broken
 
     def wait_ready(self, timeout_s: float) -> bool:
@@ -140,13 +135,17 @@ class ScreenWorker:
         self._usable()
         if self._conn is None or self._broken:
             return False
+        self._take_ready(timeout_s)
+        return self._ready and not self._broken
+
+    def _take_ready(self, timeout_s: float) -> None:
+        """Read the process's "ready" message if it arrives within ``timeout_s``."""
         with self._lock:
-            if not self._ready and self._conn.poll(timeout_s):
+            if not self._ready and self._conn is not None and self._conn.poll(timeout_s):
                 try:
                     self._ready = self._conn.recv() == ("ready",)
                 except (EOFError, OSError):
                     self._fail("exited while building its detector")
-        return self._ready and not self._broken
 
     def _fail(self, why: str) -> None:
         if not self._broken:
