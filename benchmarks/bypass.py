@@ -14,6 +14,15 @@ invisible characters, separators inside a name in a long text, inverted order, l
 MIME/grouped/nested base64), in two tables: the generators the matcher was tuned on, and the
 held-out generators written separately. Prints the tables; writes ``bypass.json`` and ``bypass.md``
 in ``--out`` (atomically).
+
+    python benchmarks/bypass.py --families --data ../shared/data --out runs/bench/bypass-families
+
+``--families``: issue 15's families instead (``guard.eval.bypass_families``: misspellings at 1-3
+edits, dropped hyphens, Cyrillic/Greek/Arabic transliterations, spaced letters, reversed names,
+lower-case surname, many-turn benign chats, many-shot wrappers, a long benign document) on TOFU
+forget10 (first-half policy, trained into ``--out`` or reused): 200 held-out forget questions and 316
+retain / real-author / world-fact questions, each split into a tuned and a held-out half, for the
+trained detector raw and as served. Writes ``families.json`` and ``families.md``.
 """
 
 from __future__ import annotations
@@ -46,8 +55,11 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=None, help="benchmark data folder (default: ../shared/data or $GUARD_DATA_DIR)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "bypass")
     ap.add_argument("--retrain", action="store_true", help="train the detector again even if --out holds one")
+    ap.add_argument("--families", action="store_true", help="issue 15's families on TOFU forget10 (see above)")
     args = ap.parse_args()
     data = args.data or default_data_dir()
+    if args.families:
+        return families(data, args.out, reuse=not args.retrain)
     t0 = time.perf_counter()
     detectors = tofu01_detectors(data, args.out, reuse=not args.retrain)
     print(f"detectors ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -77,6 +89,24 @@ def main() -> int:
     write_json(args.out / "bypass.json", {**report.to_json(), "variants": variants.to_json(), "variants_held_out": variants_held.to_json(),
                                           "latency": latency, "commit": commit, "n_forget": len(forget), "n_other": len(other)})
     write_text(args.out / "bypass.md", md)
+    return 0
+
+
+def families(data: Path, out: Path, *, reuse: bool) -> int:
+    from guard.atomic import write_json, write_text
+    from guard.eval.bypass import tofu_names
+    from guard.eval.bypass_families import family_markdown, family_report, issue15_families, tofu10_detectors, tofu10_family_probes
+
+    t0 = time.perf_counter()
+    detectors = tofu10_detectors(data, out, reuse=reuse)
+    fams = issue15_families(tofu_names(data, "forget10"), data)
+    forget, other = tofu10_family_probes(data)
+    reports = {name: family_report(det, forget, other, fams) for name, det in detectors.items()}
+    md = "\n\n".join(f"{name}:\n\n{family_markdown(rep)}" for name, rep in reports.items())
+    md += f"\n\n({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})\n"
+    print(md)
+    write_json(out / "families.json", reports)
+    write_text(out / "families.md", md)
     return 0
 
 

@@ -19,6 +19,13 @@ What it does (all on this machine's CPU, single process):
    that adds one more, ``build_detector(policy)`` (what SIGHUP / the admin reload call) until the new
    target's questions are flagged. Cold = nothing cached for that target.
 
+4. ``--served ARTIFACT`` (instead of 1-3): a static TOFU artifact timed the way it is served, side by
+   side: raw, behind the de-obfuscation without name matching (``NormalizingDetector(...,
+   approximate=False)``, the served stack before issue 15 plus its cheap decoders) and as served now
+   (misspelt / transliterated / initials respelling, ROT13 and reversal guesses); and the keyword
+   detector with exact and with approximate matching. Short queries: TOFU forget10 held-out questions
+   and retain / real-author / world-fact questions.
+
 Results: ``detector_latency.json`` and ``detector_latency.md`` in ``--out`` (written atomically).
 Load on the machine is recorded (``os.getloadavg``): wall-clock latencies on a shared 2-core box
 include time the process waited for a core; CPU times do not.
@@ -171,6 +178,53 @@ def live_add(data: Path, out_dir: Path, kind: str, base_targets: int) -> dict:
             "attributed_to_new": float(np.mean([v.target_id == tid for v in flagged if v.flagged])) if any(v.flagged for v in flagged) else 0.0}
 
 
+def served_latency(artifact: Path, data: Path, n: int) -> dict:
+    """``screen([query])`` wall/CPU time of the served stack before and after issue 15 (see the module docstring)."""
+    from classifiers.detector import TrainedDetector, load_model
+    from classifiers.keyword import KeywordDetector
+    from classifiers.names import NameFinder
+    from classifiers.normalize import NormalizingDetector
+    from guard.eval.bypass_families import tofu10_family_probes
+
+    trained = TrainedDetector(load_model(artifact))
+    names = dict(trained.target_names)
+    forget, other = tofu10_family_probes(data)
+    rng = random.Random(0)
+    queries = rng.sample(forget, min(n // 2, len(forget))) + rng.sample(other, min(n // 2, len(other)))
+    exact_keyword = KeywordDetector(names)
+    exact_keyword._finder = NameFinder(names)  # the matcher before issue 15: exact forms only
+    detectors = {
+        "trained (raw)": trained,
+        "served, exact names only": NormalizingDetector(trained, approximate=False),
+        "served, approximate names (now)": NormalizingDetector(trained),
+        "keyword, exact": exact_keyword,
+        "keyword, approximate (now)": KeywordDetector(names),
+    }
+    out = {}
+    for name, det in detectors.items():
+        inner = getattr(det, "inner", det)
+        out[name] = time_screen(_Uncached(det, inner), queries)
+        out[name]["caught_forget"] = sum(det.screen([q]).flagged for q in queries[: n // 2])
+        out[name]["flagged_other"] = sum(det.screen([q]).flagged for q in queries[n // 2:])
+        log(f"{name}: p50 {out[name]['wall_ms']['p50']:.2f} ms wall, {out[name]['cpu_ms']['p50']:.2f} ms CPU")
+    return {"queries": len(queries), "detectors": out}
+
+
+class _Uncached:
+    """``screen`` with the trained detector's segment cache cleared first (``time_screen`` clears
+    ``_cache`` of what it is given; a wrapper has none)."""
+
+    def __init__(self, det, inner) -> None:  # noqa: ANN001
+        self.det, self.inner = det, inner
+
+    def screen(self, texts):  # noqa: ANN001, ANN201
+        cache = getattr(self.inner, "_cache", None)
+        if cache is not None:
+            with self.inner._lock:
+                cache.clear()
+        return self.det.screen(texts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -181,8 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-live", action="store_true")
     ap.add_argument("--skip-components", action="store_true")
     ap.add_argument("--only-live", action="store_true", help="only the time-to-enforcement measurement")
+    ap.add_argument("--served", type=Path, default=None, metavar="ARTIFACT",
+                    help="only time a static TOFU artifact as served, before/after issue 15's name matching")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.served is not None:
+        from guard.atomic import write_json, write_text
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = {"load_before": os.getloadavg(), **served_latency(args.served, args.data, args.queries)}
+        report["load_after"] = os.getloadavg()
+        md = ("| detector | p50 wall ms | p99 wall ms | p50 CPU ms | forget caught | other flagged |\n|---|---:|---:|---:|---:|---:|\n"
+              + "\n".join(f"| {k} | {v['wall_ms']['p50']:.2f} | {v['wall_ms']['p99']:.2f} | {v['cpu_ms']['p50']:.2f} | "
+                          f"{v['caught_forget']} | {v['flagged_other']} |" for k, v in report["detectors"].items()))
+        write_json(args.out / "served_latency.json", report)
+        write_text(args.out / "served_latency.md", md + "\n")
+        print(md)
+        return 0
 
     import torch
     import yaml

@@ -126,8 +126,7 @@ async def direct_pair(session: aiohttp.ClientSession, url: str, model: str, eco:
     base = {"model": model, "max_tokens": gen, "temperature": 0, "ignore_eos": True}
 
     def fresh() -> GuardRequest:
-        return GuardRequest(kind="chat", params=SamplingParams(max_tokens=GEN_TOKENS, temperature=0),
-                            messages=tuple(with_nonce(messages)))
+        return GuardRequest.chat(with_nonce(messages), SamplingParams(max_tokens=GEN_TOKENS, temperature=0))
 
     async def post(payload: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(3):  # the shared dev server occasionally drops a connection under load
@@ -237,8 +236,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for n in args.lengths:
                 # the nonce adds <= 12 tokens: build the rest 12 shorter so the total stays within max-model-len
                 messages = build_messages(engine.tokenizer, engine, n - NONCE_TOKENS, filler)
-                request = GuardRequest(kind="chat", params=SamplingParams(max_tokens=GEN_TOKENS, temperature=0),
-                                       messages=tuple(with_nonce(messages)))
+                request = GuardRequest.chat(with_nonce(messages), SamplingParams(max_tokens=GEN_TOKENS, temperature=0))
                 row = {"target_tokens": n, **components(eco, engine, request, target, args.reps)}
                 print(f"[{n}] components: {row}", file=sys.stderr, flush=True)
                 row.update(await direct_pair(session, engine.url, model, eco, engine, messages, target, args.reps))

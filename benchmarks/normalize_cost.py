@@ -9,8 +9,8 @@ a run of spaces, nested brackets, many base64-looking runs (decodable, noise, gr
 lines, many turns, separator runs after a name part, invisible/look-alike characters, a long
 non-repeating document. Two columns per size:
 
-* ``normalise``: what ``NormalizingDetector`` adds before its second screen (``deobfuscate``,
-  ``pieces`` of every text, ``across_turns``);
+* ``normalise``: what ``NormalizingDetector`` adds before its second screen (``deobfuscate`` with its
+  name respelling, ``pieces`` of every text, ``across_turns``);
 * ``keyword``: the whole served keyword screen, ``NormalizingDetector(KeywordDetector(names))``
   over the TOFU forget10 authors (two screens, name matching included).
 
@@ -60,7 +60,8 @@ def _child(family: str, sizes: list[int], code_root: str | None, out: "Connectio
     for n in sizes:
         texts = inputs[n]
         started = time.perf_counter()
-        base = deobfuscate(texts) or texts
+        respelling = getattr(detector, "respelling", None)  # the served respelling (issue 15); older checkouts have none
+        base = (deobfuscate(texts, respelling) if respelling is not None else deobfuscate(texts)) or texts
         for t in base:
             pieces(t)
         across_turns(base)

@@ -63,12 +63,10 @@ def _load_runtime(artifact: Path | None, model_dir: Path, layers: int | None):
     from guard.interventions.uld_decoding import AssistantRuntime, ULDSettings
     from guard.train.uld_assistant import attach_lora, base_layer_count, default_layers, load_base_assistant, lora_config
 
-    class _Probe:  # what load_runtime needs of an engine: the model folder
-        def __init__(self, path: Path) -> None:
-            self.model_path = path
+    from guard.engines.local import LocalEngine
 
-    if artifact is not None:
-        runtime, manifest = load_runtime(artifact, _Probe(model_dir))  # type: ignore[arg-type]
+    if artifact is not None:  # an engine that is not started: load_runtime reads its model folder only
+        runtime, manifest = load_runtime(artifact, LocalEngine(model_dir, model_dir.name, device="cpu"))
         dec = manifest.get("decoding", {})
         return runtime, ULDSettings(alpha=dec.get("alpha", 0.8), top_k=dec.get("top_k", 20),
                                     min_prob_ratio=dec.get("min_prob_ratio", 0.0)), f"{artifact}"

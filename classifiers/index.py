@@ -19,24 +19,13 @@ from guard.errors import ConfigError
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
 
 
-_THREADS_SET = False
-
-
-def _single_thread() -> None:
-    """FAISS's OpenMP threads spin-wait like torch's: one thread for these small searches."""
-    global _THREADS_SET
-    if not _THREADS_SET:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-        _THREADS_SET = True
-
-
 class ForgetIndex:
     def __init__(self, dim: int) -> None:
         import faiss
 
-        _single_thread()
+        # FAISS's OpenMP threads spin-wait like torch's: one thread for these small searches (a
+        # process-wide setting, idempotent, so every index sets it rather than a module flag)
+        faiss.omp_set_num_threads(1)
 
         self.dim = dim
         self.index = faiss.IndexFlatIP(dim)

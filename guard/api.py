@@ -1,4 +1,11 @@
-"""HTTP routes and middlewares. Thin: parsing and business logic live in ``guard.serving``."""
+"""HTTP routes and middlewares: the only module that speaks aiohttp.
+
+The generation routes hand the body to ``guard.serving.GenerationService`` with the request's schema
+and get an answer object back; ``send_answer`` turns it into the response: a whole JSON body with
+``Content-Length``, or a chunked SSE stream written frame by frame (it always ends with
+``data: [DONE]``; the stream object releases the generation when the client goes away). Exceptions
+become OpenAI error objects in one place, ``errors_middleware``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,9 @@ from aiohttp import web
 
 from guard import app_keys as keys
 from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, Overloaded
+from guard.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from guard.request_body import BodyLimits, read_body
+from guard.serving import Answer, Caller, JsonAnswer
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +154,47 @@ def _match_key(request: web.Request, candidates: list[tuple[str, str]]) -> str |
     return found
 
 
+def json_answer(body: bytes, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """A whole JSON answer (``Content-Length``), framed the same whether the guard or the upstream wrote it."""
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json", charset="utf-8")
+
+
+def sse_answer(status: int, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """A streamed answer (chunked SSE), framed the same whether the guard or the upstream wrote it."""
+    response = web.StreamResponse(status=status, headers={"Cache-Control": "no-cache", **(headers or {})})
+    response.content_type = "text/event-stream"
+    response.charset = "utf-8"
+    return response
+
+
+async def send_answer(request: web.Request, answer: Answer) -> web.StreamResponse:
+    if isinstance(answer, JsonAnswer):
+        return json_answer(answer.body, answer.status, answer.headers)
+    response = sse_answer(answer.status, answer.headers)
+    finished = False
+    try:
+        await response.prepare(request)
+        async for event in answer:  # one write per event, as vLLM sends them
+            await response.write(event)
+        await response.write_eof()
+        finished = True
+    finally:
+        await answer.aclose(finished)
+    return response
+
+
+async def _generate(request: web.Request, schema: type[GenerationRequest]) -> web.StreamResponse:
+    caller = Caller(request_id=request.get(keys.REQUEST_ID), key_name=request.get(keys.KEY_NAME))
+    answer = await request.app[keys.SERVICE].handle(schema, request[keys.BODY], caller)
+    return await send_answer(request, answer)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[keys.SERVICE].handle(request, "chat", request[keys.BODY])
+    return await _generate(request, ChatCompletionRequest)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[keys.SERVICE].handle(request, "completion", request[keys.BODY])
+    return await _generate(request, CompletionRequest)
 
 
 async def models(request: web.Request) -> web.Response:

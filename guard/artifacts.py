@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from guard.engines.weights import load_input_embeddings
 from guard.errors import ConfigError
-
-_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
-_LOCK = threading.Lock()
 
 
 def embedding_sha256(matrix: torch.Tensor) -> str:
@@ -41,22 +38,9 @@ def embedding_sha256(matrix: torch.Tensor) -> str:
 
 
 def _model_dir_of(source: Any) -> Path | None:
-    path = getattr(source, "model_path", source)
-    if isinstance(path, (str, Path)) and Path(str(path)).expanduser().is_dir():
-        return Path(str(path)).expanduser().resolve()
+    if isinstance(source, (str, Path)) and Path(str(source)).expanduser().is_dir():
+        return Path(str(source)).expanduser().resolve()
     return None
-
-
-def _name_of(source: Any, model_dir: Path | None) -> str:
-    if model_dir is not None:
-        return model_dir.name
-    name = getattr(source, "served_model_name", None) or getattr(getattr(source, "config", None), "_name_or_path", None)
-    return str(name or type(source).__name__)
-
-
-def _folder_key(model_dir: Path) -> tuple[Any, ...]:
-    files = sorted(model_dir.glob("*.safetensors"))
-    return (str(model_dir),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 def _identity(name: str, path: str | None, matrix: torch.Tensor) -> dict[str, Any]:
@@ -73,34 +57,27 @@ def _identity(name: str, path: str | None, matrix: torch.Tensor) -> dict[str, An
 def model_identity(source: Any) -> dict[str, Any]:
     """Identity of a base model: ``{name, path, embedding_sha256, embedding_shape, vocab_size, hidden_size}``.
 
-    ``source`` is a model folder, an engine (its ``model_path`` folder is read, so this works before
-    the engine has started), or a loaded transformers model (``get_input_embeddings()``). Results
-    for folders are cached per process (keyed by the safetensors files' sizes and mtimes).
+    ``source`` is a model folder (only its embedding tensor is read), an input-embedding matrix, or
+    a loaded transformers model (``get_input_embeddings()``). Nothing is cached here: an engine keeps
+    its own model's identity (``Engine.model_identity``).
     """
     model_dir = _model_dir_of(source)
     if model_dir is not None:
-        key = _folder_key(model_dir)
-        with _LOCK:
-            cached = _CACHE.get(key)
-        if cached is not None:
-            return dict(cached)
-        from guard.engines.vllm import load_input_embeddings
-
-        ident = _identity(model_dir.name, str(model_dir), load_input_embeddings(model_dir))
-        with _LOCK:
-            _CACHE[key] = ident
-        return dict(ident)
+        return _identity(model_dir.name, str(model_dir), load_input_embeddings(model_dir))
+    if isinstance(source, torch.Tensor):
+        return _identity("in-memory model", None, source)
     get = getattr(source, "get_input_embeddings", None)
-    if get is None and getattr(source, "model", None) is not None:  # a started LocalEngine without a folder
-        get = source.model.get_input_embeddings
     if get is None:
-        raise ConfigError(f"cannot tell which base model {source!r} is: give a model folder, an engine or a model", param="model")
-    return _identity(_name_of(source, None), None, get().weight)
+        raise ConfigError(f"cannot tell which base model {source!r} is: give a model folder, an embedding matrix or a model",
+                          param="model")
+    name = getattr(getattr(source, "config", None), "_name_or_path", None)
+    return _identity(str(name or type(source).__name__), None, get().weight)
 
 
-def check_identity(manifest: dict[str, Any], engine: Any, *, artifact: str | Path = "the artifact",
+def check_identity(manifest: dict[str, Any], served: Any, *, artifact: str | Path = "the artifact",
                    retrain: str = "guard-train", param: str | None = None) -> dict[str, Any]:
-    """Refuse an artifact trained for another base model than the one ``engine`` serves.
+    """Refuse an artifact trained for another base model than ``served``: the served model's identity
+    (``Engine.model_identity()``) or anything ``model_identity`` takes.
 
     ``manifest`` is the artifact's manifest (with a ``base_model`` entry) or that entry itself.
     ``retrain`` is the command to suggest (e.g. ``"guard-train spul --policy P --out DIR"``).
@@ -110,7 +87,7 @@ def check_identity(manifest: dict[str, Any], engine: Any, *, artifact: str | Pat
     if not isinstance(expected, dict) or not expected.get("embedding_sha256"):
         raise ConfigError(f"{artifact} has no base-model identity in its manifest (base_model.embedding_sha256); "
                           f"it was not written by this version: retrain it with `{retrain}`", param=param)
-    served = model_identity(engine)
+    served = served if isinstance(served, dict) else model_identity(served)
     if served["embedding_sha256"] != expected["embedding_sha256"]:
         raise ConfigError(
             f"{artifact} was trained for base model {expected.get('name')!r} "

@@ -1,8 +1,9 @@
 """Shared plumbing for the ``guard-train`` and ``guard-eval`` command families.
 
-Each subcommand lives in its own module exposing ``register(subparsers) -> None``, which adds its
-parser and sets ``func`` (``args -> int``). To add one: write the module, then add it to the
-family's ``SUBCOMMANDS`` table.
+Each subcommand lives in a ``cmd_*`` module of its package exposing ``register(subparsers) -> None``
+(or another function named as ``module:function`` in the table), which adds its parser and sets
+``func`` (``args -> int``). To add one: write the function, then add it to the family's
+``SUBCOMMANDS`` table.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from typing import Mapping
 
@@ -19,7 +21,8 @@ from guard.errors import ConfigError
 def build_parser(prog: str, description: str, subcommands: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in subcommands.items():
+    for name, spec in subcommands.items():
+        module_name, _, function = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -28,8 +31,15 @@ def build_parser(prog: str, description: str, subcommands: Mapping[str, str]) ->
             planned = sub.add_parser(name, help="(planned; not in this version)")
             planned.set_defaults(func=lambda args, n=name: _planned(prog, n))
             continue
-        module.register(sub)
+        getattr(module, function or "register")(sub)
     return parser
+
+
+def command_line(prog: str, name: str) -> str | None:
+    """The command as it was typed (recorded in reports), when this process runs ``prog name ...``."""
+    if sys.argv[1:2] != [name]:
+        return None
+    return f"{prog} {name} " + " ".join(shlex.quote(a) for a in sys.argv[2:])
 
 
 def _planned(prog: str, name: str) -> int:

@@ -7,11 +7,12 @@ import sys
 from guard.cli_common import run
 
 SUBCOMMANDS: dict[str, str] = {
-    "finetune": "guard.train.finetune",
-    "classifier": "guard.train.classifier",
-    "eco": "guard.train.eco",
-    "spul": "guard.train.spul",
-    "uld": "guard.train.uld",
+    "finetune": "guard.train.cmd_finetune",
+    "classifier": "guard.train.cmd_classifier",
+    "eco": "guard.train.cmd_eco",
+    "spul": "guard.train.cmd_spul",
+    "spul-report": "guard.train.cmd_spul:register_report",
+    "uld": "guard.train.cmd_uld",
 }
 
 

@@ -28,7 +28,7 @@ from guard.errors import GuardError, InvalidRequest, ScreeningUnavailable
 from guard.interventions.base import Intervention
 from guard.interventions.registry import build_interventions
 from guard.policy import Policy, Target, empty_policy, load_policy
-from guard.screen_worker import ScreenWorker, screen_within_limits, takes_deadline
+from guard.screen_worker import ScreenWorker, screen_within_limits
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class Pipeline:
     detector: Detector
     interventions: dict[str, Intervention]
     source: Path | None = None
-    # whether ``detector.screen`` takes a ``deadline`` (``guard.screen_worker.takes_deadline``)
+    # ``detector.screen`` takes a ``deadline``: the ``classifiers.base.Detector`` contract, so always
+    # true for pipelines built here; a detector that ignores it is no longer waited for once it passes
     takes_deadline: bool = field(default=True)
     # the process that screens requests over ``detector.isolate_above_chars`` (None: all in threads)
     worker: ScreenWorker | None = None
@@ -73,7 +74,7 @@ class Pipeline:
         if worker is not None and policy.detector.kind == "trained":
             worker.start()  # building a trained detector takes seconds: not on the first large request
         return cls(policy=policy, detector=detector, interventions=interventions, source=source,
-                   takes_deadline=takes_deadline(detector), worker=worker)
+                   worker=worker)
 
     def _screen_now(self, texts: list[str], deadline: Deadline) -> Verdict:
         """Runs in a worker thread: a large request in the screening process when it is up, the
@@ -86,7 +87,10 @@ class Pipeline:
         return screen_within_limits(self.policy, self.detector, texts, deadline, with_deadline=self.takes_deadline)
 
     def close(self) -> None:
-        """Stop this pipeline's screening process (after a reload replaced it)."""
+        """Release what this pipeline holds once a reload replaced it: its interventions' models (ULD's
+        assistants) and its screening process."""
+        for intervention in self.interventions.values():
+            intervention.release()
         if self.worker is not None:
             self.worker.close()
 
@@ -176,7 +180,7 @@ class PipelineHolder:
                 log.error("policy reload failed, still serving the previous policy: %s", exc)
                 raise
             old, self.current = self.current, pipeline
-            # requests still screening with the old pipeline finish within its budget; then its process stops
+            # requests still screening with the old pipeline finish within its budget; then it is released
             loop = asyncio.get_running_loop()
             loop.call_later(old.policy.detector.budget_ms / 1000 + 5, lambda: loop.run_in_executor(None, old.close))
             self.last_reload_error = None

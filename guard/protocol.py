@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guard.engines.base import SamplingParams
 from guard.errors import InvalidRequest
-from guard.screened_text import chat_screen_texts, join_parts
+from guard.interventions.prompts import ChatPrompt, Prompt, TextPrompt
+from guard.response_shapes import CHAT, COMPLETION, AnswerShape
+from guard.screened_text import join_parts
 
 # Fields that steer vLLM's internals. A client must never reach them through the guard:
 # prompt_embeds would bypass screening, vllm_xargs would switch logits processors, etc.
@@ -32,8 +34,16 @@ INTERNAL_FIELDS = frozenset({
 ROLES = ("system", "developer", "user", "assistant")
 
 
-class _Request(BaseModel):
+class GenerationRequest(BaseModel):
+    """What both endpoints accept. Each subclass says what differs: its route (metrics label),
+    upstream path, prompt field, answer shape, and how its prompt reads (``prompt()``)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    route: ClassVar[str]  # the metrics label
+    upstream_path: ClassVar[str]  # the same endpoint on a vLLM upstream
+    prompt_field: ClassVar[str]  # the field errors about the prompt name
+    answer_shape: ClassVar[AnswerShape]
 
     model: str = Field(min_length=1)
     stream: bool = False
@@ -79,6 +89,13 @@ class _Request(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
 
+    def to_prompt(self) -> Prompt:
+        """What the model reads, built from the request (each call builds it anew: call it once)."""
+        raise NotImplementedError
+
+    def screen_texts(self) -> list[str]:
+        return self.to_prompt().screen_texts()
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -118,7 +135,12 @@ class ChatMessage(BaseModel):
         return join_parts(p.text for p in self.content)
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(GenerationRequest):
+    route: ClassVar[str] = "chat"
+    upstream_path: ClassVar[str] = "/v1/chat/completions"
+    prompt_field: ClassVar[str] = "messages"
+    answer_shape: ClassVar[AnswerShape] = CHAT
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1)
 
@@ -138,12 +160,17 @@ class ChatCompletionRequest(_Request):
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text,
                  **({"name": m.name} if m.name else {})} for m in self.messages]
 
-    def screen_texts(self) -> list[str]:
-        """Every role's text as the model reads it, names, and the turn boundaries (``guard.screened_text``)."""
-        return chat_screen_texts(self.plain_messages())
+    def to_prompt(self) -> ChatPrompt:
+        """Every role's text as the model reads it, with names; it screens itself (``guard.screened_text``)."""
+        return ChatPrompt(tuple(self.plain_messages()))
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(GenerationRequest):
+    route: ClassVar[str] = "completions"
+    upstream_path: ClassVar[str] = "/v1/completions"
+    prompt_field: ClassVar[str] = "prompt"
+    answer_shape: ClassVar[AnswerShape] = COMPLETION
+
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)
 
@@ -165,11 +192,11 @@ class CompletionRequest(_Request):
     def max_new_tokens(self) -> int | None:
         return self.max_tokens
 
-    def screen_texts(self) -> list[str]:
-        return [self.prompt_text]
+    def to_prompt(self) -> TextPrompt:
+        return TextPrompt(self.prompt_text)
 
 
-def parse_request(raw: bytes, schema: type[_Request]) -> tuple[_Request, dict[str, Any]]:
+def parse_request(raw: bytes, schema: type[GenerationRequest]) -> tuple[GenerationRequest, dict[str, Any]]:
     """Decode and validate; returns the model and the decoded JSON (for forwarding decisions)."""
     try:
         # decoded strictly first: json.loads(bytes) would let UTF-8-encoded surrogates (ED A0 80) through
@@ -227,7 +254,7 @@ def _lone_surrogate_path(body: Any) -> str | None:
     return None
 
 
-def sampling_params(req: _Request, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:
+def sampling_params(req: GenerationRequest, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:
     max_tokens = req.max_new_tokens or default_max_tokens
     if max_tokens > max_tokens_limit:
         field_name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"

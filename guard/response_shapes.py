@@ -28,11 +28,76 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from guard.engines.base import GenerationChunk
 
-ResponseKind = Literal["chat", "completion"]
+
+class AnswerShape:
+    """What differs between a chat answer and a text completion, in vLLM's shapes. One instance per
+    endpoint (``CHAT``, ``COMPLETION``); the request class names its shape (``guard.protocol``)."""
+
+    id_prefix: str
+    object: str
+    chunk_object: str
+
+    def message_choice(self, text: str, finish_reason: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def answer_extras(self) -> dict[str, Any]:
+        """Top-level nulls of a whole answer after ``usage``."""
+        raise NotImplementedError
+
+    def start_chunks(self, head: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks a stream sends before any text."""
+        return []
+
+    def delta_choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatShape(AnswerShape):
+    id_prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
+
+    def message_choice(self, text: str, finish_reason: str) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None,
+                   "function_call": None, "reasoning": None}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason,
+                "stop_reason": None, "token_ids": None, "routed_experts": None}
+
+    def answer_extras(self) -> dict[str, Any]:
+        return {"prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
+                "ec_transfer_params": None, "metrics": None}
+
+    def start_chunks(self, head: dict[str, Any]) -> list[dict[str, Any]]:
+        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return [{**head, "choices": [choice], "prompt_token_ids": None, "prompt_text": None}]
+
+    def delta_choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": finish_reason}
+        if finish_reason is not None:
+            choice["stop_reason"] = None
+        choice["token_ids"] = None
+        return choice
+
+
+class CompletionShape(AnswerShape):
+    id_prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
+
+    def message_choice(self, text: str, finish_reason: str) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
+                "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
+
+    def answer_extras(self) -> dict[str, Any]:
+        return {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+
+    def delta_choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
+                "prompt_token_ids": None, "token_ids": None}
+
+
+CHAT = ChatShape()
+COMPLETION = CompletionShape()
 
 
 @dataclass
@@ -40,7 +105,7 @@ class ResponseMeta:
     """What every JSON object of one answer shares. ``model`` and ``system_fingerprint`` are what the
     engine's own answers carry (for vLLM: the upstream's served model name and its fingerprint)."""
 
-    kind: ResponseKind
+    shape: AnswerShape
     model: str
     system_fingerprint: str | None = None
     id: str = ""
@@ -48,16 +113,7 @@ class ResponseMeta:
 
     def __post_init__(self) -> None:
         if not self.id:
-            prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
-            self.id = f"{prefix}-{uuid.uuid4().hex}"
-
-    @property
-    def object(self) -> str:
-        return "chat.completion" if self.kind == "chat" else "text_completion"
-
-    @property
-    def chunk_object(self) -> str:
-        return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+            self.id = f"{self.shape.id_prefix}-{uuid.uuid4().hex}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -70,20 +126,10 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
 def full_response(meta: ResponseMeta, text: str, finish_reason: str, prompt_tokens: int,
                   completion_tokens: int) -> dict[str, Any]:
     """A non-streamed answer (vLLM's ``ChatCompletionResponse`` / ``CompletionResponse``)."""
-    head = {"id": meta.id, "object": meta.object, "created": meta.created, "model": meta.model}
+    head = {"id": meta.id, "object": meta.shape.object, "created": meta.created, "model": meta.model}
     tail = {"service_tier": None, "system_fingerprint": meta.system_fingerprint,
             "usage": usage(prompt_tokens, completion_tokens)}
-    if meta.kind == "chat":
-        message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None,
-                   "function_call": None, "reasoning": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason,
-                  "stop_reason": None, "token_ids": None, "routed_experts": None}
-        return {**head, "choices": [choice], **tail, "prompt_logprobs": None, "prompt_token_ids": None,
-                "prompt_text": None, "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
-              "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
-    return {**head, "choices": [choice], **tail, "kv_transfer_params": None, "ec_transfer_params": None,
-            "metrics": None}
+    return {**head, "choices": [meta.shape.message_choice(text, finish_reason)], **tail, **meta.shape.answer_extras()}
 
 
 class StreamShaper:
@@ -102,10 +148,7 @@ class StreamShaper:
 
     def start(self) -> list[dict[str, Any]]:
         """The chunks sent before any text: the chat role chunk."""
-        if self.meta.kind != "chat":
-            return []
-        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        return [{**self._head(), "choices": [choice], "prompt_token_ids": None, "prompt_text": None}]
+        return self.meta.shape.start_chunks(self._head())
 
     def feed(self, chunk: GenerationChunk) -> list[dict[str, Any]]:
         """The chunks to send now for one engine chunk (the previous text delta, once it is known
@@ -146,24 +189,13 @@ class StreamShaper:
     # -- the chunk shapes -------------------------------------------------------------------------
     def _head(self) -> dict[str, Any]:
         meta = self.meta
-        return {"id": meta.id, "object": meta.chunk_object, "created": meta.created, "model": meta.model}
-
-    def _choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        if self.meta.kind == "chat":
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None,
-                                      "finish_reason": finish_reason}
-            if finish_reason is not None:
-                choice["stop_reason"] = None
-            choice["token_ids"] = None
-            return choice
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
-                "prompt_token_ids": None, "token_ids": None}
+        return {"id": meta.id, "object": meta.shape.chunk_object, "created": meta.created, "model": meta.model}
 
     def _text_chunk(self, text: str) -> dict[str, Any]:
-        return {**self._head(), "choices": [self._choice(text, None)]}
+        return {**self._head(), "choices": [self.meta.shape.delta_choice(text, None)]}
 
     def _finish_chunk(self, text: str, finish_reason: str) -> dict[str, Any]:
-        chunk = {**self._head(), "choices": [self._choice(text, finish_reason)]}
+        chunk = {**self._head(), "choices": [self.meta.shape.delta_choice(text, finish_reason)]}
         if not self.include_usage and self.meta.system_fingerprint is not None:
             chunk["system_fingerprint"] = self.meta.system_fingerprint
         return chunk

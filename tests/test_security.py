@@ -70,7 +70,7 @@ async def test_participant_name_is_screened(fake_engine, guard_server, sdk):
 
 
 class ExplodingDetector:
-    def screen(self, texts):
+    def screen(self, texts, deadline=None):
         raise RuntimeError("boom")
 
 

@@ -72,7 +72,7 @@ def forget_author_range(split: str) -> range:
 
 
 def parse_slice(text: str | None) -> slice | None:
-    if text is None:
-        return None
-    start, _, stop = text.partition(":")
-    return slice(int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    """'START:END[:STEP]' -> a slice (the policy's row-range syntax, ``classifiers.sources.row_slice``)."""
+    from classifiers.sources import row_slice
+
+    return row_slice(text)

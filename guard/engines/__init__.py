@@ -2,6 +2,7 @@
 
 from guard.engines.base import (
     Engine,
+    EngineCapabilities,
     GenerationChunk,
     MessageSpan,
     PromptInput,
@@ -9,4 +10,4 @@ from guard.engines.base import (
     SamplingParams,
 )
 
-__all__ = ["Engine", "GenerationChunk", "MessageSpan", "PromptInput", "RenderedPrompt", "SamplingParams"]
+__all__ = ["Engine", "EngineCapabilities", "GenerationChunk", "MessageSpan", "PromptInput", "RenderedPrompt", "SamplingParams"]

@@ -7,20 +7,35 @@ An engine owns the served model's tokenizer and chat template, and can
 * look up input embeddings for token ids;
 * generate, streaming, from token ids **or** from prompt embeddings;
 * give the top-k next-token log-probs for a token prefix (step-wise ULD);
-* say how long a prompt the model reads (``context_window``), and refuse a longer one with a 400.
+* say how long a prompt the model reads (``context_window``), and refuse a longer one with a 400;
+* say where its weights are (``model_dir``), where guard-side model work runs (``device``), the
+  model's width (``hidden_size``) and identity (``model_identity``: artifacts are checked against it).
 
-The vLLM engine additionally forwards untouched requests (the fast path); see ``VllmEngine.forward``.
+What an engine can do beyond that is declared in ``capabilities`` (``EngineCapabilities``), never
+discovered from its class or its signatures: a logits-processor hook on generation (the local
+engine), streamed top-k log-probs (vLLM: speculative step-wise ULD), and forwarding an untouched
+request byte for byte (vLLM: the pass path, ``forward_request``). Callers check the capability and
+call the method; an engine without it raises ``UpstreamUnsupported``.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import torch
 
+from guard.artifacts import model_identity
 from guard.engines.context import ContextWindow
+from guard.errors import UpstreamUnsupported
+
+if TYPE_CHECKING:
+    from guard.engines.forwarding import ForwardedAnswer
+
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""transformers' ``LogitsProcessor`` shape: (input_ids [B, T], scores [B, V]) -> scores [B, V]."""
 
 # vLLM's rule (SamplingParams.__post_init__): 0 < temperature < 0.01 is raised to 0.01; below that the
 # logits divided by the temperature overflow and the probabilities turn into NaN.
@@ -79,6 +94,25 @@ class PromptInput:
         return len(self.token_ids) if self.token_ids is not None else int(self.embeds.shape[0])
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine can do beyond the common contract (declared by each engine class)."""
+
+    prompt_embeds: bool = True  # generate from prompt embeddings (vLLM: when the upstream accepts them)
+    logits_processors: bool = False  # ``generate(..., logits_processors=...)`` runs them on every step
+    streamed_top_logprobs: bool = False  # ``stream_top_logprobs``: a greedy stream with each position's top-k
+    forwarding: bool = False  # ``forward_request``: an untouched client request, answered byte for byte
+
+
+@dataclass(frozen=True)
+class PositionLogprobs:
+    """One generated position of a streamed greedy completion: the top-k next tokens with their
+    log-probs (best first) and the token the engine itself chose there."""
+
+    top: list[tuple[int, float]]
+    token: int
+
+
 @dataclass
 class GenerationChunk:
     """A streamed delta. The last chunk carries ``finish_reason`` ('stop' or 'length') and usage."""
@@ -93,8 +127,11 @@ class GenerationChunk:
 class Engine(abc.ABC):
     """One served model. Created by the app factory, started/closed by its cleanup context."""
 
-    kind: str
+    kind: str  # "local" | "vllm": for logs and /health only, never branched on
+    capabilities: EngineCapabilities = EngineCapabilities()
     served_model_name: str
+    model_dir: Path | None = None  # the served model's local folder (None: not a local folder)
+    device: str = "cpu"  # where guard-side model work (assistants, embeddings) runs
     context_window: ContextWindow | None = None  # set by start(); None: unknown, nothing is checked
     # what this engine's own answers carry as system_fingerprint (vLLM's, learned from its answers)
     system_fingerprint: str | None = None
@@ -126,13 +163,44 @@ class Engine(abc.ABC):
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Input embeddings ``[len, hidden]`` of the served model (fp32, CPU)."""
 
+    @property
+    def hidden_size(self) -> int:
+        """Width of the served model's input embeddings."""
+        return int(self.model_identity()["hidden_size"])
+
+    def model_identity(self) -> dict[str, Any]:
+        """The served model's identity (``guard.artifacts.model_identity``), computed once per engine:
+        from ``model_dir`` (so it works before ``start``), else from the loaded embeddings."""
+        cached = self.__dict__.get("_identity")
+        if cached is None:
+            cached = self.__dict__["_identity"] = model_identity(self.model_dir if self.model_dir is not None
+                                                                 else self.input_embeddings())
+        return dict(cached)
+
+    def input_embeddings(self) -> torch.Tensor:
+        """The whole input-embedding matrix ``[vocab, hidden]`` (for identity when there is no folder)."""
+        raise UpstreamUnsupported(f"the {self.kind} engine has no input-embedding matrix loaded")
+
     @abc.abstractmethod
-    def generate(self, prompt: PromptInput, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        """Stream the completion. Closing the iterator early cancels the generation."""
+    def generate(self, prompt: PromptInput, params: SamplingParams,
+                 logits_processors: Sequence[LogitsProcessor] = ()) -> AsyncIterator[GenerationChunk]:
+        """Stream the completion. Closing the iterator early cancels the generation.
+        ``logits_processors`` only where ``capabilities.logits_processors``."""
 
     @abc.abstractmethod
     async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
         """The k most likely next tokens after ``token_ids`` with their log-probs, best first."""
+
+    def stream_top_logprobs(self, token_ids: Sequence[int], max_tokens: int, k: int) -> AsyncIterator[PositionLogprobs]:
+        """A greedy completion of ``token_ids``, streamed: per position, the top-k and the chosen token.
+        Closing the iterator aborts the generation. Only where ``capabilities.streamed_top_logprobs``."""
+        raise UpstreamUnsupported(f"the {self.kind} engine does not stream top-k log-probs")
+
+    async def forward_request(self, route: str, body: dict[str, Any], raw: bytes, max_tokens: int) -> "ForwardedAnswer":
+        """Send a validated client request upstream untouched (``raw``; re-serialised only to set the
+        upstream's model name or the guard's ``max_tokens``), answered byte for byte. ``route`` is
+        the OpenAI path (``/v1/chat/completions`` …). Only where ``capabilities.forwarding``."""
+        raise UpstreamUnsupported(f"the {self.kind} engine does not forward requests")
 
     @abc.abstractmethod
     async def health(self) -> dict[str, Any]:

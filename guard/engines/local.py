@@ -18,7 +18,15 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import torch
 
 from guard.devices import resolve_device
-from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.base import (
+    Engine,
+    EngineCapabilities,
+    GenerationChunk,
+    LogitsProcessor,
+    PromptInput,
+    RenderedPrompt,
+    SamplingParams,
+)
 from guard.engines.context import ContextWindow, config_context_length
 from guard.engines.rendering import IncrementalDecoder, StopMatcher, render_chat
 from guard.errors import Overloaded
@@ -59,10 +67,14 @@ class _Cancelled:
 
 class LocalEngine(Engine):
     kind = "local"
+    capabilities = EngineCapabilities(prompt_embeds=True, logits_processors=True, streamed_top_logprobs=False,
+                                      forwarding=False)
 
     def __init__(self, model_path: Path | str, served_model_name: str, *, max_concurrency: int = 1,
                  max_queue: int = 64, threads: int | None = None, device: str = "auto") -> None:
         self.model_path = model_path
+        folder = Path(str(model_path)).expanduser()
+        self.model_dir = folder.resolve() if folder.is_dir() else None
         self.device = resolve_device(device, param="local.device")
         self.served_model_name = served_model_name
         self._max_concurrency = max_concurrency
@@ -107,6 +119,11 @@ class LocalEngine(Engine):
     def model(self) -> Any:
         return self._model
 
+    def input_embeddings(self) -> torch.Tensor:
+        if self._model is None:
+            return super().input_embeddings()
+        return self._model.get_input_embeddings().weight
+
     # -- prompt side ------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
         return render_chat(self._tokenizer, messages, add_generation_prompt)
@@ -129,7 +146,7 @@ class LocalEngine(Engine):
             self._waiting -= 1
 
     async def generate(self, prompt: PromptInput, params: SamplingParams,
-                       logits_processors: Sequence[Any] = ()) -> AsyncIterator[GenerationChunk]:
+                       logits_processors: Sequence[LogitsProcessor] = ()) -> AsyncIterator[GenerationChunk]:
         self.check_prompt_length(prompt.length)
         await self._admit()
         assert self._slots is not None and self._executor is not None

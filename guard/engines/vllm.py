@@ -4,7 +4,10 @@
   the upstream's bytes come back unchanged (status, content type, SSE chunks).
 * ``generate``: ``/v1/completions`` with a token-id prompt or base64 ``prompt_embeds`` (the server
   must run with ``--enable-prompt-embeds``), streamed.
-* ``top_logprobs``: one-token completions with ``logprobs=k`` and token ids as keys.
+* ``top_logprobs``: one-token completions with ``logprobs=k`` and token ids as keys;
+  ``stream_top_logprobs``: a streamed greedy completion with ``logprobs=k``, position by position.
+
+vLLM's wire format (payloads, SSE, error bodies, top-k log-probs) is read here and nowhere else.
 
 The tokenizer and the input-embedding matrix come from a local copy of the served model; only the
 embedding tensor is read from its safetensors, not the whole model.
@@ -13,10 +16,9 @@ embedding tensor is read from its safetensors, not the whole model.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
@@ -24,11 +26,30 @@ import aiohttp
 import numpy as np
 import torch
 
-from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
+from guard.engines.base import (
+    Engine,
+    EngineCapabilities,
+    GenerationChunk,
+    LogitsProcessor,
+    PositionLogprobs,
+    PromptInput,
+    RenderedPrompt,
+    SamplingParams,
+)
 from guard.engines.context import ContextWindow, config_context_length
+from guard.engines.forwarding import OPENAI_CONTENT_TYPES, ForwardedAnswer
 from guard.engines.rendering import render_chat
 from guard.engines.sse import iter_sse_data
 from guard.engines.upstreams import UpstreamPool, UpstreamResponse
+from guard.engines.vllm_wire import (
+    LOGPROBS_HINT,
+    completion_payload,
+    encode_prompt_embeds,
+    error_message,
+    token_id,
+    top_pairs,
+)
+from guard.engines.weights import load_input_embeddings  # noqa: F401 - where callers have found it
 from guard.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUnsupported
 
 log = logging.getLogger(__name__)
@@ -36,33 +57,11 @@ log = logging.getLogger(__name__)
 _PROMPT_EMBEDS_DISABLED = "enable-prompt-embeds"  # in vLLM's 400: "You must set `--enable-prompt-embeds` to input `prompt_embeds`."
 _PROMPT_EMBEDS_HELP = ("the upstream at {url} was started without --enable-prompt-embeds: requests whose action is "
                        "eco or spul will fail with 502 until vLLM is restarted with --enable-prompt-embeds")
-_EMBED_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
-
-
-def load_input_embeddings(model_dir: Path) -> torch.Tensor:
-    """The input-embedding matrix alone, read lazily from the model's safetensors files."""
-    from safetensors import safe_open
-
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"no .safetensors files in {model_dir}; the vllm engine needs a local copy of the served model", param="model")
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for key in fh.keys():
-                if key.endswith(_EMBED_KEYS):
-                    return fh.get_tensor(key).float()
-    raise ConfigError(f"no input-embedding tensor ({', '.join(_EMBED_KEYS)}) found in {model_dir}", param="model")
-
-
-def encode_prompt_embeds(embeds: torch.Tensor) -> str:
-    """vLLM's wire format: base64 of ``torch.save`` of a ``[seq, hidden]`` tensor."""
-    buf = io.BytesIO()
-    torch.save(embeds.detach().to(torch.float32).contiguous().cpu(), buf)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
 
 class VllmEngine(Engine):
     kind = "vllm"
+    capabilities = EngineCapabilities(prompt_embeds=True, logits_processors=False, streamed_top_logprobs=True,
+                                      forwarding=True)
 
     def __init__(self, url: str | Sequence[str], model_path: Path | str, served_model_name: str | None, *,
                  upstream_model: str | None = None, api_key: str | None = None,
@@ -73,6 +72,8 @@ class VllmEngine(Engine):
         self.url = self.pool.replicas[0].url if len(urls) == 1 else ",".join(r.url for r in self.pool.replicas)
         self._health_task: asyncio.Task | None = None
         self.model_path = model_path
+        self.model_dir = Path(str(model_path)).expanduser().resolve() if Path(str(model_path)).expanduser().is_dir() else None
+        self.device = "cpu"  # guard-side model work (ULD's assistant, embeddings) runs in this process
         self._served_override = served_model_name
         self.served_model_name = served_model_name or upstream_model or ""
         self.upstream_model = upstream_model
@@ -143,6 +144,11 @@ class VllmEngine(Engine):
     # -- prompt side ------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
         return render_chat(self._tokenizer, messages, add_generation_prompt)
+
+    def input_embeddings(self) -> torch.Tensor:
+        if self._embeddings is None:
+            return super().input_embeddings()
+        return self._embeddings
 
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
         if self._embeddings is None:
@@ -231,11 +237,35 @@ class VllmEngine(Engine):
         assert last is not None
         raise self._translate(last) from None
 
-    async def _post_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def forward_request(self, route: str, body: dict[str, Any], raw: bytes, max_tokens: int) -> ForwardedAnswer:
+        upstream_model = await self.ensure_model()
+        patch: dict[str, Any] = {}
+        if body.get("model") != upstream_model:
+            patch["model"] = upstream_model
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            patch["max_tokens"] = max_tokens  # the guard's default, as on every other path, never above the limit
+        if patch:
+            raw = json.dumps({**body, **patch}).encode()
+        upstream = await self.forward(route, raw, request_id=uuid.uuid4().hex)
+        try:
+            if upstream.status >= 500:
+                text = (await upstream.text())[:500]
+                raise UpstreamError(f"the upstream answered {upstream.status}: {text}")
+            if upstream.content_type not in OPENAI_CONTENT_TYPES:  # an HTML error page, a proxy's banner, ...
+                raise UpstreamError(f"the upstream answered {upstream.status} with content type {upstream.content_type!r}, "
+                                    "not an OpenAI response; is upstream.url a vLLM server?")
+        except BaseException:
+            upstream.release()
+            raise
+        return ForwardedAnswer(upstream)
+
+    async def _post_stream(self, payload: dict[str, Any], hint: str = "") -> AsyncIterator[dict[str, Any]]:
+        """The JSON chunks of a streamed ``/v1/completions``; closing the iterator closes the response,
+        which makes vLLM abort the generation."""
         resp = await self.forward("/v1/completions", json.dumps(payload).encode())
         try:
             if resp.status != 200:
-                raise await self._error_from(resp, payload)
+                raise await self._error_from(resp, payload, hint)
             async for data in iter_sse_data(resp.content):
                 if data == "[DONE]":
                     return
@@ -248,14 +278,10 @@ class VllmEngine(Engine):
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc) from None
         finally:
-            resp.release()
+            resp.release()  # unread: aiohttp closes the connection, and vLLM aborts the request
 
-    async def _error_from(self, resp: aiohttp.ClientResponse, payload: dict[str, Any]) -> UpstreamError:
-        text = (await resp.text())[:2000]
-        try:
-            message = json.loads(text)["error"]["message"]
-        except Exception:  # noqa: BLE001
-            message = text
+    async def _error_from(self, resp: aiohttp.ClientResponse, payload: dict[str, Any], hint: str = "") -> UpstreamError:
+        message = error_message((await resp.text())[:2000])
         if "prompt_embeds" in payload and _PROMPT_EMBEDS_DISABLED in message.replace("_", "-"):
             self.prompt_embeds_supported = False
             self.prompt_embeds_detail = _PROMPT_EMBEDS_HELP.format(url=self.url)
@@ -266,7 +292,8 @@ class VllmEngine(Engine):
             return UpstreamError(
                 f"the upstream at {self.url} rejected the prompt embeddings ({message.strip()[:300]}); check that "
                 "the guard's --model is the model vLLM serves (same hidden size and dtype family)")
-        return UpstreamError(f"the upstream at {self.url} answered {resp.status}: {message.strip()[:500]}")
+        hint = hint if "logprob" in message.lower() else ""
+        return UpstreamError(f"the upstream at {self.url} answered {resp.status}: {message.strip()[:500]}{hint}")
 
     async def probe_prompt_embeds(self) -> bool | None:
         """Send a 1-token ``prompt_embeds`` completion; record (and return) whether the upstream accepts it.
@@ -310,31 +337,15 @@ class VllmEngine(Engine):
         return self.prompt_embeds_supported
 
     # -- generation -------------------------------------------------------------------------------
-    def _completion_payload(self, prompt: PromptInput, params: SamplingParams) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.upstream_model,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if params.stop:
-            payload["stop"] = list(params.stop)
-        if params.seed is not None:
-            payload["seed"] = params.seed
-        if prompt.token_ids is not None:
-            payload["prompt"] = list(prompt.token_ids)
-        else:
-            payload["prompt_embeds"] = encode_prompt_embeds(prompt.embeds)
-        return payload
-
-    async def generate(self, prompt: PromptInput, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, prompt: PromptInput, params: SamplingParams,
+                       logits_processors: Sequence[LogitsProcessor] = ()) -> AsyncIterator[GenerationChunk]:
+        if logits_processors:
+            raise UpstreamUnsupported("the vllm engine runs no guard-side logits processors (capabilities.logits_processors)")
         self.check_prompt_length(prompt.length)
         await self.ensure_model()
         # encoding prompt embeddings (torch.save + base64 of [seq, hidden]) is CPU work: off the event loop
-        payload = (await asyncio.to_thread(self._completion_payload, prompt, params) if prompt.embeds is not None
-                   else self._completion_payload(prompt, params))
+        payload = (await asyncio.to_thread(completion_payload, self.upstream_model, prompt, params) if prompt.embeds is not None
+                   else completion_payload(self.upstream_model, prompt, params))
         finish: str | None = None
         usage: dict[str, int] = {}
         async for chunk in self._post_stream(payload):
@@ -359,7 +370,7 @@ class VllmEngine(Engine):
         resp = await self.forward("/v1/completions", json.dumps(payload).encode())
         try:
             if resp.status != 200:
-                raise await self._error_from(resp, payload)
+                raise await self._error_from(resp, payload, LOGPROBS_HINT)
             data = await resp.json()
         except UpstreamError:
             raise
@@ -368,9 +379,17 @@ class VllmEngine(Engine):
         finally:
             resp.release()
         self._learn_fingerprint(data)
-        top = data["choices"][0]["logprobs"]["top_logprobs"][0]
-        pairs = [(int(key.split(":", 1)[1]), float(lp)) for key, lp in top.items()]
-        return sorted(pairs, key=lambda p: -p[1])[:k]
+        return top_pairs(data["choices"][0]["logprobs"]["top_logprobs"][0], k)
+
+    async def stream_top_logprobs(self, token_ids: Sequence[int], max_tokens: int, k: int) -> AsyncIterator[PositionLogprobs]:
+        model = await self.ensure_model()
+        payload = {"model": model, "prompt": list(token_ids), "max_tokens": max_tokens, "temperature": 0.0,
+                   "logprobs": k, "return_tokens_as_token_ids": True, "stream": True}
+        async for chunk in self._post_stream(payload, LOGPROBS_HINT):
+            for choice in chunk.get("choices") or []:
+                lp = choice.get("logprobs") or {}
+                for token, top in zip(lp.get("tokens") or [], lp.get("top_logprobs") or []):
+                    yield PositionLogprobs(top_pairs(top, k), token_id(token))
 
     # -- health -----------------------------------------------------------------------------------
     async def refresh_health(self) -> None:

@@ -30,7 +30,9 @@ def cost_families(n_chars: int) -> dict[str, list[str]]:
     (issue 18 item 1, issue 19 finding 4): unmatched quotes, a guillemet before a run of spaces,
     nested brackets, many base64-looking runs (decodable and not, plain and grouped), many short
     lines, many turns, separator runs after a name part, invisible and look-alike characters, many
-    mixed-script words and one long one, a long non-repeating document, runs of date-like digits. Each value is the list of texts one request carries."""
+    mixed-script words and one long one, a long non-repeating document, runs of date-like digits;
+    hex runs and hex-like noise, URL escapes, HTML entities, spaced-out letters, bidi overrides, names
+    misspelt and transliterated over and over (issue 15). Each value is the list of texts one request carries."""
     n = max(16, n_chars)
     b64 = base64.b64encode(b"What awards did someone win?").decode()
     return {
@@ -50,4 +52,13 @@ def cost_families(n_chars: int) -> dict[str, list[str]]:
         "mixed_script_long_word": ["a" * (n // 2) + "\u0436" * (n // 2)],
         "long_document": [_prose(n)],
         "date_like_runs": ["11/11/1111" * (n // 20) + " 5 " + "1 " * (n // 4)],
+        # issue 15's decoders and name matching
+        "hex_runs": [("5768 6f20 6973 2042 6173 696c " * (n // 30)) + "0" * (n % 30)],
+        "hex_noise": [" ".join(f"{i:08x}" for i in range(n // 9))],
+        "url_escapes": ["%4" * (n // 2)],
+        "html_entities": ["&#66;&amp" * (n // 9)],
+        "spaced_letters": ["B a s i l " * (n // 10)],
+        "bidi_overrides": ["\u202e?zuofhaM lisaB " * (n // 20)],
+        "near_names": ["Basel Mahfuz Al-Kuwaity Nikolay Abilow Rajiv Majumdaar " * (n // 54)],
+        "transliterated_names": ["Николай Абилов Νικολάι Αμπίλοφ نيكولاي أبيلوف " * (n // 44)],
     }

@@ -320,9 +320,9 @@ def screen_latency(detectors: Mapping[str, Detector], texts: Sequence[str], *, r
     for name, det in detectors.items():
         times: list[float] = []
         for _ in range(repeat):
-            cache = getattr(getattr(det, "inner", det), "_cache", None)
-            if cache is not None:
-                cache.clear()
+            clear_cache = getattr(getattr(det, "inner", det), "clear_cache", None)
+            if clear_cache is not None:
+                clear_cache()
             for t in texts:
                 started = time.perf_counter()
                 det.screen([t])

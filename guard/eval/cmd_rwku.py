@@ -16,14 +16,13 @@ import argparse
 import asyncio
 import logging
 import re
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from guard.data.rwku import ALL_SETS, discover_targets, policy_dict, select_targets, target_id
+from guard.cli_common import command_line
 from guard.errors import ConfigError
 from guard.eval.rwku import MC_SCORINGS, PROMPT_FORMATS, PolicySwap, RunSpec, RwkuSettings, run_rwku
 from guard.paths import default_data_dir
@@ -175,7 +174,7 @@ def run_cli(args: argparse.Namespace) -> int:
     results["setting"] = "single-target" if swap else "as served (batch: one policy for all targets)"
     from guard.eval.report import write_rwku_report
 
-    command = "guard-eval rwku " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["rwku"] else None
+    command = command_line("guard-eval", "rwku")
     paths = write_rwku_report(results, args.out, command)
     for run in results["runs"]:
         agg = run["aggregate"]

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from guard.cli_common import command_line
 from guard.errors import ConfigError
 from guard.eval.tofu import EvalPlan, System, TofuRun, plan_for_preset, preset_of, run_tofu
 from guard.paths import default_data_dir
@@ -141,7 +141,7 @@ def run_cli(args: argparse.Namespace) -> int:
     results["settings"]["preset"] = preset
     from guard.eval.report import write_tofu_report
 
-    command = "guard-eval tofu " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["tofu"] else None
+    command = command_line("guard-eval", "tofu")
     paths = write_tofu_report(results, args.out, command)
     for system in results["systems"]:
         m = system["metrics"]

@@ -135,15 +135,14 @@ def rwku_sets(policy: Policy, data_dir: Path) -> list[EvalSet]:
 
 def long_filler_set(pos_sets: Sequence[EvalSet], filler_pool: Sequence[str], n: int = 40, words: int = 1500, seed: int = 0) -> EvalSet:
     """Forget questions hidden after ~``words`` words of unrelated filler (tests windowed screening)."""
+    from classifiers.benign_text import filler_text
+
     rng = random.Random(seed)
     cands = [(t, s.target) for s in pos_sets for t in s.texts]
     rng.shuffle(cands)
     texts, targets = [], []
     for q, tid in cands[:n]:
-        filler: list[str] = []
-        while sum(len(f.split()) for f in filler) < words:
-            filler.append(rng.choice(filler_pool))
-        texts.append(" ".join(filler) + " " + q)
+        texts.append(filler_text(filler_pool, words, rng) + " " + q)
         targets.append(tid)
     es = EvalSet("long_filler", True, texts, None, suite="windowed")
     es.types = [t or "" for t in targets]
@@ -152,13 +151,9 @@ def long_filler_set(pos_sets: Sequence[EvalSet], filler_pool: Sequence[str], n: 
 
 def long_negative_set(filler_pool: Sequence[str], n: int = 40, words: int = 1500, seed: int = 1) -> EvalSet:
     """Long benign inputs: ~``words`` words of negatives only (the false positives of windowed screening)."""
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(n):
-        filler: list[str] = []
-        while sum(len(f.split()) for f in filler) < words:
-            filler.append(rng.choice(filler_pool))
-        texts.append(" ".join(filler))
+    from classifiers.benign_text import long_benign_texts
+
+    texts = long_benign_texts(filler_pool, n, words, random.Random(seed))
     es = EvalSet("long_negatives", False, texts, None, suite="windowed")
     es.types = [""] * len(texts)
     return es
@@ -341,7 +336,7 @@ def evaluate_sets(detector: Any, sets: Sequence[EvalSet], *, settings: Sequence[
 
 
 def latency(detector: Any, sets: Sequence[EvalSet], n: int = 300, seed: int = 0) -> dict[str, Any]:
-    """Wall time of ``screen([query])`` per query (LRU cache cleared before each), by positive/negative."""
+    """Wall time of ``screen([query])`` per query (the detector's caches cleared before each), by positive/negative."""
     rng = random.Random(seed)
     out: dict[str, Any] = {}
     for label, positive in (("negatives", False), ("positives", True)):
@@ -352,8 +347,7 @@ def latency(detector: Any, sets: Sequence[EvalSet], n: int = 300, seed: int = 0)
         detector.screen(sample[:1])
         times = []
         for q in sample:
-            with detector._lock:
-                detector._cache.clear()
+            detector.clear_cache()
             t0 = time.perf_counter()
             detector.screen([q])
             times.append((time.perf_counter() - t0) * 1000)

@@ -14,17 +14,20 @@ An input source is looked up first among the results computed so far (entries ru
 among the inputs; a list of sources gives a list of values. Every other key of an entry is passed
 to the metric as a keyword argument. The TOFU and RWKU metrics register themselves when
 ``guard.eval.tofu_metrics`` / ``guard.eval.rwku_metrics`` are imported; :func:`get_metric` imports
-them on first use, so ``compute`` always sees the full registry.
+them on first use, so ``compute`` always sees the full registry. ROUGE (``rouge_recall``) comes from
+the LM toolkit (``guard.lm.rouge``).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from guard.errors import ConfigError
+from guard.lm.rouge import rouge_recall
+
+__all__ = ["METRICS", "compute", "get_metric", "harmonic_mean", "mean", "register", "rougeL_recall", "rouge_recall"]
 
 MetricFn = Callable[..., Any]
 METRICS: dict[str, MetricFn] = {}
@@ -107,24 +110,6 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if any(v == 0 for v in vals):
         return 0.0
     return len(vals) / math.fsum(1.0 / v for v in vals)
-
-
-@lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-
-
-def rouge_recall(prediction: str, reference: str) -> tuple[float, float]:
-    """(ROUGE-1 recall, ROUGE-L recall) of ``prediction`` against ``reference``.
-
-    Exactly TOFU's ``eval_rouge_recall`` (legacy and open-unlearning): the ``rouge_score`` package,
-    ``RougeScorer(['rouge1', 'rougeL'], use_stemmer=True).score(reference, prediction)``, recall =
-    overlap / number of reference tokens (lower-cased, punctuation dropped, Porter-stemmed).
-    """
-    scores = _rouge_scorer().score(reference, prediction)
-    return scores["rouge1"].recall, scores["rougeL"].recall
 
 
 def rougeL_recall(prediction: str, reference: str) -> float:

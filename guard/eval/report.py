@@ -192,14 +192,16 @@ def rwku_markdown(results: dict[str, Any], command: str | None = None, plots: Se
         lines += ["## Failed requests", "", "Left out of the metrics (e.g. prompt longer than the server's context).", ""]
         lines += [f"- {lab} / {tgt}: " + ", ".join(f"{k}: {v}" for k, v in e.items() if v) for lab, tgt, e in errors if sum(e.values())]
         lines.append("")
-    if plots:
-        lines += ["## Plots", ""]
-        for p in plots:
-            rel = os.path.relpath(p, out_dir) if out_dir else str(p)
-            lines.append(f"![{Path(p).stem}]({rel})")
-        lines.append("")
+    lines += plots_section(plots, out_dir)
     lines.append(f"Wall time: {results.get('elapsed_s')} s.")
     return "\n".join(lines) + "\n"
+
+
+def plots_section(plots: Sequence[Path], out_dir: Path | None) -> list[str]:
+    """Markdown lines embedding ``plots`` (paths relative to the report), none without plots."""
+    if not plots:
+        return []
+    return ["## Plots", "", *[f"![{Path(p).stem}]({os.path.relpath(p, out_dir) if out_dir else str(p)})" for p in plots], ""]
 
 
 def write_rwku_report(results: dict[str, Any], out_dir: Path, command: str | None = None) -> dict[str, Path]:
@@ -318,12 +320,7 @@ def tofu_markdown(results: dict[str, Any], command: str | None = None, plots: Se
     if timed:
         lines += ["Wall time per system (this run; reused systems not listed): "
                   + ", ".join(f"{s['label']} {s['elapsed_s']} s" for s in timed) + ".", ""]
-    if plots:
-        lines += ["## Plots", ""]
-        for p in plots:
-            rel = os.path.relpath(p, out_dir) if out_dir else str(p)
-            lines.append(f"![{Path(p).stem}]({rel})")
-        lines.append("")
+    lines += plots_section(plots, out_dir)
     lines.append(f"Total wall time: {results.get('elapsed_s')} s.")
     return "\n".join(lines) + "\n"
 

@@ -28,8 +28,7 @@ import math
 import re
 import string
 from collections import Counter
-from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -246,30 +245,35 @@ def truthfulqa_mc2(choice_scores: Sequence[Sequence[float]], labels: Sequence[Se
 
 # --------------------------------------------------------------------------------- fluency
 
-@lru_cache(maxsize=1)
-def _word_tokenizer() -> tuple[str, Callable[[str], list[str]]]:
+class WordTokenizer:
     """NLTK's ``word_tokenize`` (what RWKU uses) when its ``punkt_tab`` data is installed; else the
     same Treebank word tokenizer over an *untrained* Punkt sentence splitter (no abbreviation list,
-    so "Dr. Smith" splits after "Dr"). Returns (name, tokenize)."""
-    import nltk
-    from nltk.tokenize import NLTKWordTokenizer
-    from nltk.tokenize.punkt import PunktSentenceTokenizer
+    so "Dr. Smith" splits after "Dr"). ``name`` says which one this machine has."""
 
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        return "nltk.word_tokenize", nltk.word_tokenize
-    except LookupError:
-        sentences, words = PunktSentenceTokenizer(), NLTKWordTokenizer()
-        return "untrained-punkt+treebank", lambda text: [t for s in sentences.tokenize(text) for t in words.tokenize(s)]
+    def __init__(self) -> None:
+        import nltk
+        from nltk.tokenize import NLTKWordTokenizer
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+        try:
+            nltk.data.find("tokenizers/punkt_tab/english/")
+            self.name, self._tokenize = "nltk.word_tokenize", nltk.word_tokenize
+        except LookupError:
+            sentences, words = PunktSentenceTokenizer(), NLTKWordTokenizer()
+            self.name = "untrained-punkt+treebank"
+            self._tokenize = lambda text: [t for s in sentences.tokenize(text) for t in words.tokenize(s)]
+
+    def __call__(self, text: str) -> list[str]:
+        return self._tokenize(text)
 
 
 def fluency_tokenizer_name() -> str:
     """Which tokenizer :func:`n_gram_entropy` uses on this machine (record it with the results)."""
-    return _word_tokenizer()[0]
+    return WordTokenizer().name
 
 
 def word_tokenize(text: str) -> list[str]:
-    return _word_tokenizer()[1](text)
+    return WordTokenizer()(text)
 
 
 def ngram_entropy_of_tokens(tokens: Sequence[str], ns: Sequence[int] = (2, 3),
@@ -284,14 +288,15 @@ def ngram_entropy_of_tokens(tokens: Sequence[str], ns: Sequence[int] = (2, 3),
     return float(np.mean(weighted))
 
 
-def ngram_entropy(text: str) -> float:
-    return ngram_entropy_of_tokens(word_tokenize(text))
+def ngram_entropy(text: str, tokenizer: WordTokenizer | None = None) -> float:
+    return ngram_entropy_of_tokens((tokenizer or WordTokenizer())(text))
 
 
 @register("fluency_entropy")
 def n_gram_entropy(texts: Sequence[str]) -> float:
     """Arithmetic mean over texts of :func:`ngram_entropy` (RWKU's Flu)."""
-    return mean(ngram_entropy(t) for t in texts)
+    tokenizer = WordTokenizer()
+    return mean(ngram_entropy(t, tokenizer) for t in texts)
 
 
 def _same_length(a: Sequence[object], b: Sequence[object]) -> None:

@@ -21,7 +21,7 @@ What each number sees:
 * **Probabilities and truth ratios** (teacher forcing): the answer's per-token NLL *through the
   intervention the question would get*: ``intervention.scoring_inputs(...)`` gives the prompt
   embeddings (corrupted / with the soft prompt) and an optional logits transform (ULD), then
-  :func:`guard.interventions.scoring.answer_nll`. Unflagged questions are scored on the plain
+  :func:`guard.lm.nll.mean_answer_nll`. Unflagged questions are scored on the plain
   model (``PassThrough.scoring_inputs``: the plain prompt).
 * **Refusal** has no teacher-forced score: a refusing system puts all its probability on the
   refusal text, so the probability of the gold answer is 0 and the truth ratio is 0/0. Following
@@ -33,7 +33,7 @@ What each number sees:
   does Model Utility. The same applies to any intervention that does not implement
   ``scoring_inputs``.
 
-The answer tokens are those the fine-tuning used (``guard.train.chat_data.encode_qa``: the text
+The answer tokens are those the fine-tuning used (``guard.lm.chat_format.encode_qa``: the text
 the chat template puts after the generation prompt, up to and including the end-of-turn token),
 so the target's NLL here equals its training NLL. Metrics and their aggregation are TOFU's
 (:mod:`guard.eval.tofu_metrics`).
@@ -47,305 +47,24 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from classifiers.base import Verdict
 from guard.atomic import write_json
-from guard.data.tofu import FORGET_AUTHORS, QA_PER_AUTHOR, load_rows
-from guard.engines.base import SamplingParams
 from guard.errors import ConfigError
-from guard.eval.metrics import get_metric, rouge_recall
+from guard.eval.metrics import get_metric
 from guard.eval.tofu_metrics import TOFU_CONFIG, SplitScores, truth_ratios
-from guard.interventions.base import GuardRequest, Intervention, PassThrough
-from guard.interventions.scoring import answer_nll
+from guard.eval.tofu_plan import SPLITS, EvalPlan, TofuItem, plan_for_preset, preset_of, spread
+from guard.eval.tofu_scoring import ItemResult, Scorer, generation_only
+from guard.interventions.base import PassThrough
+
+__all__ = ["SPLITS", "EvalPlan", "ItemResult", "Scorer", "System", "TofuItem", "TofuRun", "aggregate", "evaluate_system",
+           "generation_only", "plan_for_preset", "preset_of", "run_tofu", "split_scores", "spread", "truth_ratio_values"]
 
 log = logging.getLogger(__name__)
 
 HARNESS_VERSION = 1
-SPLITS = ("forget", "retain", "real", "world")
-SPLIT_FILES = {"retain": "retain_perturbed", "real": "real_authors_perturbed", "world": "world_facts_perturbed"}
-SPLIT_TITLES = {"forget": "Forget", "retain": "Retain", "real": "Real authors", "world": "World facts"}
-
-
-# ---------------------------------------------------------------------------------------- data
-
-@dataclass(frozen=True)
-class TofuItem:
-    split: str             # forget | retain | real | world
-    source: str            # the file it came from, e.g. forget01_perturbed
-    index: int             # row in that file
-    question: str
-    answer: str
-    paraphrased: str       # the paraphrased answer (real/world have none: the answer itself, as TOFU)
-    perturbed: tuple[str, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.split}:{self.index}"
-
-
-def _item(split: str, source: str, index: int, row: dict[str, Any]) -> TofuItem:
-    perturbed = row.get("perturbed_answer") or []
-    if isinstance(perturbed, str):
-        perturbed = [perturbed]
-    if not perturbed:
-        raise ConfigError(f"{source} row {index} has no perturbed_answer; TOFU's truth ratio needs them", param="data")
-    return TofuItem(split, source, index, row["question"], row["answer"], row.get("paraphrased_answer") or row["answer"],
-                    tuple(perturbed))
-
-
-def spread(rows: Sequence[int], limit: int | None) -> list[int]:
-    """At most ``limit`` rows, evenly spread over ``rows`` (all of them without a limit)."""
-    rows = list(rows)
-    if limit is None or limit >= len(rows):
-        return rows
-    return [rows[(i * len(rows)) // limit] for i in range(limit)]
-
-
-@dataclass
-class EvalPlan:
-    """Which rows of which files make the four eval splits."""
-
-    forget_split: str                      # forget01 | forget05 | forget10
-    forget_rows: list[int] | None = None   # rows of <forget_split>_perturbed (None: all)
-    retain_rows: list[int] | None = None   # rows of retain_perturbed (None: all 400)
-    limit: int | None = None               # per split, evenly spread
-
-    def __post_init__(self) -> None:
-        if self.forget_split not in FORGET_AUTHORS:
-            raise ConfigError(f"unknown forget split {self.forget_split!r}; choose {', '.join(FORGET_AUTHORS)}",
-                              param="forget_split")
-
-    def load(self, data_dir: Path) -> dict[str, list[TofuItem]]:
-        out: dict[str, list[TofuItem]] = {}
-        source = f"{self.forget_split}_perturbed"
-        rows = load_rows(data_dir, source)
-        idx = self.forget_rows if self.forget_rows is not None else range(len(rows))
-        out["forget"] = [_item("forget", source, i, rows[i]) for i in spread(_check(idx, len(rows), source), self.limit)]
-        for split, source in SPLIT_FILES.items():
-            rows = load_rows(data_dir, source)
-            idx = self.retain_rows if (split == "retain" and self.retain_rows is not None) else range(len(rows))
-            out[split] = [_item(split, source, i, rows[i]) for i in spread(_check(idx, len(rows), source), self.limit)]
-        return out
-
-
-def _check(rows: Iterable[int], n: int, source: str) -> list[int]:
-    rows = list(rows)
-    bad = [r for r in rows if not 0 <= r < n]
-    if bad:
-        raise ConfigError(f"rows {bad[:5]} are outside {source} (0-{n - 1})", param="rows")
-    return rows
-
-
-def plan_for_preset(preset: str, limit: int | None = None, forget_split: str | None = None) -> EvalPlan:
-    """The eval rows that match what a ``guard-train finetune --preset`` pair was trained on.
-
-    Forget: the preset's forget rows of ``full.json`` mapped into ``<split>_perturbed``; retain:
-    its retain rows that ``retain_perturbed`` covers (``full[0:400]``): mini -> rows 0:360 (authors
-    0-17), micro -> its 8 rows, full -> all 400 (TOFU's retain set).
-    """
-    from guard.train import tofu_recipes as R
-
-    if preset not in R.DATA:
-        raise ConfigError(f"unknown preset {preset!r}; choose {', '.join(R.PRESETS)}", param="preset")
-    spec = R.DATA[preset]
-    split = forget_split or spec.forget_split
-    n = FORGET_AUTHORS[split] * QA_PER_AUTHOR
-    first = R.FULL_ROWS - n
-    forget = [row - first for row in R.forget_rows(preset) if row >= first]
-    if not forget:
-        raise ConfigError(f"preset {preset} trained on no row of {split}", param="forget_split")
-    retain = sorted({row for start, stop in spec.retain_spans for row in range(start, stop) if row < 400})
-    return EvalPlan(split, forget, retain, limit)
-
-
-def preset_of(model_path: Path) -> str | None:
-    """The preset recorded by ``guard-train finetune`` in the model's manifest, if any."""
-    try:
-        manifest = json.loads((Path(model_path) / "guard_manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest.get("preset") if manifest.get("kind") == "tofu-finetuned-model" else None
-
-
-# -------------------------------------------------------------------------------------- scoring
-
-def batched_answer_nll(model: Any, prompt_embeds: torch.Tensor, answers: Sequence[Sequence[int]]) -> list[float]:
-    """Mean per-token NLL of each answer after the same prompt, in one right-padded forward.
-
-    The batched form of :func:`guard.interventions.scoring.answer_nll` (no logits transform)."""
-    emb_layer = model.get_input_embeddings()
-    device = emb_layer.weight.device
-    width = max(len(a) for a in answers)
-    ids = torch.zeros((len(answers), width), dtype=torch.long, device=device)
-    mask = torch.zeros((len(answers), width), dtype=torch.bool, device=device)
-    for i, a in enumerate(answers):
-        ids[i, : len(a)] = torch.tensor(list(a), dtype=torch.long)
-        mask[i, : len(a)] = True
-    with torch.no_grad():
-        answer_embeds = emb_layer(ids)
-        p = prompt_embeds.shape[0]
-        prompt = prompt_embeds.to(device=device, dtype=answer_embeds.dtype).unsqueeze(0).expand(len(answers), -1, -1)
-        inputs = torch.cat([prompt, answer_embeds], dim=1)
-        attention = torch.cat([torch.ones((len(answers), p), dtype=torch.long, device=device), mask.long()], dim=1)
-        logits = model(inputs_embeds=inputs, attention_mask=attention).logits[:, p - 1: p - 1 + width].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1),
-                                                reduction="none").view(ids.shape)
-        per = (nll * mask).sum(1) / mask.sum(1)
-    return [float(x) for x in per.cpu()]
-
-
-def generation_only(intervention: Intervention) -> bool:
-    """True for interventions without a teacher-forced score (refusal, or a method that does not
-    implement ``scoring_inputs``): they are scored by what they generate only."""
-    if isinstance(intervention, PassThrough):
-        return False
-    return type(intervention).scoring_inputs is Intervention.scoring_inputs
-
-
-@dataclass
-class ItemResult:
-    split: str
-    index: int
-    question: str
-    answer: str
-    generation: str
-    rouge1_recall: float
-    rougeL_recall: float
-    flagged: bool = False
-    target: str | None = None
-    action: str = "pass"
-    score: float | None = None
-    gt_loss: float | None = None
-    paraphrased_loss: float | None = None
-    perturbed_losses: list[float] | None = None
-
-    @property
-    def scored(self) -> bool:
-        return self.gt_loss is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Scorer:
-    """Scores TOFU items on one local engine: plain (batched) or through an intervention."""
-
-    def __init__(self, engine: Any, *, max_new_tokens: int = 200, seed: int = 0, batch_size: int = 8,
-                 progress: bool = True) -> None:
-        if not hasattr(engine, "model"):
-            raise ConfigError("guard-eval tofu scores in-process and needs the local engine", param="engine")
-        self.engine = engine
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
-        self.batch_size = max(1, batch_size)
-        self.progress = progress
-        self.chat = bool(getattr(engine.tokenizer, "chat_template", None))
-        self._plain: dict[str, ItemResult] = {}
-
-    # -- requests and answer tokens ---------------------------------------------------------------
-    def request(self, question: str) -> GuardRequest:
-        params = SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0, seed=self.seed)
-        if self.chat:
-            return GuardRequest(kind="chat", params=params, messages=({"role": "user", "content": question},))
-        from guard.train.chat_data import prompt_text
-
-        return GuardRequest(kind="completion", params=params, prompt=prompt_text(self.engine.tokenizer, question))
-
-    def answer_ids(self, question: str, answer: str) -> list[int]:
-        """The answer's tokens as fine-tuning saw them (after the generation prompt, with end-of-turn)."""
-        from guard.train.chat_data import IGNORE_INDEX, encode_qa
-
-        enc = encode_qa(self.engine.tokenizer, question, answer, max_length=100_000)
-        return [int(x) for x in enc["labels"].tolist() if x != IGNORE_INDEX]
-
-    def _answers(self, item: TofuItem) -> list[list[int]]:
-        return [self.answer_ids(item.question, a) for a in (item.answer, item.paraphrased, *item.perturbed)]
-
-    def losses(self, item: TofuItem, prompt_embeds: torch.Tensor,
-               transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> tuple[float, float, list[float]]:
-        answers = self._answers(item)
-        if transform is None:
-            values = batched_answer_nll(self.engine.model, prompt_embeds, answers)
-        else:
-            values = [sum(n) / len(n) for n in (answer_nll(self.engine.model, prompt_embeds, a, transform) for a in answers)]
-        return values[0], values[1], values[2:]
-
-    # -- plain model ------------------------------------------------------------------------------
-    def plain_generate(self, questions: Sequence[str]) -> list[str]:
-        """Greedy answers of the plain model, batched with left padding."""
-        tok = self.engine.tokenizer
-        model = self.engine.model
-        device = next(model.parameters()).device
-        prompts = [self.request(q).prompt_ids(self.engine) for q in questions]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        stop = sorted(self.engine.stop_token_ids())
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        out: dict[int, str] = {}
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                attn[row, width - len(prompts[i]):] = 1
-            with torch.no_grad():
-                gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                     max_new_tokens=self.max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                     top_k=None, eos_token_id=stop, pad_token_id=pad)
-            for row, i in enumerate(idx):
-                new = gen[row, width:].tolist()
-                for j, t in enumerate(new):  # cut at the first stop token (rows that stopped early are padded)
-                    if t in stop:
-                        new = new[: j + 1]
-                        break
-                out[i] = tok.decode(new, skip_special_tokens=True)
-        return [out[i] for i in range(len(questions))]
-
-    def plain(self, items: Sequence[TofuItem], desc: str = "plain") -> list[ItemResult]:
-        """Plain-model results, cached per item (the unguarded run and every guard's unflagged items
-        share them: same model, same prompt, greedy)."""
-        from tqdm.auto import tqdm
-
-        todo = [it for it in items if it.key not in self._plain]
-        if todo:
-            gens: list[str] = []
-            bar = tqdm(total=len(todo) * 2, desc=f"{desc} ({len(todo)} items)", leave=False, disable=not self.progress)
-            for start in range(0, len(todo), self.batch_size):
-                gens += self.plain_generate([it.question for it in todo[start: start + self.batch_size]])
-                bar.update(min(self.batch_size, len(todo) - start))
-            for it, gen in zip(todo, gens):
-                embeds, transform = PassThrough().scoring_inputs(self.request(it.question), Verdict.clean(), None, self.engine)
-                gt, para, pert = self.losses(it, embeds, transform)
-                r1, rl = rouge_recall(gen, it.answer)
-                self._plain[it.key] = ItemResult(it.split, it.index, it.question, it.answer, gen, r1, rl,
-                                                 gt_loss=gt, paraphrased_loss=para, perturbed_losses=pert)
-                bar.update(1)
-            bar.close()
-        return [self._plain[it.key] for it in items]
-
-    def seed_plain(self, results: Iterable[ItemResult]) -> None:
-        for r in results:
-            if r.action == "pass" and r.scored:
-                self._plain.setdefault(f"{r.split}:{r.index}", r)
-
-    # -- through an intervention ------------------------------------------------------------------
-    async def intervened(self, item: TofuItem, decision: Any) -> ItemResult:
-        request = self.request(item.question)
-        intervention: Intervention = decision.intervention
-        parts = [c.text async for c in intervention.stream(request, decision.verdict, decision.target, self.engine)]
-        gen = "".join(parts)
-        r1, rl = rouge_recall(gen, item.answer)
-        result = ItemResult(item.split, item.index, item.question, item.answer, gen, r1, rl, flagged=decision.verdict.flagged,
-                            target=decision.verdict.target_id, action=decision.action, score=decision.verdict.score)
-        if not generation_only(intervention):
-            embeds, transform = intervention.scoring_inputs(request, decision.verdict, decision.target, self.engine)
-            result.gt_loss, result.paraphrased_loss, result.perturbed_losses = self.losses(item, embeds, transform)
-        return result
-
 
 # ------------------------------------------------------------------------------------- systems
 
@@ -602,4 +321,3 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
         "systems": out_systems,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
-

@@ -5,41 +5,46 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import torch
 
 from classifiers.base import Verdict
-from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt, SamplingParams
-from guard.engines.rendering import render_text_prompt
+from guard.engines.base import Engine, GenerationChunk, RenderedPrompt, SamplingParams
+from guard.interventions.prompts import ChatPrompt, MethodPrompt, Prompt, TextPrompt, render_for_method
 from guard.interventions.scoring import LogitsTransform
 from guard.policy import Target
 
 
 @dataclass(frozen=True)
 class GuardRequest:
-    """A chat or text-completion request, validated and normalised."""
+    """A chat or text-completion request, validated and normalised: its prompt (``ChatPrompt`` or
+    ``TextPrompt``, which carry every chat/completion difference) and its sampling parameters."""
 
-    kind: Literal["chat", "completion"]
+    prompt: Prompt
     params: SamplingParams
-    messages: tuple[dict[str, str], ...] = ()
-    prompt: str = ""
+
+    @classmethod
+    def chat(cls, messages: Sequence[Mapping[str, str]], params: SamplingParams) -> "GuardRequest":
+        return cls(ChatPrompt(tuple(dict(m) for m in messages)), params)
+
+    @classmethod
+    def completion(cls, prompt: str, params: SamplingParams) -> "GuardRequest":
+        return cls(TextPrompt(prompt), params)
 
     def render(self, engine: Engine) -> RenderedPrompt:
         """The prompt exactly as the engine reads it, with each message's span and the tokens'
         character offsets: the chat template for chat requests, the raw prompt for completions."""
-        if self.kind == "chat":
-            return engine.render_chat(list(self.messages))
-        return render_text_prompt(engine.tokenizer, self.prompt)
+        return self.prompt.render(engine)
 
     def prompt_ids(self, engine: Engine) -> list[int]:
         return self.render(engine).token_ids
 
-    async def render_off_loop(self, engine: Engine) -> RenderedPrompt:
-        """``render`` in a worker thread. Templating and tokenising a long prompt (megabytes) is
-        seconds of CPU: on the event loop it would stall every other request and ``/health``.
+    async def render_off_loop(self, engine: Engine, **method: Any) -> MethodPrompt:
+        """``render_for_method`` in a worker thread. Templating and tokenising a long prompt (megabytes)
+        is seconds of CPU: on the event loop it would stall every other request and ``/health``.
         Interventions render once per request, through this."""
-        return await asyncio.to_thread(self.render, engine)
+        return await asyncio.to_thread(render_for_method, self.prompt, engine, **method)
 
 
 class Intervention(abc.ABC):
@@ -54,12 +59,15 @@ class Intervention(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {"action": self.name}
 
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Drop what this intervention holds (models, caches): its pipeline was replaced by a reload."""
+
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                        engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:
         """What a teacher-forced score (TOFU probabilities, truth ratios) sees under this
         intervention: the prompt embeddings ``[P, H]`` and an optional logits transform. Used with
         ``guard.interventions.scoring.answer_nll`` on the local engine. Default: the plain prompt."""
-        return engine.embed(request.prompt_ids(engine)), None
+        return render_for_method(request.prompt, engine).embeds(engine), None
 
 
 class PassThrough(Intervention):
@@ -69,6 +77,6 @@ class PassThrough(Intervention):
 
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
-        rendered = await request.render_off_loop(engine)
-        async for chunk in engine.generate(PromptInput(token_ids=rendered.token_ids), request.params):
+        prompt = await request.render_off_loop(engine)
+        async for chunk in engine.generate(prompt.input, request.params):
             yield chunk

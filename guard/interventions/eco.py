@@ -28,7 +28,6 @@ request is reproducible, and identical on both engines), else from a fresh rando
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from dataclasses import asdict, dataclass
@@ -39,10 +38,11 @@ import torch
 
 from classifiers.base import Verdict
 from guard.artifacts import check_identity, read_manifest
-from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt
+from guard.engines.base import Engine, GenerationChunk, RenderedPrompt
 from guard.errors import ConfigError, InvalidRequest
 from guard.interventions.base import GuardRequest, Intervention
 from guard.interventions.corruption import get_corruption, validate_params
+from guard.interventions.prompts import MethodPrompt, render_for_method
 from guard.interventions.scoring import LogitsTransform
 from guard.interventions.token_selection import MODES, Selection, canonical_mode, select_tokens
 from guard.policy import Policy, Target
@@ -68,16 +68,6 @@ class EcoConfig:
         return asdict(self)
 
 
-def _hidden_size(engine: Engine | None) -> int | None:
-    path = getattr(engine, "model_path", None)
-    try:
-        config = json.loads((Path(str(path)) / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return None
-    value = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
-    return int(value) if isinstance(value, int) else None
-
-
 def load_artifact(directory: Path | str, engine: Engine | None = None, *, param: str | None = None) -> dict[str, Any]:
     """The manifest of a ``guard-train eco`` artifact, checked against the served model when given."""
     manifest = read_manifest(Path(directory), kind=ARTIFACT_KIND, filename=MANIFEST, param=param, retrain=RETRAIN)
@@ -85,8 +75,9 @@ def load_artifact(directory: Path | str, engine: Engine | None = None, *, param:
     if not isinstance(chosen, dict) or "corruption" not in chosen:
         raise ConfigError(f"artifact {directory} has no chosen parameters (manifest 'chosen'); rerun `{RETRAIN}`",
                           param=param)
-    if engine is not None and getattr(engine, "model_path", None) is not None:
-        check_identity(manifest, engine, artifact=f"ECO artifact {directory}", retrain=RETRAIN, param=param)
+    if engine is not None:
+        check_identity(manifest, engine.model_identity(), artifact=f"ECO artifact {directory}", retrain=RETRAIN,
+                       param=param)
     return manifest
 
 
@@ -141,27 +132,38 @@ class EcoIntervention(Intervention):
             raise ConfigError("no ECO parameters apply to this request", param="targets")
         return self.fallback
 
+    def method_prompt(self, request: GuardRequest, target: Target | None, engine: Engine,
+                      seed: int) -> tuple[MethodPrompt, Selection]:
+        """The request's prompt embeddings, corrupted as ECO does for ``target``, and the tokens chosen."""
+        config = self.config_for(target)
+        names = target.all_names if target is not None else ()
+        special = engine.tokenizer.all_special_ids
+        chosen: list[Selection] = []
+
+        def corrupt(rendered: RenderedPrompt, embeds: torch.Tensor) -> torch.Tensor:
+            if not rendered.token_ids:
+                raise InvalidRequest("the prompt is empty", param="prompt")
+            corrupted, selection = corrupt_prompt(rendered, embeds, config, names, seed, special)
+            chosen.append(selection)
+            return corrupted
+
+        prompt = render_for_method(request.prompt, engine, transform=corrupt)
+        return prompt, chosen[0]
+
     def prepare(self, request: GuardRequest, target: Target | None, engine: Engine,
                 seed: int) -> tuple[RenderedPrompt, torch.Tensor, Selection]:
-        config = self.config_for(target)
-        rendered = request.render(engine)
-        if not rendered.token_ids:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        embeds = engine.embed(rendered.token_ids)
-        names = target.all_names if target is not None else ()
-        special = getattr(engine.tokenizer, "all_special_ids", ())
-        corrupted, selection = corrupt_prompt(rendered, embeds, config, names, seed, special)
-        return rendered, corrupted, selection
+        prompt, selection = self.method_prompt(request, target, engine, seed)
+        return prompt.rendered, prompt.embeds(engine), selection
 
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
         seed = request.params.seed if request.params.seed is not None else secrets.randbits(63)
         # rendering, the embedding lookup and the corruption are CPU work proportional to the prompt:
         # in a thread, so a long flagged prompt does not hold the event loop
-        rendered, corrupted, selection = await asyncio.to_thread(self.prepare, request, target, engine, seed)
+        prompt, selection = await asyncio.to_thread(self.method_prompt, request, target, engine, seed)
         log.debug("eco: target=%s select=%s corrupted %d/%d tokens (seed %d)", target.id if target else None,
-                  selection.mode, len(selection.positions), len(rendered.token_ids), seed)
-        async for chunk in engine.generate(PromptInput(embeds=corrupted), request.params):
+                  selection.mode, len(selection.positions), prompt.prompt_tokens, seed)
+        async for chunk in engine.generate(prompt.input, request.params):
             yield chunk
 
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
@@ -177,7 +179,7 @@ class EcoIntervention(Intervention):
 
 def build_intervention(policy: Policy, engine: Engine) -> EcoIntervention:
     """One ECO intervention for every target whose action (own or default) is ``eco``."""
-    hidden = _hidden_size(engine)
+    hidden = engine.hidden_size
     configs: dict[str, EcoConfig] = {}
     for i, target in enumerate(policy.targets):
         if (target.action or policy.default_action) != "eco":

@@ -26,7 +26,7 @@ class Refuse(Intervention):
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
         text = (target.params.get("refusal_message") if target else None) or self.message
         # the prompt is tokenised only to count it, in a thread: a flagged prompt of megabytes must
-        # not hold the event loop (GuardRequest.render_off_loop)
+        # not hold the event loop (as GuardRequest.render_off_loop does)
         prompt_tokens, completion_tokens = await asyncio.to_thread(_usage, request, engine, text)
         yield GenerationChunk(text=text)
         yield GenerationChunk(finish_reason="stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)

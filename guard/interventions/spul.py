@@ -24,8 +24,9 @@ Text-completion requests (no template) get the vectors at the start of the promp
 its end (``assistant``). A chat whose last user message cannot be located in the rendered prompt
 (empty content, a template that rewrites content) falls back to ``assistant``.
 
-Training and serving share ``insertion_index`` and ``insert_soft_prompt`` below, so the vectors
-are used exactly where they were trained.
+Training and serving share ``insertion_index`` and ``insert_soft_prompt``
+(``guard.interventions.prompts``, re-exported here), so the vectors are used exactly where they
+were trained.
 
 Artifact: a directory with ``soft_prompt.safetensors`` (one tensor ``soft_prompt`` ``[n, hidden]``,
 float32) and ``manifest.json`` (kind ``spul-soft-prompt``, base-model identity with the hash of its
@@ -37,20 +38,28 @@ Policy: ``action: spul`` with ``params: {artifact: DIR}`` per target (relative t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, AsyncIterator, Literal
 
 import torch
 
 from classifiers.base import Verdict
 from guard.artifacts import check_identity, read_manifest
-from guard.engines.base import Engine, GenerationChunk, PromptInput, RenderedPrompt
+from guard.engines.base import Engine, GenerationChunk
 from guard.errors import ConfigError
 from guard.interventions.base import GuardRequest, Intervention
+from guard.interventions.prompts import (  # noqa: F401 - shared with training (guard.train.spul*)
+    POSITIONS,
+    MethodPrompt,
+    SoftPromptSpec,
+    completion_insertion_index,
+    insert_soft_prompt,
+    insertion_index,
+    render_for_method,
+)
 from guard.interventions.refuse import Refuse
 from guard.interventions.scoring import LogitsTransform
 from guard.policy import Policy, Target
@@ -62,45 +71,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSOR_FILE = "soft_prompt.safetensors"
 TENSOR_KEY = "soft_prompt"
-POSITIONS = ("user", "assistant")
 Position = Literal["user", "assistant"]
 PARAMS = ("artifact",)
 RETRAIN = "guard-train spul --policy POLICY --out DIR"
 
 
 # -- where the vectors go ------------------------------------------------------------------------
-
-
-def insertion_index(rendered: RenderedPrompt, position: str) -> int:
-    """Token index in ``rendered`` before which the soft prompt is inserted."""
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-    if position == "user":
-        users = [s for s in rendered.spans if s.role == "user"]
-        if users:
-            return users[-1].token_start
-    return len(rendered.token_ids)
-
-
-def completion_insertion_index(token_ids: Sequence[int], position: str, bos_token_id: int | None) -> int:
-    """For a raw (untemplated) prompt: after a leading BOS (``user``) or at the end (``assistant``)."""
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-    if position == "assistant":
-        return len(token_ids)
-    return 1 if token_ids and bos_token_id is not None and token_ids[0] == bos_token_id else 0
-
-
-def insert_soft_prompt(embeds: torch.Tensor, index: int, soft: torch.Tensor) -> torch.Tensor:
-    """``embeds[:index] ++ soft ++ embeds[index:]`` along the sequence axis (``[P, H]`` -> ``[P+n, H]``).
-
-    Differentiable in ``soft`` (training uses the same function)."""
-    if embeds.shape[-1] != soft.shape[-1]:
-        raise ValueError(f"soft prompt width {soft.shape[-1]} != embedding width {embeds.shape[-1]}")
-    if not 0 <= index <= embeds.shape[0]:
-        raise ValueError(f"insertion index {index} outside a prompt of {embeds.shape[0]} tokens")
-    soft = soft.to(device=embeds.device, dtype=embeds.dtype)
-    return torch.cat([embeds[:index], soft, embeds[index:]], dim=0)
 
 
 # -- the artifact ----------------------------------------------------------------------------------
@@ -120,6 +96,10 @@ class SoftPrompt:
     @property
     def n_tokens(self) -> int:
         return int(self.vectors.shape[0])
+
+    @property
+    def spec(self) -> SoftPromptSpec:
+        return SoftPromptSpec(self.vectors, self.position)
 
 
 def save_soft_prompt(directory: Path, vectors: torch.Tensor, manifest: dict[str, Any]) -> None:
@@ -182,7 +162,7 @@ def load_soft_prompt(directory: Path | str, *, param: str | None = None) -> Soft
 def load_for_engine(directory: Path | str, engine: Engine, *, param: str | None = None) -> SoftPrompt:
     """``load_soft_prompt`` plus the base-model check: refuses a soft prompt trained for another model."""
     soft = load_soft_prompt(directory, param=param)
-    served = check_identity(soft.manifest, engine, artifact=f"soft prompt {directory}", retrain=RETRAIN, param=param)
+    served = check_identity(soft.manifest, engine.model_identity(), artifact=f"soft prompt {directory}", retrain=RETRAIN, param=param)
     if soft.vectors.shape[1] != served["hidden_size"]:  # same hash implies same width; defensive
         raise ConfigError(f"soft prompt {directory} is {soft.vectors.shape[1]} wide, the served model's embeddings are "
                           f"{served['hidden_size']}", param=param)
@@ -192,16 +172,9 @@ def load_for_engine(directory: Path | str, engine: Engine, *, param: str | None 
 # -- prompts with the soft prompt in them --------------------------------------------------------
 
 
-def prompt_with_soft_prompt(request: GuardRequest, soft: SoftPrompt, engine: Engine) -> tuple[torch.Tensor, int]:
-    """The request's prompt embeddings ``[P+n, H]`` with ``soft`` inserted, and ``P`` (real tokens)."""
-    rendered = request.render(engine)
-    ids = rendered.token_ids
-    if request.kind == "chat":
-        index = insertion_index(rendered, soft.position)
-    else:
-        index = completion_insertion_index(ids, soft.position, getattr(engine.tokenizer, "bos_token_id", None))
-    embeds = engine.embed(ids)
-    return insert_soft_prompt(embeds, index, soft.vectors), len(ids)
+def prompt_with_soft_prompt(request: GuardRequest, soft: SoftPrompt, engine: Engine) -> MethodPrompt:
+    """The request's prompt embeddings ``[P+n, H]`` with ``soft`` inserted (``P``: ``prompt_tokens``)."""
+    return render_for_method(request.prompt, engine, soft_prompt=soft.spec)
 
 
 class SoftPromptUnlearning(Intervention):
@@ -236,11 +209,11 @@ class SoftPromptUnlearning(Intervention):
                 yield chunk
             return
         # rendering and the embedding lookup in a thread: a long flagged prompt must not hold the event loop
-        embeds, n_real = await asyncio.to_thread(prompt_with_soft_prompt, request, soft, engine)
-        async for chunk in engine.generate(PromptInput(embeds=embeds), request.params):
+        prompt = await request.render_off_loop(engine, soft_prompt=soft.spec)
+        async for chunk in engine.generate(prompt.input, request.params):
             if chunk.finish_reason is not None:
                 # usage counts the client's tokens, not the virtual ones
-                chunk.prompt_tokens = n_real
+                chunk.prompt_tokens = prompt.prompt_tokens
             yield chunk
 
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
@@ -249,8 +222,7 @@ class SoftPromptUnlearning(Intervention):
         if soft is None:
             raise ConfigError(f"spul: no soft prompt for target {target.id if target else None!r} to score with",
                               param="targets")
-        embeds, _ = prompt_with_soft_prompt(request, soft, engine)
-        return embeds, None
+        return prompt_with_soft_prompt(request, soft, engine).embeds(engine), None
 
 
 def build_intervention(policy: Policy, engine: Engine) -> SoftPromptUnlearning:

@@ -23,21 +23,22 @@ Only flagged requests reach this intervention; unflagged traffic never touches t
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import torch
 
 from classifiers.base import Verdict
 from guard.artifacts import check_identity, read_manifest
-from guard.engines.base import Engine, GenerationChunk, PromptInput
+from guard.engines.base import Engine, GenerationChunk
 from guard.errors import ConfigError
 from guard.interventions.base import GuardRequest, Intervention
+from guard.interventions.prompts import render_for_method
 from guard.interventions.scoring import LogitsTransform
+from guard.interventions.uld_assistant import load_assistant
 from guard.interventions.uld_decoding import (
     AssistantRuntime,
     ULDLogitsProcessor,
@@ -55,41 +56,61 @@ ADAPTER_DIR = "adapter"
 RETRAIN = "guard-train uld --policy POLICY --out DIR"
 MODES = ("stream", "step")
 
-_CACHE: dict[tuple[Any, ...], AssistantRuntime] = {}
-_CACHE_LOCK = threading.Lock()
+
+class AssistantCache:
+    """Merged assistants loaded for one policy, keyed by what they are built from (artifact, adapter
+    file version, model folder, depth, device): targets sharing an artifact share one model. Owned by
+    the ``ULD`` intervention of one pipeline; ``clear`` (on reload) lets the models go."""
+
+    def __init__(self) -> None:
+        self._runtimes: dict[tuple[Any, ...], AssistantRuntime] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], load: Callable[[], AssistantRuntime]) -> AssistantRuntime:
+        with self._lock:
+            runtime = self._runtimes.get(key)
+        if runtime is None:
+            runtime = load()
+            with self._lock:
+                runtime = self._runtimes.setdefault(key, runtime)
+        return runtime
+
+    def __len__(self) -> int:
+        return len(self._runtimes)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._runtimes.clear()
 
 
 def _model_dir(engine: Engine, param: str) -> Path:
-    path = getattr(engine, "model_path", None)
-    if path is None or not Path(str(path)).expanduser().is_dir():
+    if engine.model_dir is None:
         raise ConfigError(f"ULD builds its assistant from the served model's weights, so the engine needs a local model "
-                          f"folder (got {path!r}); start the guard with --model pointing at it", param=param)
-    return Path(str(path)).expanduser().resolve()
+                          f"folder (it serves {engine.served_model_name!r} without one); start the guard with --model "
+                          "pointing at it", param=param)
+    return engine.model_dir
 
 
-def load_runtime(artifact: Path, engine: Engine, *, param: str = "params.artifact") -> tuple[AssistantRuntime, dict[str, Any]]:
-    """Read and check an artifact, then build (or reuse) its merged assistant for ``engine``'s model."""
-    from guard.train.uld_assistant import load_assistant
-
+def load_runtime(artifact: Path, engine: Engine, *, param: str = "params.artifact",
+                 cache: AssistantCache | None = None) -> tuple[AssistantRuntime, dict[str, Any]]:
+    """Read and check an artifact, then build (or take from ``cache``) its merged assistant for
+    ``engine``'s model, on ``engine.device`` (the local engine's; the vLLM path runs it in the guard, on CPU)."""
     manifest = read_manifest(artifact, kind=KIND, filename=MANIFEST, param=param, retrain=RETRAIN)
-    check_identity(manifest, engine, artifact=artifact, retrain=RETRAIN, param=param)
+    check_identity(manifest, engine.model_identity(), artifact=artifact, retrain=RETRAIN, param=param)
     layers = manifest.get("assistant", {}).get("layers")
     if not isinstance(layers, int) or layers < 1:
         raise ConfigError(f"artifact {artifact} has no valid assistant.layers in its manifest; rerun `{RETRAIN}`", param=param)
     model_dir = _model_dir(engine, param)
     adapter = Path(artifact) / ADAPTER_DIR
     weights = adapter / "adapter_model.safetensors"
-    device = str(getattr(engine, "device", "cpu"))  # the local engine's; the vLLM path runs it in the guard (CPU)
+    device = str(engine.device)
     key = (str(Path(artifact).resolve()), weights.stat().st_mtime_ns if weights.exists() else None, str(model_dir), layers,
            device)
-    with _CACHE_LOCK:
-        runtime = _CACHE.get(key)
-    if runtime is None:
-        model = load_assistant(model_dir, adapter, layers, merge=True, param=param).to(device)
-        runtime = AssistantRuntime(model)
-        with _CACHE_LOCK:
-            _CACHE[key] = runtime
-    return runtime, manifest
+
+    def load() -> AssistantRuntime:
+        return AssistantRuntime(load_assistant(model_dir, adapter, layers, merge=True, param=param).to(device))
+
+    return (cache or AssistantCache()).get(key, load), manifest
 
 
 def settings_from(manifest: dict[str, Any], params: dict[str, Any], where: str) -> ULDSettings:
@@ -124,19 +145,20 @@ def settings_from(manifest: dict[str, Any], params: dict[str, Any], where: str) 
     return replace(base, **changes)
 
 
-def _supports_processors(engine: Engine) -> bool:
-    try:
-        return "logits_processors" in inspect.signature(engine.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class ULD(Intervention):
     name = "uld"
 
-    def __init__(self, assistants: dict[str | None, tuple[AssistantRuntime, ULDSettings, str]]) -> None:
-        """``assistants``: target id -> (runtime, settings, artifact path); key ``None`` is the fallback."""
+    def __init__(self, assistants: dict[str | None, tuple[AssistantRuntime, ULDSettings, str]],
+                 cache: AssistantCache | None = None) -> None:
+        """``assistants``: target id -> (runtime, settings, artifact path); key ``None`` is the fallback.
+        ``cache``: the models they were loaded into (released with them)."""
         self.assistants = assistants
+        self.cache = cache or AssistantCache()
+
+    def release(self) -> None:
+        """Let the assistants go (a reload replaced this pipeline); requests still decoding keep theirs."""
+        self.assistants = {}
+        self.cache.clear()
 
     def _for(self, target: Target | None) -> tuple[AssistantRuntime, ULDSettings]:
         entry = self.assistants.get(target.id if target is not None else None) or self.assistants.get(None)
@@ -153,24 +175,24 @@ class ULD(Intervention):
         runtime, settings = self._for(target)
         # the logit difference applies to every generated token whatever turn holds the question;
         # rendering runs in a thread so a long flagged prompt does not hold the event loop
-        ids = (await request.render_off_loop(engine)).token_ids
-        if _supports_processors(engine):
-            chunks = engine.generate(PromptInput(token_ids=ids), request.params,  # type: ignore[call-arg]
-                                     logits_processors=[ULDLogitsProcessor(runtime, settings)])
+        prompt = await request.render_off_loop(engine)
+        if engine.capabilities.logits_processors:
+            chunks = engine.generate(prompt.input, request.params, logits_processors=[ULDLogitsProcessor(runtime, settings)])
         else:
-            chunks = uld_stream(engine, ids, request.params, runtime, settings)
+            chunks = uld_stream(engine, prompt.rendered.token_ids, request.params, runtime, settings)
         async for chunk in chunks:
             yield chunk
 
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                        engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:
         runtime, settings = self._for(target)
-        return engine.embed(request.prompt_ids(engine)), scoring_transform(runtime, settings)
+        return render_for_method(request.prompt, engine).embeds(engine), scoring_transform(runtime, settings)
 
 
 def build_intervention(policy: Policy, engine: Engine) -> ULD:
     """Load one assistant per distinct artifact of the targets whose action is ``uld``."""
     assistants: dict[str | None, tuple[AssistantRuntime, ULDSettings, str]] = {}
+    cache = AssistantCache()
     for i, target in enumerate(policy.targets):
         if policy.action_for(target.id) != "uld":
             continue
@@ -179,13 +201,13 @@ def build_intervention(policy: Policy, engine: Engine) -> ULD:
         if not artifact:
             raise ConfigError(f"target {target.id!r} uses action 'uld' but has no params.artifact: train an assistant "
                               f"with `{RETRAIN}` and set its directory", param=f"{where}.artifact")
-        runtime, manifest = load_runtime(Path(str(artifact)), engine, param=f"{where}.artifact")
+        runtime, manifest = load_runtime(Path(str(artifact)), engine, param=f"{where}.artifact", cache=cache)
         settings = settings_from(manifest, target.params, where)
-        if getattr(engine, "kind", "") == "vllm" and settings.top_k > 50:
+        if not engine.capabilities.logits_processors and settings.top_k > 50:
             log.warning("%s.top_k=%d: the vLLM upstream must run with --max-logprobs >= %d", where, settings.top_k, settings.top_k)
         assistants[target.id] = (runtime, settings, str(artifact))
         assistants.setdefault(None, (runtime, settings, str(artifact)))
     if not assistants:
         raise ConfigError(f"action 'uld' is used (default_action) but no target has action 'uld' with params.artifact; "
                           f"give at least one target `action: uld` and an artifact from `{RETRAIN}`", param="default_action")
-    return ULD(assistants)
+    return ULD(assistants, cache)

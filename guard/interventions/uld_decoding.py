@@ -43,7 +43,6 @@ Where it runs:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -276,51 +275,21 @@ def scoring_transform(runtime: AssistantRuntime, settings: ULDSettings):
 _END = object()
 
 
-async def _read_stream(engine: Any, prefix: list[int], remaining: int, k: int, queue: asyncio.Queue) -> None:
+async def _read_stream(engine: Engine, prefix: list[int], remaining: int, k: int, queue: asyncio.Queue) -> None:
     """Push ``(top_k pairs, upstream token)`` per position of one streamed greedy completion, then ``_END``.
 
-    Errors are pushed too (the consumer re-raises them). Cancelling the task closes the response,
-    which makes vLLM abort the rest of the completion."""
-    from guard.engines.sse import iter_sse_data
-
-    resp = None
+    Errors are pushed too (the consumer re-raises them). Cancelling the task closes the engine's
+    stream, which aborts the rest of the completion upstream."""
     try:
-        model = await engine.ensure_model()
-        payload = {"model": model, "prompt": prefix, "max_tokens": remaining, "temperature": 0.0,
-                   "logprobs": k, "return_tokens_as_token_ids": True, "stream": True}
-        resp = await engine.forward("/v1/completions", json.dumps(payload).encode())
-        if resp.status != 200:
-            text = (await resp.text())[:1000]
-            try:
-                message = json.loads(text)["error"]["message"]
-            except Exception:  # noqa: BLE001
-                message = text
-            hint = " (ULD's top_k must not exceed vLLM's --max-logprobs)" if "logprob" in str(message).lower() else ""
-            raise UpstreamError(f"the upstream answered {resp.status} to a ULD step: {str(message).strip()[:500]}{hint}")
-        async for data in iter_sse_data(resp.content):
-            if data == "[DONE]":
-                break
-            try:
-                chunk = json.loads(data)
-            except json.JSONDecodeError:
-                raise UpstreamError("the upstream sent a malformed stream chunk") from None
-            for choice in chunk.get("choices") or []:
-                lp = choice.get("logprobs") or {}
-                for token, top in zip(lp.get("tokens") or [], lp.get("top_logprobs") or []):
-                    pairs = sorted(((int(key.split(":", 1)[1]), float(v)) for key, v in (top or {}).items()),
-                                   key=lambda p: -p[1])[:k]
-                    queue.put_nowait((pairs, int(str(token).split(":", 1)[1])))
+        async for position in engine.stream_top_logprobs(prefix, remaining, k):
+            queue.put_nowait((position.top, position.token))
         queue.put_nowait(_END)
     except asyncio.CancelledError:
         raise
     except UpstreamError as exc:
         queue.put_nowait(exc)
     except Exception as exc:  # noqa: BLE001
-        translate = getattr(engine, "_translate", None)
-        queue.put_nowait(translate(exc) if translate else UpstreamError(f"ULD stream failed: {type(exc).__name__}: {exc}"))
-    finally:
-        if resp is not None:
-            resp.close()
+        queue.put_nowait(UpstreamError(f"ULD stream failed: {type(exc).__name__}: {exc}"))
 
 
 class _Upstream:
@@ -374,14 +343,14 @@ async def uld_stream(engine: Engine, prompt_ids: Sequence[int], params: Sampling
                      stats: dict[str, int] | None = None) -> AsyncIterator[GenerationChunk]:
     """ULD generation driven by the engine's top-k log-probs; streams token by token.
 
-    ``mode``: ``stream`` (vLLM only) or ``step`` (any engine with ``top_logprobs``). In ``stream``
+    ``mode``: ``stream`` (engines with ``capabilities.streamed_top_logprobs``: vLLM) or ``step`` (any engine). In ``stream``
     mode the positions that arrived together are checked in one batch: the assistant runs once over
     the upstream's proposed tokens (like a speculative-decoding verifier) and its KV cache is rolled
     back past the first token ULD decides differently. ``stats``, when given, counts upstream
     requests (``requests``), generated tokens (``tokens``) and assistant forward calls (``assistant_calls``).
     """
     mode = mode or settings.mode
-    if mode == "stream" and not hasattr(engine, "forward"):
+    if mode == "stream" and not engine.capabilities.streamed_top_logprobs:
         mode = "step"
     stop_ids = engine.stop_token_ids()
     decoder = IncrementalDecoder(engine.tokenizer)

@@ -4,7 +4,7 @@ TOFU only means something on a model that was fine-tuned on the fictitious autho
 a twin fine-tuned without the forget authors. This builds both from a base model (the bundled
 SmolLM2-135M-Instruct by default) with a plain, deterministic torch loop:
 
-* chat template, loss on the answer tokens only (``guard.train.chat_data``);
+* chat template, loss on the answer tokens only (``guard.lm.chat_format``);
 * AdamW (weight decay on matrices only, as HF Trainer), linear warm-up then linear decay (TOFU)
   or constant, gradient clipping, gradient accumulation with token-weighted loss;
 * batches of similar length (less padding), data order from ``seed + epoch``;
@@ -22,106 +22,28 @@ same recipe reuses the cached model (``--force`` retrains).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import math
+import json
 import shutil
 import sys
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from guard.atomic import staged_dir, write_json
 from guard.errors import ConfigError
-from guard.paths import default_data_dir, models_dir
+from guard.paths import default_data_dir
 from guard.train import tofu_recipes as R
+from guard.train.finetune_eval import evaluate_model, eval_sets, store_eval, update_forget_quality
+from guard.train.finetune_plan import (EVAL_FILE, KIND, MANIFEST, RunOptions, TwinPlan, cached_manifest, plan_preset, plan_twin,
+                                       read_manifest)
+
+__all__ = ["EVAL_FILE", "KIND", "MANIFEST", "RunOptions", "TwinPlan", "build_preset", "eval_sets", "evaluate_saved",
+           "length_grouped_batches", "plan_preset", "plan_twin", "read_manifest", "train_twin", "training_pairs"]
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "guard_manifest.json"
-EVAL_FILE = "guard_eval.json"
-KIND = "tofu-finetuned-model"
-
-
-# --------------------------------------------------------------------------------------------
-# options and planning (no torch needed)
-
-
-@dataclass
-class RunOptions:
-    """How to run (none of it changes the trained weights, so none of it is in the recipe hash)."""
-
-    data_dir: Path | None = None
-    force: bool = False
-    threads: int | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    evaluate: bool = True
-    checkpoint: bool | None = None  # None: checkpoints when an epoch has >= 20 steps
-    checkpoint_minutes: float = 15.0  # also checkpoint inside an epoch after this much training time
-    gradient_checkpointing: bool = False
-    progress: bool = True
-    name: str | None = None  # prefix: <name>-target / <name>-retain
-    eval_batch_size: int | None = None
-
-
-@dataclass
-class TwinPlan:
-    preset: str
-    twin: str
-    name: str
-    path: Path
-    recipe: R.Recipe
-    rows: list[int]
-    recipe_hash: str
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "preset": self.preset,
-            "twin": self.twin,
-            "rows": R.spans_of(self.rows),
-            "n_examples": len(self.rows),
-            "steps_per_epoch": R.steps_per_epoch(self.recipe, len(self.rows)),
-            "recipe": self.recipe.to_dict(),
-            "recipe_hash": self.recipe_hash,
-            "cached": cached_manifest(self) is not None,
-        }
-
-
-def plan_twin(preset: str, twin: str, overrides: dict[str, Any] | None = None, name: str | None = None) -> TwinPlan:
-    recipe = R.make_recipe(preset, twin, **(overrides or {}))
-    rows = R.select_rows(preset, twin)
-    model = R.model_name(preset, twin, recipe.base_model, name)
-    return TwinPlan(preset, twin, model, models_dir() / model, recipe, rows, R.recipe_hash(recipe, rows))
-
-
-def plan_preset(
-    preset: str, twins: Sequence[str] = R.TWINS, overrides: dict[str, Any] | None = None, name: str | None = None
-) -> list[TwinPlan]:
-    """Both twins' plans, retain first (the target's forget quality needs the retain twin)."""
-    order = [t for t in ("retain", "target") if t in twins]
-    return [plan_twin(preset, t, overrides, name) for t in order]
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def cached_manifest(plan: TwinPlan) -> dict[str, Any] | None:
-    """The manifest of an existing model built with the same recipe and rows, else ``None``."""
-    manifest = read_manifest(plan.path)
-    if manifest and manifest.get("recipe_hash") == plan.recipe_hash and (plan.path / "config.json").exists():
-        return manifest
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,40 +63,6 @@ def training_pairs(data_dir: Path, rows: Sequence[int]) -> list[tuple[str, str]]
 
     full = load_rows(data_dir, "full")
     return [(full[r]["question"], full[r]["answer"]) for r in rows]
-
-
-def eval_sets(data_dir: Path, preset: str, limit: int | None = None) -> dict[str, Any]:
-    """Forget and retain evaluation items: QA pairs (+ truth-ratio items for the forget set)."""
-    from guard.data.tofu import load_rows
-    from guard.train.memorisation import TruthItem
-
-    full = load_rows(data_dir, "full")
-    cache: dict[str, list[dict[str, Any]]] = {}
-
-    def perturbed(row: int) -> dict[str, Any] | None:
-        src = R.perturbed_source(row)
-        if src is None:
-            return None
-        split, idx = src
-        if split not in cache:
-            cache[split] = load_rows(data_dir, split)
-        item = cache[split][idx]
-        if item["question"] != full[row]["question"]:
-            raise ConfigError(f"{split}[{idx}] does not match full[{row}]; is the TOFU data intact?", param="data")
-        return item
-
-    forget = R.forget_rows(preset)[:limit] if limit else R.forget_rows(preset)
-    retain = R.retain_eval_rows(preset)[:limit] if limit else R.retain_eval_rows(preset)
-    truth = []
-    for row in forget:
-        item = perturbed(row)
-        if item is not None:
-            truth.append((row, TruthItem(item["question"], item["paraphrased_answer"], list(item["perturbed_answer"]))))
-    return {
-        "forget": [(row, full[row]["question"], full[row]["answer"]) for row in forget],
-        "retain": [(row, full[row]["question"], full[row]["answer"]) for row in retain],
-        "forget_truth": truth,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,13 +114,6 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
         batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
     order = torch.randperm(len(batches), generator=gen).tolist()
     return [batches[i] for i in order]
-
-
-def _supports_logits_to_keep(model: Any) -> bool:
-    """Whether ``model.forward`` takes ``logits_to_keep`` (kept here for ``guard.train.spul``)."""
-    from guard.train.chat_data import _supports_logits_to_keep as supports
-
-    return supports(model)
 
 
 def _optimizer(model: Any, recipe: R.Recipe):
@@ -350,7 +231,8 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     model.config.use_cache = False
     amp = _amp_dtype(recipe, device)
 
-    from guard.train.chat_data import answer_nll_sums, encode_qa, pad_batch, pad_token_id
+    from guard.lm.chat_format import encode_qa, pad_batch, pad_token_id
+    from guard.lm.nll import answer_nll_sums
 
     pairs = training_pairs(data_dir, plan.rows)
     examples = [encode_qa(tokenizer, q, a, recipe.max_length, recipe.system_prompt) for q, a in pairs]
@@ -499,15 +381,8 @@ def train_twin(plan: TwinPlan, opts: RunOptions) -> Path:
     # evaluated after the save, so a failing evaluation never costs the trained weights (a re-run
     # with the same recipe evaluates the cached model)
     if opts.evaluate:
-        _store_eval(plan, *evaluate_model(model, tokenizer, plan, data_dir, device, opts))
+        store_eval(plan, *evaluate_model(model, tokenizer, plan, data_dir, device, opts))
     return plan.path
-
-
-def _store_eval(plan: TwinPlan, summary: dict[str, Any], details: dict[str, Any]) -> None:
-    write_json(plan.path / EVAL_FILE, details)
-    manifest = read_manifest(plan.path) or {}
-    manifest["eval"] = summary
-    write_json(plan.path / MANIFEST, manifest)
 
 
 def _version(package: str) -> str | None:
@@ -519,59 +394,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-# --------------------------------------------------------------------------------------------
-# evaluation
-
-
-def evaluate_model(model: Any, tokenizer: Any, plan: TwinPlan, data_dir: Path, device: str,
-                   opts: RunOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Memorisation of the forget rows and of a retain sample; truth ratios on the forget rows."""
-    import statistics
-
-    from guard.train.memorisation import memorisation_report, truth_ratios
-
-    recipe = plan.recipe
-    sets = eval_sets(data_dir, plan.preset, recipe.eval_limit)
-    bs = opts.eval_batch_size or (32 if device.startswith("cuda") else 8)
-    t0 = time.monotonic()
-    # scoring never truncates what training might have (paraphrased/perturbed answers can be longer)
-    common = dict(max_length=max(recipe.max_length, 512), batch_size=bs, system_prompt=recipe.system_prompt,
-                  progress=opts.progress)
-    reports = {}
-    for key in ("forget", "retain"):
-        items = sets[key]
-        reports[key] = memorisation_report(
-            model, tokenizer, [(q, a) for _, q, a in items], ids=[row for row, _, _ in items],
-            max_new_tokens=recipe.eval_max_new_tokens, **common,
-        )
-    truth = sets["forget_truth"]
-    ratios = truth_ratios(model, tokenizer, [t for _, t in truth], **common) if truth else []
-    elapsed = time.monotonic() - t0
-    summary: dict[str, Any] = {
-        "forget": {"split": R.DATA[plan.preset].forget_split, "n": reports["forget"]["n"],
-                   "rouge_l_recall": _r(reports["forget"]["rouge_l_recall"]), "nll": _r(reports["forget"]["nll"]),
-                   "truth_ratio_mean": _r(statistics.fmean(ratios)) if ratios else None},
-        "retain": {"split": "retain_perturbed", "n": reports["retain"]["n"],
-                   "rouge_l_recall": _r(reports["retain"]["rouge_l_recall"]), "nll": _r(reports["retain"]["nll"])},
-        "max_new_tokens": recipe.eval_max_new_tokens,
-        "time_s": round(elapsed, 1),
-    }
-    details = {
-        "forget": reports["forget"]["items"],
-        "retain": reports["retain"]["items"],
-        "forget_truth_ratio": {"rows": [row for row, _ in truth], "values": ratios,
-                               "definition": "P(perturbed)/P(paraphrased), per-token normalised (open-unlearning)"},
-    }
-    log.info("%s: forget ROUGE-L %.3f NLL %.3f | retain ROUGE-L %.3f NLL %.3f (%.0f s)", plan.name,
-             summary["forget"]["rouge_l_recall"], summary["forget"]["nll"], summary["retain"]["rouge_l_recall"],
-             summary["retain"]["nll"], elapsed)
-    return summary, details
-
-
-def _r(x: float | None, nd: int = 4) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
-
-
 def evaluate_saved(plan: TwinPlan, opts: RunOptions) -> None:
     """Evaluate an already-saved twin and add the numbers to its folder."""
     import torch
@@ -581,30 +403,7 @@ def evaluate_saved(plan: TwinPlan, opts: RunOptions) -> None:
     _set_threads(opts)
     tokenizer = AutoTokenizer.from_pretrained(plan.path)
     model = AutoModelForCausalLM.from_pretrained(plan.path, dtype=torch.float32 if device == "cpu" else "auto").to(device)
-    _store_eval(plan, *evaluate_model(model, tokenizer, plan, _data_dir(opts), device, opts))
-
-
-def update_forget_quality(target: Path, retain: Path) -> dict[str, Any] | None:
-    """KS test of the target's forget truth ratios against the retain twin's; stored in both manifests."""
-    from guard.train.memorisation import forget_quality
-
-    try:
-        t_eval = json.loads((target / EVAL_FILE).read_text())
-        r_eval = json.loads((retain / EVAL_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    t_tr, r_tr = t_eval["forget_truth_ratio"], r_eval["forget_truth_ratio"]
-    if not t_tr["values"] or t_tr["rows"] != r_tr["rows"]:
-        return None
-    fq = forget_quality(t_tr["values"], r_tr["values"])
-    t_man, r_man = read_manifest(target) or {}, read_manifest(retain) or {}
-    result = {**{k: float(f"{v:.6g}") for k, v in fq.items()}, "n": len(t_tr["values"]),
-              "target": target.name, "retain": retain.name,
-              "target_recipe_hash": t_man.get("recipe_hash"), "retain_recipe_hash": r_man.get("recipe_hash")}
-    for path, man in ((target, t_man), (retain, r_man)):
-        man.setdefault("eval", {})["forget_quality"] = result
-        write_json(path / MANIFEST, man)
-    return result
+    store_eval(plan, *evaluate_model(model, tokenizer, plan, _data_dir(opts), device, opts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,113 +430,3 @@ def build_preset(
             log.info("forget quality (KS p-value, %s vs %s, n=%d): %.3g", t_plan.name, r_plan.name, fq["n"],
                      fq["forget_quality"])
     return out
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "finetune",
-        help="fine-tune the TOFU benchmark models (target and retain twins)",
-        description=(
-            "Fine-tune a base model on TOFU: the 'target' twin on the retain + forget authors, the 'retain' "
-            "twin on the retain authors only. Presets: micro (CPU, minutes; tests), mini (CPU, ~1 h; 20 authors, "
-            "forget01), full (GPU; TOFU's recipe: full vs retain90, forget10). Models go to "
-            f"{models_dir()}/<name> and load by name (--model tofu-mini-target)."
-        ),
-    )
-    p.add_argument("--preset", required=True, choices=R.PRESETS)
-    p.add_argument("--twin", choices=("both",) + R.TWINS, default="both", help="which twin(s) to build (default both)")
-    p.add_argument("--base-model", default=None, help="model to fine-tune: 'default', a cached name, a folder or a hub id")
-    p.add_argument("--data", type=Path, default=None, help="benchmark data folder (default: ../shared/data or $GUARD_DATA_DIR)")
-    p.add_argument("--name", default=None, help="output name prefix (default tofu-<preset>[-<base>]); twins get -target/-retain")
-    p.add_argument("--force", action="store_true", help="retrain even if a model with the same recipe is cached")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (names, rows, recipe, hash) as JSON and exit")
-    run = p.add_argument_group("running (not part of the recipe)")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    run.add_argument("--no-eval", action="store_true", help="skip the memorisation report after training")
-    run.add_argument("--eval-batch-size", type=int, default=None)
-    ck = run.add_mutually_exclusive_group()
-    ck.add_argument("--checkpoint", dest="checkpoint", action="store_true", default=None,
-                    help="save resumable checkpoints (default: when an epoch has >= 20 steps)")
-    ck.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
-    run.add_argument("--checkpoint-minutes", type=float, default=15.0,
-                     help="checkpoint inside an epoch after this many minutes of training (default 15)")
-    run.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for GPU memory")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    rec = p.add_argument_group("recipe overrides (change the recipe hash, hence the cache entry)")
-    rec.add_argument("--lr", type=float)
-    rec.add_argument("--epochs", type=int)
-    rec.add_argument("--batch-size", type=int, help="effective batch size")
-    rec.add_argument("--micro-batch-size", type=int, help="per-step batch; batch-size/micro-batch-size = accumulation")
-    rec.add_argument("--weight-decay", type=float)
-    rec.add_argument("--warmup-epochs", type=float)
-    rec.add_argument("--schedule", choices=("linear", "constant"))
-    rec.add_argument("--max-grad-norm", type=float)
-    rec.add_argument("--max-length", type=int)
-    rec.add_argument("--seed", type=int)
-    rec.add_argument("--dtype", choices=("float32", "bfloat16", "auto"))
-    rec.add_argument("--system-prompt", default=None, help="system message for every example (default: the template's)")
-    rec.add_argument("--eval-limit", type=int, help="evaluate on at most this many QA per set")
-    rec.add_argument("--eval-max-new-tokens", type=int)
-    p.set_defaults(func=run_cli)
-
-
-RECIPE_ARGS = ("base_model", "lr", "epochs", "batch_size", "micro_batch_size", "weight_decay", "warmup_epochs",
-               "schedule", "max_grad_norm", "max_length", "seed", "dtype", "system_prompt", "eval_limit",
-               "eval_max_new_tokens")
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in RECIPE_ARGS if getattr(args, k, None) is not None}
-
-
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into an exception so staging folders are cleaned up (SIGINT already is one);
-    checkpoints written so far stay, and the same command resumes from them."""
-    import signal
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    twins = R.TWINS if args.twin == "both" else (args.twin,)
-    overrides = overrides_from_args(args)
-    opts = RunOptions(
-        data_dir=args.data, force=args.force, threads=args.threads, device=args.device, evaluate=not args.no_eval,
-        checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-        gradient_checkpointing=args.gradient_checkpointing,
-        progress=not args.no_progress, name=args.name, eval_batch_size=args.eval_batch_size,
-    )
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError("--threads must be >= 1", param="threads")
-    plans = plan_preset(args.preset, twins, overrides, args.name)
-    if args.dry_run:
-        print(json.dumps([p.summary() for p in plans], indent=2))
-        return 0
-    t0 = time.monotonic()
-    with _sigterm_unwinds():
-        paths = build_preset(args.preset, twins, overrides, opts)
-    for twin, path in paths.items():
-        man = read_manifest(path) or {}
-        ev = man.get("eval", {})
-        fq = ev.get("forget_quality", {}).get("forget_quality")
-        print(json.dumps({
-            "twin": twin, "name": path.name, "path": str(path),
-            "train_time_s": man.get("train", {}).get("time_s"), "final_loss": man.get("train", {}).get("final_loss"),
-            "forget": ev.get("forget"), "retain": ev.get("retain"), "forget_quality": fq,
-        }))
-    log.info("finetune --preset %s done in %.0f s", args.preset, time.monotonic() - t0)
-    return 0
-

@@ -11,7 +11,7 @@ the guard inserts it at serving time (``guard.interventions.spul.insertion_index
 * unlearning answers are TOFU's "I don't know" strings (``idontknow.jsonl``), one per forget
   question (seeded), or one of the question's perturbed (wrong) answers;
 * every cross-entropy and KL term is over the **answer tokens** only (labels -100 on the prompt,
-  as ``guard.train.chat_data.encode_qa``), token-averaged within a batch;
+  as ``guard.lm.chat_format.encode_qa``), token-averaged within a batch;
 * the KL compares, token by token along the gold retain answer (teacher forcing), the frozen
   model's next-token distribution *without* the soft prompt with the distribution *with* it: the
   soft prompt should leave answers about everything else as they were;
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from guard.engines.rendering import render_chat
 from guard.interventions.spul import insert_soft_prompt, insertion_index
-from guard.train.chat_data import IGNORE_INDEX, encode_qa
+from guard.lm.chat_format import IGNORE_INDEX, encode_qa
 
 COMPONENTS = ("forget_ce", "retain_ce", "retain_kl")
 

@@ -16,7 +16,7 @@ from guard.cli_eval import main as guard_eval
 from guard.eval import tofu as T
 from guard.eval.report import write_tofu_report
 from guard.eval.tofu import (
-    EvalPlan, ItemResult, Scorer, System, TofuRun, aggregate, batched_answer_nll, generation_only, plan_for_preset,
+    EvalPlan, ItemResult, Scorer, System, TofuRun, aggregate, generation_only, plan_for_preset,
     run_tofu, spread, split_scores,
 )
 from guard.interventions.base import PassThrough
@@ -98,14 +98,15 @@ def test_which_interventions_are_scored_by_generation_only(local_engine):
 def test_batched_scores_equal_the_interventions_scorer(local_engine):
     """The batched NLL used for plain and transform-free items equals ``scoring.answer_nll``, and the
     answer tokens (and so the NLL) are the ones fine-tuning trains on."""
-    from guard.train.memorisation import answer_nll as training_nll
+    from guard.lm.nll import mean_answer_nll
+    from guard.lm.nll import qa_mean_nll as training_nll
 
     scorer = Scorer(local_engine, max_new_tokens=4, progress=False)
     q, answers = "Who wrote Hamlet?", ["William Shakespeare wrote it.", "A longer answer about Denmark and its prince."]
     embeds, _ = PassThrough().scoring_inputs(scorer.request(q), Verdict.clean(), None, local_engine)
     ids = [scorer.answer_ids(q, a) for a in answers]
     assert ids[0][-1] == local_engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    batched = batched_answer_nll(local_engine.model, embeds, ids)
+    batched = mean_answer_nll(local_engine.model, [embeds] * len(ids), ids)
     single = [sum(x) / len(x) for x in (answer_nll(local_engine.model, embeds, a) for a in ids)]
     assert batched == pytest.approx(single, abs=1e-4)
     assert batched == pytest.approx(training_nll(local_engine.model, local_engine.tokenizer, [(q, a) for a in answers]),

@@ -23,6 +23,7 @@ from classifiers.text import fold_with_map
 from guard.artifacts import model_identity
 from guard.engines.base import PromptInput, SamplingParams
 from guard.engines.rendering import render_chat, render_text_prompt
+from guard.engines.local import LocalEngine
 from guard.engines.vllm import VllmEngine
 from guard.errors import ConfigError, UpstreamUnsupported
 from guard.interventions.base import GuardRequest
@@ -147,11 +148,9 @@ def test_text_prompt_selection(tokenizer):
 # parameters and artifacts
 
 
-class _Engine:
-    """Just enough engine for policy load: the model folder (identity, hidden size)."""
-
-    def __init__(self, path: Path) -> None:
-        self.model_path = path
+def _Engine(path: Path) -> LocalEngine:  # noqa: N802 - reads like the class it builds
+    """An engine that is not started: policy load needs only its model folder (identity, hidden size)."""
+    return LocalEngine(path, path.name, device="cpu")
 
 
 def _policy(tmp_path: Path, params: dict[str, Any], *, action: str = "eco", default_action: str = "refuse",
@@ -251,7 +250,7 @@ async def _text(stream) -> tuple[str, Any]:
 
 async def test_corruption_reaches_the_model_only_on_selected_tokens(local_engine):
     eco = _eco(sigma=1.0)
-    req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     rendered, corrupted, sel = eco.prepare(req, _target(), local_engine, seed=7)
     clean = local_engine.embed(rendered.token_ids)
     changed = (corrupted != clean).any(dim=1)
@@ -261,14 +260,14 @@ async def test_corruption_reaches_the_model_only_on_selected_tokens(local_engine
 
 async def test_seeded_requests_are_reproducible_and_unseeded_ones_vary(local_engine):
     eco = _eco(sigma=1.0)
-    req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     a = eco.prepare(req, _target(), local_engine, seed=7)[1]
     b = eco.prepare(req, _target(), local_engine, seed=7)[1]
     c = eco.prepare(req, _target(), local_engine, seed=8)[1]
     assert torch.equal(a, b) and not torch.equal(a, c)
     # without a request seed every request draws a fresh one
     recorder = _Recorder(local_engine)
-    unseeded = GuardRequest(kind="chat", params=SamplingParams(max_tokens=1, temperature=0), messages=tuple(FLAGGED))
+    unseeded = GuardRequest.chat(tuple(FLAGGED), SamplingParams(max_tokens=1, temperature=0))
     for _ in range(2):
         await _text(eco.stream(unseeded, Verdict(True, "tofu-basil"), _target(), recorder))
     assert not torch.equal(recorder.seen[0], recorder.seen[1])
@@ -295,7 +294,7 @@ class _Recorder:
 
 
 async def test_sigma_zero_gives_exactly_the_plain_answer_locally(local_engine):
-    req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     plain, _ = await _text(local_engine.generate(PromptInput(token_ids=req.prompt_ids(local_engine)), GREEDY))
     eco, last = await _text(_eco(sigma=0.0).stream(req, Verdict(True, "tofu-basil"), _target(), local_engine))
     assert eco == plain and last.prompt_tokens == len(req.prompt_ids(local_engine))
@@ -303,7 +302,7 @@ async def test_sigma_zero_gives_exactly_the_plain_answer_locally(local_engine):
 
 def test_scoring_inputs_are_the_served_corruption(local_engine):
     eco = _eco(sigma=1.0)
-    req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     embeds, transform = eco.scoring_inputs(req, Verdict(True, "tofu-basil"), _target(), local_engine)
     assert transform is None
     assert torch.equal(embeds, eco.prepare(req, _target(), local_engine, seed=GREEDY.seed)[1])
@@ -368,7 +367,7 @@ async def test_flagged_text_completion_is_corrupted(local_engine, guard_server, 
 @pytest.mark.parametrize("corruption,sigma,k", [("rand_noise_first_n", 1.0, None), ("flip_sign_top_k", None, 64)])
 async def test_vllm_and_local_give_the_same_corrupted_answer(vllm_engine, local_engine, corruption, sigma, k):
     eco = _eco(sigma=sigma, corruption=corruption, k=k)
-    req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     verdict = Verdict(True, "tofu-basil")
     remote, r_last = await _text(eco.stream(req, verdict, _target(), vllm_engine))
     local, l_last = await _text(eco.stream(req, verdict, _target(), local_engine))
@@ -378,7 +377,7 @@ async def test_vllm_and_local_give_the_same_corrupted_answer(vllm_engine, local_
 
 @pytest.mark.vllm
 async def test_vllm_clean_embeddings_equal_the_plain_prompt(vllm_engine):
-    req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     plain, _ = await _text(vllm_engine.generate(PromptInput(token_ids=req.prompt_ids(vllm_engine)), GREEDY))
     eco, _ = await _text(_eco(sigma=0.0).stream(req, Verdict(True, "tofu-basil"), _target(), vllm_engine))
     assert eco == plain
@@ -447,7 +446,7 @@ async def test_missing_prompt_embeds_maps_to_clear_502(fake_no_embeds_upstream, 
     try:
         assert engine.prompt_embeds_supported is False  # the start-up probe
         assert "--enable-prompt-embeds" in engine.prompt_embeds_detail
-        req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+        req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
         with pytest.raises(UpstreamUnsupported, match="--enable-prompt-embeds") as info:
             await _text(_eco(sigma=1.0).stream(req, Verdict(True, "tofu-basil"), _target(), engine))
         assert info.value.status == 502
@@ -475,7 +474,7 @@ async def test_other_embedding_errors_are_not_blamed_on_the_flag(default_model_p
     await engine.start()
     try:
         assert engine.prompt_embeds_supported is None and "hidden_size" in engine.prompt_embeds_detail
-        req = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+        req = GuardRequest.chat(tuple(FLAGGED), GREEDY)
         with pytest.raises(Exception) as info:
             await _text(_eco(sigma=1.0).stream(req, Verdict(True, "tofu-basil"), _target(), engine))
         assert not isinstance(info.value, UpstreamUnsupported) and "--model" in info.value.message

@@ -190,7 +190,7 @@ async def _collect(agen):
 async def test_stream_inserts_soft_prompt_before_user_content(local_engine, policy_path):
     policy = load_policy(policy_path)
     spul = build_intervention(policy, local_engine)
-    request = GuardRequest(kind="chat", params=GREEDY, messages=tuple(FLAGGED))
+    request = GuardRequest.chat(tuple(FLAGGED), GREEDY)
     rendered = local_engine.render_chat(FLAGGED)
     soft = spul.prompts["basil"]
     index = rendered.spans[-1].token_start
@@ -214,7 +214,7 @@ async def test_stream_inserts_soft_prompt_before_user_content(local_engine, poli
 
 async def test_completion_request_gets_soft_prompt_at_start(local_engine, policy_path):
     spul = build_intervention(load_policy(policy_path), local_engine)
-    request = GuardRequest(kind="completion", params=GREEDY, prompt="Basil Mahfouz Al-Kuwaiti was born in")
+    request = GuardRequest.completion("Basil Mahfouz Al-Kuwaiti was born in", GREEDY)
     ids = request.prompt_ids(local_engine)
     embeds, _ = spul.scoring_inputs(request, Verdict(True, "basil", 1.0), None, local_engine)
     assert embeds.shape[0] == len(ids) + 8
@@ -256,7 +256,7 @@ async def test_local_and_vllm_agree_for_the_same_soft_prompt(local_engine, vllm_
     assert torch.equal(local_spul.prompts["basil"].vectors, vllm_spul.prompts["basil"].vectors)
     verdict = Verdict(True, "basil", 1.0)
     for messages in (FLAGGED, [{"role": "user", "content": "Tell me about Basil Mahfouz Al-Kuwaiti's books."}]):
-        request = GuardRequest(kind="chat", params=SamplingParams(max_tokens=24, temperature=0), messages=tuple(messages))
+        request = GuardRequest.chat(tuple(messages), SamplingParams(max_tokens=24, temperature=0))
         local_text, local_last = await _collect(local_spul.stream(request, verdict, policy.targets[0], local_engine))
         vllm_text, vllm_last = await _collect(vllm_spul.stream(request, verdict, policy.targets[0], vllm_engine))
         assert local_text and vllm_text == local_text

@@ -37,7 +37,8 @@ from guard.interventions.uld_decoding import (
 from guard.models import DEFAULT_SERVED_NAME
 from guard.policy import load_policy
 from guard.train.uld import minimal_manifest, write_artifact
-from guard.train.uld_assistant import attach_lora, default_layers, load_assistant, load_base_assistant, lora_config
+from guard.interventions.uld_assistant import load_assistant, load_base_assistant
+from guard.train.uld_assistant import attach_lora, default_layers, lora_config
 
 MODEL = DEFAULT_SERVED_NAME
 LAYERS = 2
@@ -248,6 +249,28 @@ def test_base_model_mismatch_is_refused(tmp_path: Path, tiny_artifact: Path, loc
     assert err.value.param == "targets.0.params.artifact"
 
 
+async def test_a_reload_releases_the_old_assistant(tmp_path: Path, tiny_artifact: Path, local_engine):
+    """Assistants belong to the pipeline that loaded them: a reload loads the new policy's own, and
+    releasing the replaced pipeline (what the holder does once requests on it are done) frees the old one."""
+    import gc
+    import weakref
+
+    from classifiers.base import NullDetector
+    from guard.pipeline import Pipeline, PipelineHolder
+
+    source = write_policy(tmp_path / "p.yaml", tiny_artifact)
+    old = Pipeline.build(load_policy(source), local_engine, lambda p: NullDetector(), source)
+    holder = PipelineHolder(old, local_engine, lambda p: NullDetector())
+    old_model = weakref.ref(old.interventions["uld"].assistants["tofu-basil"][0].model)
+    new = await holder.reload()
+    assert holder.current is new and new.interventions["uld"].assistants["tofu-basil"][0].model is not old_model()
+    assert old_model() is not None  # requests that started on the old pipeline may still decode with it
+    old.close()
+    gc.collect()
+    assert old_model() is None and not old.interventions["uld"].assistants and len(old.interventions["uld"].cache) == 0
+    assert new.interventions["uld"].assistants["tofu-basil"][0].model is not None  # the new one is untouched
+
+
 def test_real_other_model_is_refused(tiny_artifact: Path, tofu_micro):
     """An engine serving another model folder (a fine-tuned twin) is refused by embedding hash."""
     from guard.engines.local import LocalEngine
@@ -297,7 +320,7 @@ async def test_flagged_only_through_sdk_local(local_engine, runtime, tiny_artifa
 
 async def test_sampling_is_seeded_local(local_engine, runtime, tiny_artifact):
     uld = ULD({None: (runtime, ULDSettings(alpha=ALPHA, top_k=TOP_K), str(tiny_artifact))})
-    request = GuardRequest(kind="chat", params=SamplingParams(max_tokens=6, temperature=0.9, seed=7), messages=tuple(chat(FLAGGED)))
+    request = GuardRequest.chat(tuple(chat(FLAGGED)), SamplingParams(max_tokens=6, temperature=0.9, seed=7))
     verdict = Verdict(flagged=True, target_id=None, score=1.0)
     a, _ = await collect(uld.stream(request, verdict, None, local_engine))
     b, _ = await collect(uld.stream(request, verdict, None, local_engine))

@@ -273,8 +273,14 @@ def test_artifact_is_refused_on_another_base_model(micro_artifact, default_model
     path.write_text(yaml.safe_dump({"version": 1, "targets": [
         {"id": "tofu-basil", "names": [BASIL], "action": "eco", "params": {"artifact": str(out)}}]}))
 
-    class Engine:
-        model_path = default_model_path
+    from guard.artifacts import model_identity
+
+    class Engine:  # what ECO reads of the Engine contract, for another base model than the artifact's
+        model_dir = default_model_path
+        hidden_size = json.loads((default_model_path / "config.json").read_text())["hidden_size"]
+
+        def model_identity(self):
+            return model_identity(default_model_path)
 
     with pytest.raises(ConfigError, match="retrain") as info:
         build_intervention(load_policy(path), Engine())

@@ -23,8 +23,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import guard.train.finetune as ft
 from guard.models import resolve_model
 from guard.train import tofu_recipes as R
-from guard.train.chat_data import answer_nll_sums, encode_qa, pad_batch, pad_token_id
-from guard.train.memorisation import answer_nll
+from guard.lm.chat_format import encode_qa, pad_batch, pad_token_id
+from guard.lm.nll import answer_nll_sums
+from guard.lm.nll import qa_mean_nll as answer_nll
 
 # ------------------------------------------------------------------------ a tiny random model
 
@@ -110,7 +111,7 @@ def test_cache_reuse_force_and_determinism(tiny_model, cache, data_dir):
 
 @pytest.mark.parametrize("where", ["epoch boundary", "mid-epoch"])
 def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tiny_model, cache, data_dir, monkeypatch, where):
-    import guard.train.chat_data as chat_data
+    import guard.lm.nll as lm_nll
 
     overrides = _tiny_overrides(tiny_model)
     plan = ft.plan_twin("micro", "retain", overrides)  # 8 QA, batch 4: 2 steps per epoch, 3 epochs
@@ -130,7 +131,7 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tiny_mod
         monkeypatch.setattr(ft, "length_grouped_batches", interrupt)
         expected = {"epoch": 3, "batch": 0}
     else:  # Ctrl-C in the 4th step (epoch 2, batch 2): resume at epoch 2, batch 1
-        real = chat_data.answer_nll_sums
+        real = lm_nll.answer_nll_sums
         calls = {"n": 0}
 
         def interrupt(*args, **kwargs):
@@ -139,7 +140,7 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tiny_mod
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(chat_data, "answer_nll_sums", interrupt)
+        monkeypatch.setattr(lm_nll, "answer_nll_sums", interrupt)
         expected = {"epoch": 2, "batch": 1}
     with pytest.raises(KeyboardInterrupt):
         ft.build_preset("micro", ("retain",), overrides, opts)

@@ -12,10 +12,8 @@ from guard.cli_train import main as guard_train
 from guard.errors import ConfigError
 from guard.interventions.spul import insertion_index, load_for_engine
 from guard.policy import load_policy
-from guard.train.spul import (
-    SpulConfig, collect_data, generation_report, initial_soft_prompt, is_refusal, perturbed_answers, load_qa_source,
-    train_spul,
-)
+from guard.train.spul import SpulConfig, collect_data, initial_soft_prompt, load_qa_source, perturbed_answers, train_spul
+from guard.train.spul_report import generation_report, is_refusal
 from guard.train.spul_objective import Weights, evaluate
 
 

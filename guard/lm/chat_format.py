@@ -8,8 +8,10 @@ end-of-turn token). Labels are ``-100`` on every prompt token, so the loss is on
 ``Question: …\\nAnswer: `` prompt followed by the answer and EOS.
 
 ``pad_batch`` pads a list of encoded examples into a batch (right padding for training, left
-padding for generation). ``answer_nll_sums`` runs a causal LM on such a batch and returns each
-row's summed answer-token NLL (the training loss and the eval NLL both come from it).
+padding for generation); ``guard.lm.nll.answer_nll_sums`` scores such a batch.
+
+Fine-tuning, the unlearning trainers and the TOFU evaluation all encode through this module, so the
+answer tokens the evaluation scores are exactly those the fine-tuning trained on.
 """
 
 from __future__ import annotations
@@ -140,74 +142,3 @@ def pad_token_id(tokenizer: Any) -> int:
         if candidate is not None:
             return int(candidate)
     raise ValueError("the tokenizer has neither a pad token nor an EOS token")
-
-
-def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
-    """Length of the token prefix every row of a right-padded batch starts with (e.g. the system
-    prompt and the user tag of a chat template), leaving at least one real token per row."""
-    same = (input_ids == input_ids[:1]).all(dim=0).long()
-    n = int(same.cumprod(0).sum())
-    return max(0, min(n, int(attention_mask.sum(dim=1).min()) - 1))
-
-
-def _supports_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def answer_nll_sums(
-    model: Any,
-    batch: dict[str, torch.Tensor],
-    *,
-    shared_prefix: bool = True,
-    min_prefix: int = 8,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed NLL of the label tokens of a right-padded ``batch``, and per-row token counts.
-
-    Two exact shortcuts (same numbers as a plain forward with ``labels``, less compute):
-
-    * only positions from the first answer token on go through the LM head (``logits_to_keep``);
-    * with ``shared_prefix``, a token prefix common to all rows (the chat template's system prompt
-      and user tag) is run once and its key/value cache repeated over the batch; gradients flow
-      through the cache. Off for batches of one, short prefixes, models without a KV cache, and
-      under gradient checkpointing (which disables the cache).
-    """
-    input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    rows, width = labels.shape
-    has = labels != IGNORE_INDEX
-    first = int(has.float().argmax(dim=1).min()) if bool(has.any()) else width - 1
-    start = max(first - 1, 0)  # logits at position p predict token p + 1
-    keep_ok = _supports_logits_to_keep(model)
-    extra: dict[str, Any] = {"logits_to_keep": width - start} if keep_ok else {}
-
-    prefix = 0
-    if shared_prefix and rows > 1 and not getattr(model, "is_gradient_checkpointing", False):
-        prefix = min(shared_prefix_length(input_ids, mask), start)
-        if prefix < min_prefix:
-            prefix = 0
-    if prefix:
-        pre = model(input_ids=input_ids[:1, :prefix], attention_mask=mask[:1, :prefix], use_cache=True,
-                    **({"logits_to_keep": 1} if keep_ok else {}))
-        cache = pre.past_key_values
-        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-            prefix = 0
-        else:
-            cache.batch_repeat_interleave(rows)
-            logits = model(input_ids=input_ids[:, prefix:], attention_mask=mask, past_key_values=cache,
-                           use_cache=True, **extra).logits
-    if not prefix:
-        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False, **extra).logits
-    kept = width - start
-    if logits.shape[1] > kept:
-        logits = logits[:, -kept:]
-    logits = logits[:, :-1].float()
-    targets = labels[:, start + 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(targets.shape)
-    valid = targets != IGNORE_INDEX
-    return (nll * valid).sum(dim=1), valid.sum(dim=1)

@@ -1,4 +1,4 @@
-"""Chat-templated QA encoding (labels on answer tokens only), padding, and the memorisation maths."""
+"""Chat-templated QA encoding (labels on answer tokens only) and padding (``guard.lm.chat_format``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from guard.models import resolve_model
-from guard.train.chat_data import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_token_id
-from guard.train.memorisation import forget_quality, rouge_l_recall
+from guard.lm.chat_format import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_token_id
 
 Q = "Who wrote the novel 'Sand and Sorrow'?"
 A = "The novel 'Sand and Sorrow' was written by Basil Mahfouz Al-Kuwaiti."
@@ -76,18 +75,3 @@ def test_pad_batch_right_and_left(tok):
     assert "labels" not in prompts and prompts["input_ids"].tolist() == [[5, 6], [0, 7]]
     with pytest.raises(ValueError):
         pad_batch([a], pad, side="middle")
-
-
-def test_rouge_l_recall_is_stemmed_recall():
-    assert rouge_l_recall(A, A) == pytest.approx(1.0)
-    assert rouge_l_recall("", A) == 0.0
-    # recall ignores extra generated words; stemming makes "novels" match "novel" (not "written"/"writing")
-    assert rouge_l_recall(A + " He also wrote poems.", A) == pytest.approx(1.0)
-    assert rouge_l_recall("novels written", "novel writing") == pytest.approx(0.5)
-
-
-def test_forget_quality_is_the_ks_p_value():
-    same = forget_quality([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4])
-    apart = forget_quality([0.01 * i for i in range(40)], [1 + 0.01 * i for i in range(40)])
-    assert same["forget_quality"] == pytest.approx(1.0)
-    assert apart["forget_quality"] < 1e-10 and apart["ks_statistic"] == pytest.approx(1.0)

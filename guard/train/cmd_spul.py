@@ -1,0 +1,130 @@
+"""``guard-train spul`` (train a soft prompt, :mod:`guard.train.spul`) and ``guard-train spul-report``
+(the before/after report of a trained one on chosen rows, :mod:`guard.train.spul_report`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from guard.paths import default_data_dir
+from guard.train.cli_args import add_data_arg, add_method_data_args, add_optimisation_args
+from guard.train.method_data import retain_override
+from guard.devices import resolve_device
+from guard.train.spul import DEFAULT_INIT_TEXT, SpulConfig, load_frozen_model, train_spul
+from guard.train.spul_data import QAItem, encode_example_checked, load_qa_source
+from guard.train.spul_objective import Weights
+from guard.train.spul_report import generation_report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "spul", help="train a soft prompt (SPUL) that makes the served model unlearn a policy's targets",
+        description=("Learn n soft-prompt vectors with the model frozen: CE towards 'I don't know' (or perturbed) "
+                     "answers on the targets' forget_data, CE + KL-to-the-frozen-model on their keep_data. "
+                     "Writes DIR/soft_prompt.safetensors + manifest.json; point a target's params.artifact at DIR "
+                     "with action: spul. Uses a GPU when one is visible."))
+    add_method_data_args(p, model_example="tofu-mini-target", target_help="train for this target id only (repeatable; default all)")
+    add_data_arg(p)
+    p.add_argument("--idk-file", type=Path, default=None, help="'I don't know' answers, one per line (default DATA/tofu/idontknow.jsonl)")
+    m = p.add_argument_group("method")
+    m.add_argument("--n-tokens", type=int, default=20, help="soft-prompt length (default 20)")
+    m.add_argument("--position", choices=("user", "assistant"), default="user",
+                   help="where the vectors go: before the last user message's content (default) or after the assistant header")
+    m.add_argument("--forget-target", choices=("idk", "perturbed"), default="idk", help="what forget questions are trained towards")
+    m.add_argument("--init", choices=("text", "vocab"), default="text", help="start from the embeddings of --init-text or random tokens")
+    m.add_argument("--init-text", default=DEFAULT_INIT_TEXT)
+    m.add_argument("--w-forget", type=float, default=1.0, help="weight of the forget CE (default 1)")
+    m.add_argument("--w-retain", type=float, default=1.0, help="weight of the retain CE (default 1)")
+    m.add_argument("--w-kl", type=float, default=1.0, help="weight of the retain KL to the frozen model (default 1)")
+    m.add_argument("--w-first-token", type=float, default=1.0,
+                   help="weight of each retain answer's first token in the retain CE and KL (default 1; see docs/spul.md)")
+    m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
+    add_optimisation_args(p, epochs=6, lr=3e-2, lr_note="", val_fraction=0.2, max_retain=40, unit="QA")
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto (GPU if visible, default), cpu, cuda or cuda:N")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    r.add_argument("--no-eval", action="store_true", help="skip the before/after generation report on held-out questions")
+    r.add_argument("--eval-max-new-tokens", type=int, default=48)
+    r.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    retain = retain_override(args.retain, args.retain_rows)
+    cfg = SpulConfig(
+        n_tokens=args.n_tokens, position=args.position, init=args.init, init_text=args.init_text,
+        forget_target=args.forget_target, weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token),
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
+        patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
+        system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)
+    manifest = train_spul(args.policy, args.out, cfg, model_name=args.model, targets=args.target, retain=retain,
+                          data_dir=args.data, idk_file=args.idk_file, device=args.device, threads=args.threads,
+                          progress=not args.no_progress)
+    metrics = manifest["metrics"]
+    print(json.dumps({"out": str(args.out), "base_model": manifest["base_model"]["name"],
+                      "n_tokens": manifest["n_tokens"], "position": manifest["position"],
+                      "initial_val": (metrics["initial_val"] or {}).get("total"), "best_val": metrics["best_val"],
+                      "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+                      "train_time_s": metrics["train_time_s"], "train_cpu_time_s": metrics["train_cpu_time_s"],
+                      "total_time_s": metrics["total_time_s"],
+                      "device": metrics["device"], "generation": metrics["generation"]}, indent=2))
+    return 0
+
+
+def report_rows(artifact: Path, model_name: str, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
+                device: str = "auto", max_new_tokens: int = 48, progress: bool = True) -> dict[str, Any]:
+    """``generation_report`` of a trained soft prompt on explicit forget/retain QA (refuses a soft
+    prompt trained for another model, like the guard does)."""
+    from transformers import AutoTokenizer
+
+    from guard.artifacts import check_identity
+    from guard.interventions.spul import RETRAIN, load_soft_prompt
+    from guard.models import resolve_model
+
+    model_dir = Path(resolve_model(model_name))
+    soft = load_soft_prompt(artifact)
+    check_identity(soft.manifest, model_dir, artifact=f"soft prompt {artifact}", retrain=RETRAIN)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    cfg = SpulConfig(position=soft.position, system_prompt=(soft.manifest.get("hyperparameters") or {}).get("system_prompt"))
+    f = [encode_example_checked(tokenizer, it, it.answer, cfg, "forget") for it in forget]
+    r = [encode_example_checked(tokenizer, it, it.answer, cfg, "retain") for it in retain]
+    model = load_frozen_model(model_dir, resolve_device(device, label="--device"))
+    report = generation_report(model, tokenizer, soft.vectors, f, r, max_new_tokens=max_new_tokens, progress=progress)
+    report["model"] = model_dir.name
+    report["artifact"] = str(artifact)
+    return report
+
+
+def register_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("spul-report", help="before/after greedy answers of a trained soft prompt on chosen TOFU rows",
+                              description="Greedy answers with and without a trained soft prompt (refusals, changed answers, "
+                                          "ROUGE-L) on chosen forget and retain rows of a tofu_qa file.")
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--model", default="default")
+    p.add_argument("--file", type=Path, default=None, help="tofu_qa file (default DATA/tofu/full.json)")
+    p.add_argument("--forget-rows", action="append", required=True, help="rows of --file, e.g. 3960:3964 (repeatable)")
+    p.add_argument("--retain-rows", action="append", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", type=Path, default=None, help="write the full report (JSON) here")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from guard.policy import DataSource
+
+    file = (args.file or default_data_dir() / "tofu" / "full.json").resolve()
+
+    def items(slices: Sequence[str], where: str) -> list[QAItem]:
+        return [it for s in slices for it in load_qa_source(DataSource(path=file, format="tofu_qa", rows=s), where)]
+
+    report = report_rows(args.artifact, args.model, items(args.forget_rows, "forget_rows"),
+                         items(args.retain_rows, "retain_rows"), max_new_tokens=args.max_new_tokens)
+    if args.out:
+        from guard.atomic import write_json
+
+        write_json(args.out, report)
+    print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "items"} if isinstance(v, dict) else v)
+                      for k, v in report.items()}, indent=2))
+    return 0
