@@ -176,7 +176,7 @@ async def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     from guard.engines.local import LocalEngine
     from guard.interventions.uld_decoding import ULDLogitsProcessor
     from guard.models import resolve_model, served_name_for
-    from guard.train.memorisation import rouge_l_recall
+    from guard.lm.rouge import rouge_l_recall
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,6 +13,10 @@ detector:
 fail_mode: closed          # closed: a request that cannot be screened is refused (503); open: passed, logged
 default_action: refuse     # for targets without their own action
 refusal_message: "I'm sorry, but I can't help with that."
+output:                    # screening what the model answers (docs/output-screening.md)
+  screen: true             # default for every target whose action is not 'pass'
+  holdback_tokens: 16      # a stream is released this many tokens behind the model
+  semantic: false          # also judge each answer sentence with the trained detector
 targets:
   - id: basil-mahfouz-al-kuwaiti
     names: ["Basil Mahfouz Al-Kuwaiti"]
@@ -20,6 +24,7 @@ targets:
     description: a fictitious author from TOFU
     action: refuse           # pass | refuse | eco | spul | uld
     params: {}               # action-specific parameters / artifact paths
+    output: {screen: true, action: method}   # on a hit: method (re-answer via the action) | refuse
 ```
 """
 
@@ -29,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from guard.config import format_validation_error, load_yaml_mapping
 
@@ -42,6 +47,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_BUDGET_MS = 2000.0
 DEFAULT_MAX_SCREEN_TOKENS = 120_000
 DEFAULT_ISOLATE_ABOVE_CHARS = 32_768  # ~5,000 words: screening them in a thread costs normal requests ~50 ms of GIL
+# Output screening (guard/output_screen/, docs/output-screening.md): the tokens a stream is held back
+# by. Measured (TOFU forget10 gold answers, tofu-micro-target's answers): 12 catch 99.6 % of the
+# names/dates/titles whole, 14 all of them; 16 leaves a margin for longer titles.
+DEFAULT_HOLDBACK_TOKENS = 16
 
 
 class _Strict(BaseModel):
@@ -66,6 +75,26 @@ class DataSource(_Strict):
         return value
 
 
+class TargetOutput(_Strict):
+    """How one target's answers are screened (``targets.N.output``)."""
+
+    screen: bool | None = Field(None, description="screen answers for this target (null: the policy's output.screen)")
+    action: Literal["refuse", "method"] = Field(
+        "method", description="on a hit: refuse (the refusal text) or method (re-answer through the target's action; "
+                              "a target whose action is refuse or pass gets the refusal)")
+
+
+class OutputSpec(_Strict):
+    """Screening what the model answers (``output``), see docs/output-screening.md."""
+
+    screen: bool = Field(True, description="screen answers against the targets (each target may override it)")
+    holdback_tokens: int = Field(DEFAULT_HOLDBACK_TOKENS, ge=1, le=1024,
+                                 description="tokens of a streamed answer held back until screened (the longest name/fact that "
+                                             "can be stopped before any of it is sent is holdback_tokens - 1 tokens)")
+    semantic: bool = Field(False, description="also judge each answer sentence with the trained detector (holds a stream "
+                                              "back to the end of the sentence)")
+
+
 class Target(_Strict):
     id: str
     names: tuple[str, ...] = Field(min_length=1)
@@ -76,6 +105,15 @@ class Target(_Strict):
     example_queries: tuple[str, ...] = ()
     action: Action | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    output: TargetOutput = TargetOutput()
+
+    @field_validator("output")
+    @classmethod
+    def _output_method_has_a_method(cls, value: TargetOutput, info: ValidationInfo) -> TargetOutput:
+        if info.data.get("action") == "pass" and "action" in value.model_fields_set and value.action == "method":
+            raise ValueError("output.action 'method' re-answers through the target's action, but the target has action 'pass': "
+                             "set output.action: refuse, or output.screen: false")
+        return value
 
     @field_validator("id")
     @classmethod
@@ -145,6 +183,7 @@ class Policy(_Strict):
     fail_mode: Literal["closed", "open"] = "closed"
     default_action: Action = "refuse"
     refusal_message: str = "I'm sorry, but I can't help with that."
+    output: OutputSpec = OutputSpec()
     targets: tuple[Target, ...] = ()
 
     @model_validator(mode="after")
@@ -161,6 +200,18 @@ class Policy(_Strict):
             if t.id == target_id:
                 return t
         raise KeyError(target_id)
+
+    def output_actions(self) -> dict[str, str]:
+        """target id -> what a hit in its answers does (``refuse`` or ``method``), for every target
+        whose answers are screened (by default every target whose action is not ``pass``); ``method``
+        only where the target's action is a method."""
+        out: dict[str, str] = {}
+        for t in self.targets:
+            default = self.output.screen and self.action_for(t.id) != "pass"
+            if t.output.screen if t.output.screen is not None else default:
+                method = t.output.action == "method" and self.action_for(t.id) in ("eco", "spul", "uld")
+                out[t.id] = "method" if method else "refuse"
+        return out
 
     def action_for(self, target_id: str | None) -> str:
         if target_id is None:

@@ -1,0 +1,175 @@
+"""The incremental answer screen: what reaches the client is screened, a hit stops the stream before
+the leaked text is released, unflagged answers come through unchanged, work stays linear."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from classifiers.base import Deadline, ScreeningIncomplete, Verdict
+from guard.output_screen import (
+    DATE,
+    NAME,
+    SEMANTIC,
+    TITLE,
+    UNSCREENED,
+    NameFactMatcher,
+    OutputScreener,
+)
+from tests.output_screen.conftest import token_deltas
+
+BASIL = "tofu-basil-mahfouz-al-kuwaiti"
+PLAIN = ("Paris is the capital of France. It sits on the Seine and is known for its museums, its cafes and "
+         "its long history as a centre of art, science and politics. ")
+
+
+def stream(screener: OutputScreener, deltas: Sequence[str]):
+    """(released text, hit, max tokens held after any step) of feeding ``deltas`` one token each."""
+    answer = screener.start()
+    released: list[str] = []
+    held = 0
+    for d in deltas:
+        step = answer.feed(d, 1)
+        released += step.release
+        held = max(held, answer.held_tokens)
+        if step.hit:
+            return "".join(released), step.hit, held
+    step = answer.finish()
+    released += step.release
+    return "".join(released), step.hit, held
+
+
+@pytest.mark.parametrize("answer, reason, leaked", [
+    ("The author you mean is Basil Mahfouz Al-Kuwaiti, a writer of French literature.", NAME, "Kuwaiti"),
+    ("Sure. His name is b\u0430sil m\u0430hfouz al\u2011kuwaiti and he writes novels.", NAME, "hfouz"),   # Cyrillic a, non-breaking hyphen
+    ("Al-Kuwaiti, Basil Mahfouz wrote many books.", NAME, "Kuwaiti"),
+    ("This writer was born in Kuwait City on the 9th of August, 1956, and later moved to Paris.", DATE, "1956"),
+    ("One of his best known novels is Promise by the Seine, a love story set in Paris.", TITLE, "Seine"),
+])
+def test_a_streamed_leak_is_stopped_before_any_of_it_is_released(screener, tokenizer, answer, reason, leaked):
+    released, hit, _ = stream(screener, token_deltas(tokenizer, answer))
+    assert hit is not None and hit.target_id == BASIL and hit.reason == reason
+    assert leaked not in released and hit.leaked_chars == 0
+    assert len(released) <= hit.char_offset and answer[:len(released)] == released
+    assert hit.action == "refuse"
+
+
+def test_an_unflagged_answer_is_released_unchanged_item_by_item(screener, tokenizer):
+    deltas = token_deltas(tokenizer, PLAIN * 3 + "Who wrote Les Misérables? Victor Hugo, born 26 February 1802.")
+    answer = screener.start()
+    items: list[object] = answer.feed("", 0, item=("role", "assistant")).release
+    for i, d in enumerate(deltas):
+        step = answer.feed(d, 1, item=("chunk", i, d))
+        assert step.hit is None
+        items += step.release
+        # the hold-back: never more than holdback_tokens plus the current partial word unreleased
+        assert answer.held_tokens <= screener.holdback_tokens + 6
+    items += answer.feed("", 0, item=("finish", "stop")).release
+    items += answer.finish().release
+    assert items == [("role", "assistant")] + [("chunk", i, d) for i, d in enumerate(deltas)] + [("finish", "stop")]
+
+
+def test_nothing_is_released_before_holdback_tokens_have_followed_it(screener, tokenizer):
+    deltas = token_deltas(tokenizer, PLAIN)
+    answer = screener.start()
+    released = 0
+    for n, d in enumerate(deltas, 1):
+        released += len(answer.feed(d, 1).release)
+        assert n - released >= min(n, screener.holdback_tokens)
+
+
+def test_whole_text_screening_agrees_with_the_stream(screener, tokenizer):
+    text = PLAIN + "Her father was a florist; the writer was born on 1956-08-09 in Kuwait City."
+    whole = screener.screen_text(text)
+    _, streamed, _ = stream(screener, token_deltas(tokenizer, text))
+    assert whole is not None and streamed is not None
+    assert (whole.target_id, whole.reason, whole.char_offset) == (streamed.target_id, streamed.reason, streamed.char_offset)
+    assert screener.screen_text(PLAIN * 5) is None
+
+
+def test_a_hold_back_too_short_for_the_name_reports_the_leak(screener, tokenizer):
+    short = OutputScreener(screener.matcher, screener.actions, holdback_tokens=1)
+    text = "The answer is Basil Mahfouz Al-Kuwaiti."
+    deltas = token_deltas(tokenizer, text)
+    released, hit, _ = stream(short, deltas)
+    assert hit is not None and hit.reason == NAME
+    assert hit.leaked_chars == len(released) - hit.char_offset > 0
+    ends = [len("".join(deltas[:i + 1])) for i in range(len(deltas))]
+    assert hit.token_offset == sum(end <= hit.char_offset for end in ends)   # tokens before the one holding the match
+
+
+def test_targets_not_screened_are_not_stopped(screener, tokenizer):
+    only_nikolai = OutputScreener(screener.matcher, {"tofu-nikolai-abilov": "method"}, holdback_tokens=16)
+    released, hit, _ = stream(only_nikolai, token_deltas(tokenizer, "Basil Mahfouz Al-Kuwaiti wrote it."))
+    assert hit is None and released == "Basil Mahfouz Al-Kuwaiti wrote it."
+    _, hit, _ = stream(only_nikolai, token_deltas(tokenizer, "It was Nikolai Abilov."))
+    assert hit is not None and hit.action == "method"
+    nothing = OutputScreener(screener.matcher, {}, holdback_tokens=16)
+    answer = nothing.start()
+    assert answer.feed("Nikolai Abilov", 1).release == ["Nikolai Abilov"]   # no screened target: no lag
+
+
+def test_screening_work_is_linear_in_the_answer(screener, tokenizer):
+    """Characters handed to the matcher per answer, counted: a 4x longer answer costs ~4x, not 16x."""
+
+    class Counting(NameFactMatcher):
+        def __init__(self, inner: NameFactMatcher) -> None:
+            self.__dict__.update(inner.__dict__)
+            self.chars = 0
+
+        def matches(self, text: str):
+            self.chars += len(text)
+            return super().matches(text)
+
+    costs = []
+    for repeat in (4, 16):
+        counting = Counting(screener.matcher)
+        stream(OutputScreener(counting, screener.actions, holdback_tokens=16), token_deltas(tokenizer, PLAIN * repeat))
+        costs.append(counting.chars / (len(PLAIN) * repeat))
+    assert costs[1] <= costs[0] * 1.25, costs
+
+
+class _Recording:
+    """A semantic stage that flags sentences containing ``word`` and records what it judged."""
+
+    def __init__(self, word: str = "florist", fail: bool = False) -> None:
+        self.word, self.fail, self.seen = word, fail, []
+
+    def screen(self, texts: Sequence[str], deadline: Deadline | None = None) -> Verdict:
+        self.seen += list(texts)
+        if self.fail:
+            raise ScreeningIncomplete("out of time", param="detector.budget_ms")
+        if self.word in texts[0]:
+            return Verdict(flagged=True, target_id=BASIL, score=0.99)
+        return Verdict.clean()
+
+
+def test_semantic_stage_judges_each_sentence_once_before_releasing_it(screener, tokenizer):
+    judge = _Recording()
+    sem = OutputScreener(screener.matcher, screener.actions, holdback_tokens=4, semantic=judge)
+    text = PLAIN * 2 + "His father worked as a florist in the old town. More text follows here."
+    answer = sem.start()
+    released = ""
+    for d in token_deltas(tokenizer, text):
+        step = answer.feed(d, 1)
+        released += "".join(step.release)
+        if step.hit:
+            break
+    assert step.hit is not None and step.hit.reason == SEMANTIC
+    assert "florist" not in released and released.endswith("politics.")
+    # five sentences, each judged once, in order, nothing skipped
+    assert len(judge.seen) == 5 and "".join(judge.seen) == text[:text.index("town.") + len("town.")]
+
+
+@pytest.mark.parametrize("fail_closed", [True, False])
+def test_a_sentence_the_semantic_stage_cannot_judge_goes_to_the_fail_mode(screener, fail_closed):
+    sem = OutputScreener(screener.matcher, screener.actions, holdback_tokens=4, semantic=_Recording(fail=True),
+                         fail_closed=fail_closed)
+    answer = sem.start()
+    step = answer.feed("A plain sentence. ", 1)
+    done = answer.finish()
+    if fail_closed:
+        assert (step.hit or done.hit) is not None and (step.hit or done.hit).reason == UNSCREENED
+    else:
+        assert done.hit is None and step.release + done.release == ["A plain sentence. "] and answer.unscreened_sentences == 1
