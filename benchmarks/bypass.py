@@ -95,7 +95,13 @@ def main() -> int:
 def families(data: Path, out: Path, *, reuse: bool) -> int:
     from guard.atomic import write_json, write_text
     from guard.eval.bypass import tofu_names
-    from guard.eval.bypass_families import family_markdown, family_report, issue15_families, tofu10_detectors, tofu10_family_probes
+    from guard.eval.bypass_families import (
+        family_markdown,
+        family_report,
+        issue15_families,
+        tofu10_detectors,
+        tofu10_family_probes,
+    )
 
     t0 = time.perf_counter()
     detectors = tofu10_detectors(data, out, reuse=reuse)

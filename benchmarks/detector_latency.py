@@ -98,18 +98,18 @@ class Int8Sentence:
         model[0].auto_model = torch.ao.quantization.quantize_dynamic(model[0].auto_model, {torch.nn.Linear}, dtype=torch.qint8)
         self.key, self.dim = self.inner.key + "-int8", self.inner.dim
 
-    def encode(self, texts, progress=False):  # noqa: ANN001
+    def encode(self, texts, progress=False):
         return self.inner.encode(texts)
 
 
-def components(spec: str, static) -> dict[str, dict[str, float]]:  # noqa: ANN001
+def components(spec: str, static) -> dict[str, dict[str, float]]:
     from classifiers.embedder import SentenceEmbedder
     from classifiers.features import CharNgrams
 
     q = ["What pseudonym has Stephen King published under?"]
     out = {}
 
-    def bench(name: str, fn, n: int = 100) -> None:  # noqa: ANN001
+    def bench(name: str, fn, n: int = 100) -> None:
         fn()
         wall, cpu = [], []
         for _ in range(n):
@@ -160,9 +160,7 @@ def live_add(data: Path, out_dir: Path, kind: str, base_targets: int) -> dict:
     from classifiers.embedder import static_for
 
     static_for("default")  # the distilled table is per machine, built once: not part of adding a target
-    import classifiers.train as tr
-
-    tr._LONG_CACHE.clear()  # a serving process has not featurised the long calibration texts yet
+    # the long calibration texts' features are cached per call (LongWindowCache), so this is cold
     log(f"live: adding {new.name} through build_detector (timed)")
     t0, c0 = time.perf_counter(), time.process_time()
     detector = build_detector(load_policy(p_new))
@@ -214,10 +212,10 @@ class _Uncached:
     """``screen`` with the trained detector's segment cache cleared first (``time_screen`` clears
     ``_cache`` of what it is given; a wrapper has none)."""
 
-    def __init__(self, det, inner) -> None:  # noqa: ANN001
+    def __init__(self, det, inner) -> None:
         self.det, self.inner = det, inner
 
-    def screen(self, texts):  # noqa: ANN001, ANN201
+    def screen(self, texts):
         cache = getattr(self.inner, "_cache", None)
         if cache is not None:
             with self.inner._lock:

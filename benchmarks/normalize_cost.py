@@ -44,7 +44,7 @@ def parse_size(text: str) -> int:
     return int(float(text.rstrip("KM")) * scale)
 
 
-def _child(family: str, sizes: list[int], code_root: str | None, out: "Connection") -> None:
+def _child(family: str, sizes: list[int], code_root: str | None, out: Connection) -> None:
     from guard.eval.adversarial_inputs import cost_families
 
     inputs = {n: cost_families(n)[family] for n in sizes}
@@ -53,7 +53,12 @@ def _child(family: str, sizes: list[int], code_root: str | None, out: "Connectio
             del sys.modules[name]
         sys.path.insert(0, code_root)
     from classifiers.keyword import KeywordDetector
-    from classifiers.normalize import NormalizingDetector, across_turns, deobfuscate, pieces
+    from classifiers.normalize import (
+        NormalizingDetector,
+        across_turns,
+        deobfuscate,
+        pieces,
+    )
 
     detector = NormalizingDetector(KeywordDetector({n: [n] for n in NAMES}))
     detector.screen(cost_families(1024)[family])  # warm-up: first-call costs are not per-byte costs

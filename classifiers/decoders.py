@@ -1,4 +1,5 @@
-"""Base64 payloads hidden in a request, in the forms a model decodes.
+"""Payloads hidden in a request, in the forms a model decodes: base64, hex, URL-encoding, HTML
+entities, ROT13 and reversed text (the last two are candidates only: see ``classifiers.normalize``).
 
 A model reads base64 whatever its layout, so the screen decodes all of these:
 
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
+import html
 import re
-from typing import Iterator
+from collections.abc import Iterator
+from urllib.parse import unquote
 
 from classifiers.base import ScreeningIncomplete
 
@@ -51,10 +55,13 @@ def decode_run(run: str) -> str | None:
         text = data.decode("utf-8")
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
+    return text if readable(text) else None
+
+
+def readable(text: str) -> bool:
+    """Printable text, mostly letters: what an encoder was given, not binary noise."""
     printable = sum(ch.isprintable() or ch in "\n\t\r" for ch in text)
-    if not text.strip() or printable < 0.95 * len(text) or sum(ch.isalpha() for ch in text) < 0.5 * len(text.replace(" ", "")):
-        return None
-    return text
+    return bool(text.strip()) and printable >= 0.95 * len(text) and sum(ch.isalpha() for ch in text) >= 0.5 * len(text.replace(" ", ""))
 
 
 def _grouped_runs(text: str) -> Iterator[list[str]]:
@@ -125,3 +132,71 @@ def base64_payloads(text: str, *, depth: int = MAX_DEPTH) -> list[str]:
         found.update(dict.fromkeys(nxt))
         level = nxt
     return list(found)
+
+
+# --- hex, URL-encoding, HTML entities, ROT13, reversal -------------------------------------------
+
+MIN_HEX_BYTES = 6
+# byte pairs, optionally "\x"-prefixed or separated by one space/colon ("42 61 73", "42:61", "\x42\x61")
+_HEX_RE = re.compile(rf"(?<![0-9A-Fa-f])(?:(?:\\x)?[0-9A-Fa-f]{{2}}[ :]?){{{MIN_HEX_BYTES},}}")
+_HEX_DIGITS = re.compile(r"[^0-9A-Fa-f]+")
+_URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_HTML_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_BIDI_OVERRIDES = ("\u202e", "\u202d", "\u2067", "\u2066", "\u2068")
+
+
+def hex_payloads(text: str) -> list[str]:
+    """Texts hidden in ``text`` as hex bytes (UTF-8), every run, readable ones only."""
+    found: list[str] = []
+    for m in _HEX_RE.finditer(text):
+        run = m.group(0)
+        if len(run) > MAX_PAYLOAD_CHARS:
+            raise ScreeningIncomplete(f"a hex run of {len(run)} characters is longer than the {MAX_PAYLOAD_CHARS} "
+                                      "the screen decodes", param="messages")
+        # an ordinary word of hex letters may lead the run ("decode 57686f..."): also try without it
+        starts = [0] + [i + 1 for i, ch in enumerate(run[:_TRIM * 8]) if ch in " :"][:_TRIM]
+        for start in starts:
+            digits = _HEX_DIGITS.sub("", run[start:].replace("\\x", ""))
+            try:
+                decoded = bytes.fromhex(digits[:len(digits) // 2 * 2]).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if readable(decoded):
+                found.append(decoded)
+                break
+    return list(dict.fromkeys(found))
+
+
+def url_decoded(text: str) -> str | None:
+    """``text`` with %XX escapes decoded (and "+" as a space when the text has no spaces), if it has any."""
+    if "%" not in text or _URL_ESCAPE.search(text) is None:
+        return None
+    out = unquote(text, errors="replace")
+    if " " not in text.strip():
+        out = out.replace("+", " ")
+    return out if out != text else None
+
+
+def html_decoded(text: str) -> str | None:
+    """``text`` with HTML character references decoded ("&#66;&#97;" -> "Ba"), if it has any."""
+    if "&" not in text or _HTML_ENTITY.search(text) is None:
+        return None
+    out = html.unescape(text)
+    return out if out != text else None
+
+
+def rot13(text: str) -> str:
+    return codecs.decode(text, "rot13")
+
+
+def reversals(text: str) -> list[str]:
+    """``text`` read backwards: all of it, and each word on its own ("zuofhaM lisaB", "lisaB zuofhaM")."""
+    return [text[::-1], " ".join(w[::-1] for w in text.split(" "))]
+
+
+def bidi_reversed(text: str) -> str | None:
+    """What follows a bidi override/isolate character, reversed (how ``\u202e?fuohaM ...`` renders), if any."""
+    cut = max(text.rfind(c) for c in _BIDI_OVERRIDES)
+    if cut < 0:
+        return None
+    return text[:cut] + text[cut + 1:][::-1]

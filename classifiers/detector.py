@@ -29,28 +29,45 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from classifiers.base import Deadline, Verdict
 from classifiers.classifier import logit, sigmoid
+
+# the model and its files live in ``classifiers.detector_model``; importable from here as before
+from classifiers.detector_model import (  # noqa: F401
+    ARTIFACT_KIND,
+    ARTIFACT_VERSION,
+    STAGES,
+    DetectorModel,
+    Stage,
+    load_model,
+    read_manifest,
+    save_model,
+)
 from classifiers.embedder import SentenceEmbedder
 from classifiers.features import N_MATCH, NameMatcher
 from classifiers.limits import count_words, wrap_long_words
 from classifiers.mention_scan import segments_to_match
 from classifiers.segments import Segmentation, segment, segment_texts  # noqa: F401 - segment_texts: training uses it from here
 from classifiers.wordbag import CharNgramCounts, WordBag, WordFeatures, static_segments
-# the model and its files live in ``classifiers.detector_model``; importable from here as before
-from classifiers.detector_model import (  # noqa: F401
-    ARTIFACT_KIND, ARTIFACT_VERSION, STAGES, DetectorModel, Stage, load_model, read_manifest, save_model,
-)
 from guard.errors import ConfigError
 
 CLEAN = -1e4  # log-odds given to a segment the cascade gate let through as clean
 SEGMENT_BATCH = 128    # static-stage segments scored per step (a deadline check between steps, a few ms)
 SENTENCE_BATCH = 32    # sentence-transformer segments per step
 MATCH_EACH_BELOW = 32  # fewer segments than this are name-matched one by one, more through ``mention_scan``
+# A request of this many windows' worth of words in all its texts together (a chat of many short
+# turns) is judged like one long text: its score is a max over as many segments (issue 15: a benign
+# question after 20 benign turns was flagged 27 % of the time at the single-segment threshold).
+LONG_REQUEST_WINDOWS = 4
+# A segment of fewer words than this that names no target and states none of its facts is no
+# evidence on its own ("Kuwait." as a one-word answer scored 3.2 log-odds for Basil Mahfouz Al-Kuwaiti).
+MIN_UNMATCHED_WORDS = 3
 
 
 class TrainedDetector:
@@ -64,6 +81,8 @@ class TrainedDetector:
         self.threshold_override = threshold
         self.cover_above = cover_above
         self.names = NameMatcher({t: model.names[t] for t in model.target_ids}, model.facts)
+        # target id -> names/aliases: what the serving de-obfuscation respells misspelt names to
+        self.target_names: Mapping[str, Sequence[str]] = MappingProxyType({t: tuple(model.names[t]) for t in model.target_ids})
         self._sentence = sentence
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
@@ -150,8 +169,10 @@ class TrainedDetector:
     # -------------------------------------------------------------- screening
 
     def is_long(self, texts: Sequence[str]) -> bool:
-        """Whether any text is screened in windows (and so judged by the long-input threshold)."""
-        return any(isinstance(t, str) and len(t.split()) > self.model.window_words for t in texts)
+        """Whether the request is judged by the long-input threshold: a text is screened in windows,
+        or all texts together hold ``LONG_REQUEST_WINDOWS`` windows' worth of words (many turns)."""
+        words = [len(t.split()) for t in texts if isinstance(t, str)]
+        return any(n > self.model.window_words for n in words) or sum(words) > LONG_REQUEST_WINDOWS * self.model.window_words
 
     def segments(self, texts: Sequence[str]) -> list[str]:
         """Every segment of ``texts`` (see ``_segment``)."""
@@ -264,6 +285,9 @@ class TrainedDetector:
         if not segs:
             return Verdict.clean()
         final, second = self._scores(segs, deadline, cut)
+        for i, seg in enumerate(segs):
+            if len(seg.split()) < MIN_UNMATCHED_WORDS and not self.has_match(seg):
+                final[i] = CLEAN
         seg_i, tgt_i = np.unravel_index(int(np.argmax(final)), final.shape)
         z = float(final[seg_i, tgt_i])
         long = self.is_long(texts)

@@ -3,13 +3,15 @@
 Flags a text that mentions a target as ``classifiers.names.NameFinder`` finds it: a name or alias
 (whole words, case-, accent- and look-alike-insensitive, with any separators between its parts, also
 inverted "Surname, Given"), or its distinctive leading given names ("Basil Mahfouz's" for "Basil
-Mahfouz Al-Kuwaiti"). "Beyonce" catches "Beyoncé", "Al" does not match "Also"; names in scripts
+Mahfouz Al-Kuwaiti"), initials + surname ("B. M. Al-Kuwaiti") and the name misspelt or in another script
+("Rajiv Majumdar", "Николай Абилов"; ``classifiers.approximate_names``). "Beyonce" catches "Beyoncé", "Al" does not match "Also"; names in scripts
 written without spaces match inside running text ("周杰伦" in "我喜欢周杰伦的歌").
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from classifiers.base import Deadline, Verdict
 from classifiers.names import FLAGGING_KINDS, NameFinder
@@ -19,7 +21,8 @@ TEXT_BOUNDARY = "\x00"
 
 class KeywordDetector:
     def __init__(self, names_by_target: Mapping[str, Sequence[str]]) -> None:
-        self._finder = NameFinder(names_by_target)
+        self._finder = NameFinder(names_by_target, approximate=True)
+        self.target_names: Mapping[str, Sequence[str]] = MappingProxyType({t: tuple(n) for t, n in names_by_target.items()})
 
     def screen(self, texts: Sequence[str], deadline: Deadline | None = None) -> Verdict:
         # one linear pass (no unit of work to stop between): ``deadline`` is accepted, not checked

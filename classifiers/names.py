@@ -19,6 +19,15 @@ Besides the names themselves, each target has these *forms*:
 * ``part``: one word of a name (>= 4 letters, not a title or particle), for the trained detector's
   features only.
 
+With ``approximate=True`` (the keyword detector, ECO's token selection, the de-obfuscation's
+respelling) two more kinds are found, in the original text rather than its fold:
+
+* ``initials``: the leading words as initials before the rest of the name, when the rest is
+  distinctive (six or more letters, not a common word): "B. M. Al-Kuwaiti", "R. Majumdar";
+* ``approx``: the name (or an inversion, or its distinctive given names) spelt differently or in
+  another script, found by ``classifiers.approximate_names`` ("Rajiv Majumdar", "Николай Абилов"),
+  unless it stands next to someone else's name or is made of common English words.
+
 Names in scripts written without spaces (Han, kana, Hangul, Thai, ...) match inside running text.
 
 Matching is linear in the text: the folded text is cut into words once, and only forms whose first
@@ -28,10 +37,19 @@ repetition).
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping, Sequence
 
+import regex
+
+from classifiers.approximate_names import (
+    ApproximateNames,
+    has_common_word,
+    is_common_phrase,
+    name_form_words,
+)
 from classifiers.text import SPACELESS, fold, name_alternation
 from classifiers.unicode_fold import match_fold, match_fold_with_map
 
@@ -51,13 +69,16 @@ NOT_A_NAME = (WEAK | {
     "also", "both", "about", "according", "regarding", "tell", "describe", "explain", "name", "list", "give", "write",
     "compare", "summarize", "summarise", "please", "author", "writer", "novelist", "poet", "actor", "actress", "singer",
     "director", "president", "professor", "doctor", "senator", "general", "captain", "coach", "player", "mr.", "mrs.",
-    "ms.", "dr.", "miss", "madam", "did", "why", "so", "then", "now", "here", "there", "all", "some", "many", "one",
+    "ms.", "dr.", "miss", "madam", "so", "then", "now", "here", "there", "all", "some", "many", "one",
     "january", "february", "march", "april", "june", "july", "august", "september", "october", "november", "december",
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "english", "american", "british",
 }) - {"mark", "john", "james", "paul", "william", "robert", "david", "michael", "mary", "cent", "ice", "rock"}
 
-KINDS = ("full", "inverted", "given", "part")
-FLAGGING_KINDS = ("full", "inverted", "given")  # what the keyword detector flags and ECO corrupts
+KINDS = ("full", "inverted", "given", "part", "initials", "approx")
+# what the keyword detector flags and ECO corrupts (``initials``/``approx``: only a finder built with
+# ``approximate=True`` finds them)
+FLAGGING_KINDS = ("full", "inverted", "given", "initials", "approx")
+RESPELLED_KINDS = ("initials", "approx")  # mentions the de-obfuscation writes back as the name itself
 
 # between the parts of a name, in the folded text: any run of separators, or none
 _SEP = r"[\s\-_.'\u00b7\u30fb\u2027]*"
@@ -67,8 +88,13 @@ _WORD = re.compile(f"[^\\W_{SPACELESS}]+")
 _RIGHT_EDGE = re.compile(f"(?![^\\W_{SPACELESS}])")  # checked after a form's match: not inside a longer word
 _KEY = 3  # forms are indexed by the first letters of their first word
 _PREV_WORD = re.compile(r"([^\W\d_][\w'\u2019.-]*)\s+$")
-_NEXT_WORD = re.compile(r"^(?:['\u2019]s)?\s+([^\W\d_][\w'\u2019-]*)")
+# the word after a name part (not after a possessive: "Rohani's Iranian background" is Rohani's)
+_NEXT_WORD = re.compile(r"^\s+([^\W\d_][\w'\u2019-]*)")
 _NEIGHBOUR_CHARS = 60
+# a word of the original text for approximate matching: letters (with their combining marks) and digits
+_TEXT_WORD = regex.compile(f"(?:[^\\W_{SPACELESS}]|\\p{{M}})+")
+_MIN_INITIALS_REST = 6   # letters of what follows the initials ("R. Majumdar"; not "J. Park")
+_INITIAL = re.compile(r"(?<![^\W_])[^\W\d_]\.")  # a letter and a dot: a text without one has no initials form
 
 
 @dataclass(frozen=True)
@@ -124,6 +150,35 @@ def _distinctive(word: str) -> bool:
     return word not in WEAK and sum(len(t) for t in _tokens(word)) >= 3
 
 
+def initials_forms(name: str) -> list[tuple[str, str]]:
+    """(first token, pattern source) of a folded name with some of its words before the last as
+    initials ("b. m. al-kuwaiti", "b. mahfouz al-kuwaiti", "basil m. al-kuwaiti"): an initial is a
+    letter and a dot. The words written out must be distinctive (six letters or more, not
+    all common words: "R. Majumdar", not "J. Park")."""
+    words = name_words(name)
+    out: list[tuple[str, str]] = []
+    if len(words) < 2 or len(words) > 4:
+        return out
+    for shape in itertools.product((False, True), repeat=len(words) - 1):
+        if not any(shape):
+            continue
+        kept = [t for w, initial in zip(words, (*shape, False)) if not initial for t in _tokens(w)]
+        if sum(map(len, kept)) < _MIN_INITIALS_REST or is_common_phrase(kept):
+            continue
+        chunks: list[str] = []
+        for w, initial in zip(words, (*shape, False)):
+            toks = _tokens(w)
+            if not toks:
+                break
+            if initial:
+                chunks.append(f"{re.escape(toks[0][0])}\\.[\\s.]*")
+            else:
+                chunks.append(_SEP.join(re.escape(t) for t in toks) + ("" if w is words[-1] else r"\s+"))
+        else:
+            out.append((_tokens(words[0])[0][:1] if shape[0] else _tokens(words[0])[0], "".join(chunks)))
+    return out
+
+
 def name_forms(name: str) -> list[tuple[str, str, str]]:
     """(kind, first token, pattern source) of one folded name's full, inverted and given forms."""
     words = name_words(name)
@@ -155,11 +210,13 @@ class NameFinder:
     """
 
     def __init__(self, names_by_target: Mapping[str, Sequence[str]],
-                 parts: Mapping[str, Iterable[str]] | None = None) -> None:
+                 parts: Mapping[str, Iterable[str]] | None = None, *, approximate: bool = False) -> None:
         self.target_ids = list(names_by_target)
+        self.canonical = [next((n.strip() for n in names_by_target[t] if n and n.strip()), "") for t in self.target_ids]
         self._by_key: dict[str, list[_Form]] = {}
         self._own_words: list[frozenset[str]] = []
         spaceless: dict[str, list[tuple[int, str]]] = {}
+        approx_forms: list[tuple[int, list[str]]] = []
         for j, tid in enumerate(self.target_ids):
             names = [match_fold(n).strip() for n in names_by_target[tid] if n and n.strip()]
             self._own_words.append(frozenset(t for n in names for t in _tokens(n)))
@@ -167,8 +224,12 @@ class NameFinder:
             for n in names:
                 if _spaceless(n):
                     spaceless.setdefault(n, []).append((j, "full"))
-                else:
-                    forms.update(name_forms(n))
+                    continue
+                forms.update(name_forms(n))
+                if approximate and "," not in n:
+                    words = name_words(n)
+                    forms.update(("initials", *f) for f in initials_forms(n))
+                    approx_forms += [(j, w) for w in name_form_words(words, [_distinctive(w) for w in words])]
             for p in (parts or {}).get(tid, ()):
                 p = match_fold(p).strip()
                 part = None if _spaceless(p) else _source([p])
@@ -180,9 +241,50 @@ class NameFinder:
         self._spaceless = spaceless
         source = name_alternation(spaceless)
         self._spaceless_re = None if source is None else re.compile(f"(?=({source}))")
+        self._approx = ApproximateNames(approx_forms) if approximate else None
 
     def __bool__(self) -> bool:
         return bool(self._by_key) or self._spaceless_re is not None
+
+    def approximate_mentions(self, text: str) -> list[Mention]:
+        """``approx`` mentions in ``text`` (original-text spans), collisions left out: a run of common
+        English words, or one next to someone else's name."""
+        if not self._approx:
+            return []
+        out: list[Mention] = []
+        capitals = any(ch.isupper() for ch in text)
+        # of overlapping runs, the one of the longest name form (the full name before the given
+        # names), then the closest, then the shortest is the mention: "who is Rajeev Majumdaar" is
+        # "Rajeev Majumdaar" (1 edit), not "is Rajeev Majumdaar" (3 edits)
+        # (a run that overlaps a closer one is not judged again, whatever the verdict on that one was;
+        # ``judged`` marks the characters of the runs judged so far: linear however many runs there are)
+        judged = bytearray(len(text))
+        for j, a, b, _, _ in sorted(self._approx.find(text, _TEXT_WORD), key=lambda f: (-f[4], f[3], f[2] - f[1])):
+            if judged.find(1, a, b) >= 0:
+                continue
+            judged[a:b] = b"\x01" * (b - a)
+            words = [w.lower() for w in _TEXT_WORD.findall(text[a:b])]
+            if is_common_phrase(words) or self.someone_else(text, (a, b), j, capitals=capitals, previous=False):
+                continue
+            out.append(Mention(j, "approx", a, b))
+        return sorted(out, key=lambda m: (m.start, m.end))
+
+    def respell(self, text: str) -> str | None:
+        """``text`` with every ``initials``/``approx`` mention written as the target's name ("Rajiv
+        Majumdar" -> "Rajeev Majumdar"), so a detector trained on the name sees it; ``None`` if none."""
+        kinds = RESPELLED_KINDS if _INITIAL.search(text) else ("approx",)
+        found = sorted(self.mentions(text, kinds), key=lambda m: (m.start, -m.end))
+        if not found:
+            return None
+        parts: list[str] = []
+        prev = 0
+        for m in found:
+            if m.start < prev:
+                continue
+            parts += [text[prev:m.start], self.canonical[m.target]]
+            prev = m.end
+        parts.append(text[prev:])
+        return "".join(parts)
 
     def folded_mentions(self, folded: str) -> list[tuple[int, str, int, int]]:
         """(target, kind, start, end) in ``folded`` (a ``match_fold`` text), sorted, overlaps included."""
@@ -204,6 +306,8 @@ class NameFinder:
 
     def mentions(self, text: str, kinds: Sequence[str] = KINDS) -> list[Mention]:
         """Mentions in ``text`` (original-text spans); ``given`` ones only where they stand for the target."""
+        if "approx" in kinds and len(kinds) == 1:  # no exact form asked for: no exact pass
+            return self.approximate_mentions(text)
         folded, index = match_fold_with_map(text)
         out: list[Mention] = []
         capitals: bool | None = None
@@ -217,18 +321,23 @@ class NameFinder:
                 if self.someone_else(text, (start, end), j, capitals=capitals, previous=False):
                     continue
             out.append(Mention(j, kind, start, end))
+        if "approx" in kinds:
+            out += self.approximate_mentions(text)
+            out.sort(key=lambda m: (m.start, m.end, m.target))
         return out
 
     def someone_else(self, text: str, span: tuple[int, int], j: int, *, capitals: bool | None = None,
                      previous: bool = True) -> bool:
         """The name words at ``span`` of ``text`` are not target ``j``'s: they stand next to a
         capitalised word that is not one of its name words (or a common word), or are written in lower
-        case in a text that uses capitals elsewhere ("a large candy bar"). ``capitals``: whether
+        case in a text that uses capitals elsewhere and hold an ordinary English word ("a large candy
+        bar", "the basil mahfouz recipe"; but "majumdar" in lower case is still the name). ``capitals``: whether
         ``text`` has an upper-case letter, if already known; ``previous``: whether the word before
         counts too (leading given names are judged by the word after them: "Basil Mahfouz *Smith*",
         while the word before is often just a capitalised sentence start, "Through Basil Mahfouz's")."""
         a, b = span
-        if text[a:b].islower() and (any(ch.isupper() for ch in text) if capitals is None else capitals):
+        if (text[a:b].islower() and (any(ch.isupper() for ch in text) if capitals is None else capitals)
+                and has_common_word(_tokens(fold(text[a:b])))):
             return True
         own = self._own_words[j]
         before = _PREV_WORD.search(text[max(0, a - _NEIGHBOUR_CHARS):a]) if previous else None
@@ -245,7 +354,7 @@ class NameFinder:
 def find_name_spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of ``text`` where any of ``names`` is mentioned in a flagging
     form (name, inverted name, distinctive given names), merged and sorted."""
-    finder = NameFinder({"target": [n for n in names if n and n.strip()]})
+    finder = NameFinder({"target": [n for n in names if n and n.strip()]}, approximate=True)
     spans = sorted((m.start, m.end) for m in finder.mentions(text, FLAGGING_KINDS))
     merged: list[tuple[int, int]] = []
     for start, end in spans:

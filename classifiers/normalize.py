@@ -4,9 +4,14 @@ Jailbreaks that hide a forget question from a text classifier without hiding it 
 base64 payloads ("decode this and answer it: QmFzaWwg..."), leetspeak ("B4s1l M4hf0uz"), snake_case
 ("Basil_Mahfouz", also the only form a chat message's ``name`` may take at OpenAI), zero-width
 characters inside a name, look-alike letters from other scripts (Cyrillic "а" for Latin "a"),
-full-width or mathematical letters. ``deobfuscate(texts)`` returns the texts with all of that undone
-(or ``None`` when there was nothing to undo, the usual case); ``NormalizingDetector`` screens the
-original texts and, if they are clean, the de-obfuscated ones.
+full-width or mathematical letters, letters spaced out ("B a s i l / M a h f o u z"), a target's name
+misspelt, transliterated or as initials + surname (written back as the name by
+``classifiers.names.NameFinder.respell``). Decoded candidates are screened too: base64, hex,
+URL-encoding and HTML entities always; ROT13 and reversed text (also after a bidi override) when
+the decoded form names a target or reads as English and the original does not.
+``deobfuscate(texts)`` returns the texts with all of that undone (or ``None`` when there was nothing
+to undo, the usual case); ``NormalizingDetector`` screens the original texts and, if they are
+clean, the de-obfuscated ones.
 
 All of it is linear-time string work (no model, no pattern that can backtrack over its input): quoted
 spans are found by scanning for each opening quote and its closing one, and every candidate list is
@@ -19,15 +24,38 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from wordfreq import top_n_list
 
 from classifiers.base import Deadline, Detector, Verdict
-from classifiers.decoders import MAX_DEPTH, base64_payloads
+from classifiers.decoders import (
+    MAX_DEPTH,
+    base64_payloads,
+    bidi_reversed,
+    hex_payloads,
+    html_decoded,
+    rot13,
+    url_decoded,
+)
+from classifiers.names import NameFinder
 from classifiers.text import split_sentences
 from classifiers.unicode_fold import unconfuse
 
-__all__ = ["MAX_DEPTH", "NormalizingDetector", "across_turns", "base64_payloads", "deobfuscate", "pieces",
-           "quoted_spans", "unleet", "unmask"]
+__all__ = [
+    "MAX_DEPTH",
+    "NormalizingDetector",
+    "Respelling",
+    "across_turns",
+    "base64_payloads",
+    "deobfuscate",
+    "pieces",
+    "quoted_spans",
+    "unleet",
+    "unmask",
+    "unspace_letters",
+]
 
 MAX_PIECE_WORDS = 64         # longer texts are already screened in windows and sentence by sentence
 MAX_PIECE_CHARS = 8192       # ... and so are texts of a few very long "words"
@@ -43,6 +71,12 @@ _LEET_CHARS = frozenset("0134578@$")
 # a "word" that mixes letters with leet characters: B4s1l, M4hf0uz, @uthor, 4l-Kuw41t1 (per part)
 _TOKEN_RE = re.compile(r"[A-Za-z0-9@$]+")
 _CLAUSE_RE = re.compile(r"\n+|:\s+")
+# three or more single letters, each followed by the same kind of one-character separator:
+# "B a s i l", "B.a.s.i.l", "B-a-s-i-l", "B*a*s*i*l" (a wider gap, " / " or two spaces, ends the word)
+_SPACED_RUN = re.compile(r"(?<![^\W\d_])[^\W\d_](?:([ .\-_*|·,])[^\W\d_])(?:\1[^\W\d_])+(?![^\W\d_])")
+_WORD_GAP = re.compile(r"\s*[/|\\]\s*|\s{2,}")
+EXACT_KINDS = ("full", "inverted", "given")
+MIN_ENGLISH_SHARE = 0.6     # ... and a candidate reads as English when this share of its words does
 
 
 def _unleet_token(m: re.Match[str]) -> str:
@@ -57,11 +91,31 @@ def unleet(text: str) -> str:
     return _TOKEN_RE.sub(_unleet_token, text)
 
 
+def unspace_letters(text: str) -> str:
+    """Letters spaced out are written as words: "B a s i l / M a h f o u z" -> "Basil / Mahfouz",
+    "B.a.s.i.l" -> "Basil" (three or more single letters with one repeated separator between them)."""
+    if len(text) < 5:
+        return text
+    out: list[str] = []
+    prev = 0
+    for m in _SPACED_RUN.finditer(text):
+        between = text[prev:m.start()]
+        # the gap between two spaced-out words ("B a s i l / M a h f o u z") is one space
+        out.append(" " if out and _WORD_GAP.fullmatch(between) else between)
+        out.append(m.group(0).replace(m.group(1), ""))
+        prev = m.end()
+    if not out:
+        return text
+    out.append(text[prev:])
+    return "".join(out)
+
+
 def unmask(text: str) -> str:
     """NFKC (full-width / mathematical letters), drop invisible characters, fold dash and space classes,
-    map look-alike letters to the ASCII letters they imitate, underscores to spaces, undo leetspeak."""
+    map look-alike letters to the ASCII letters they imitate, underscores to spaces, undo leetspeak,
+    join letters spaced out."""
     out = unconfuse(unicodedata.normalize("NFKC", text)) if not text.isascii() else text
-    return unleet(out.replace("_", " "))  # Basil_Mahfouz: snake_case hides words
+    return unspace_letters(unleet(out.replace("_", " ")))  # Basil_Mahfouz: snake_case hides words
 
 
 def quoted_spans(text: str, limit: int = MAX_QUOTED) -> list[str]:
@@ -142,19 +196,95 @@ def across_turns(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def deobfuscate(texts: Sequence[str]) -> list[str] | None:
-    """The texts with obfuscation undone, decoded payloads appended; ``None`` if nothing changed."""
+_WORDS_RE = re.compile(r"[A-Za-z]{2,}")
+ENGLISH_WORDS = 30_000       # wordfreq's most frequent English words: what "reads as English" means
+
+
+@dataclass(frozen=True)
+class Respelling:
+    """What the de-obfuscation knows about the targets' names: ``names`` (approximate matcher, for
+    respelling), ``disguised`` (each name reversed, reversed word by word and in ROT13, matched
+    exactly: one pass over a text tells which guess names a target), ``english`` (common words)."""
+
+    names: NameFinder | None
+    disguised: NameFinder | None
+    english: frozenset[str]
+
+    @classmethod
+    def for_names(cls, names: Mapping[str, Sequence[str]] | None) -> Respelling:
+        english = frozenset(top_n_list("en", ENGLISH_WORDS))
+        if not names:
+            return cls(None, None, english)
+        disguised: dict[str, list[str]] = {}
+        for tid, ns in names.items():
+            clean = [n for n in ns if n and n.strip()]
+            disguised[f"{tid}\x00rot13"] = [rot13(n) for n in clean]
+            disguised[f"{tid}\x00reversed"] = [n[::-1] for n in clean]
+            disguised[f"{tid}\x00words reversed"] = [" ".join(w[::-1] for w in n.split(" ")) for n in clean]
+        return cls(NameFinder(dict(names), approximate=True), NameFinder(disguised), english)
+
+    def english_share(self, text: str) -> float:
+        """The share of ``text``'s words (two letters or more) that are common English words."""
+        words = _WORDS_RE.findall(text)
+        if not words:
+            return 0.0
+        return sum(w.lower() in self.english for w in words) / len(words)
+
+
+def _decoded(text: str) -> list[str]:
+    """Every decodable payload of ``text``: base64, hex, URL-encoding, HTML entities, bidi overrides."""
+    found: list[str] = list(base64_payloads(text)) + hex_payloads(text)
+    for decoded in (url_decoded(text), html_decoded(text), bidi_reversed(text)):
+        if decoded is not None:
+            found.append(decoded)
+    return found
+
+
+def _guessed(text: str, respelling: Respelling) -> list[str]:
+    """ROT13 and reversed readings of ``text`` that name a target (found by one exact pass of the
+    disguised names over ``text``: approximate matching would find noise close to some name), or
+    read as English while ``text`` does not."""
+    guesses = {"rot13": rot13, "reversed": lambda t: t[::-1],
+               "words reversed": lambda t: " ".join(w[::-1] for w in t.split(" "))}
+    named: set[str] = set()
+    if respelling.disguised is not None:
+        ids = respelling.disguised.target_ids
+        named = {ids[m.target].rsplit("\x00", 1)[1] for m in respelling.disguised.mentions(text, EXACT_KINDS)}
+    found = [guesses[k](text) for k in guesses if k in named]
+    if respelling.english_share(text) < MIN_ENGLISH_SHARE / 2:
+        found += [g for k, fn in guesses.items() if k not in named
+                  for g in [fn(text)] if respelling.english_share(g) >= MIN_ENGLISH_SHARE]
+    return found
+
+
+def _plain(text: str, finder: NameFinder | None) -> str:
+    """``text`` unmasked, names respelt: before unmasking too, since a word in another script is
+    transliterated from its own letters ("Хсиао", not the look-alike folding "Xcиao")."""
+    if finder is not None and not text.isascii():
+        text = finder.respell(text) or text
+    out = unmask(text)
+    if finder is not None:
+        out = finder.respell(out) or out
+    return out
+
+
+def deobfuscate(texts: Sequence[str], respelling: Respelling | None = None) -> list[str] | None:
+    """The texts with obfuscation undone (names misspelt/transliterated/as initials written as the
+    name, ROT13/reversed guesses, when ``respelling`` is given), decoded candidates appended; ``None``
+    if nothing changed."""
+    finder = respelling.names if respelling is not None else None
     out: list[str] = []
     extra: list[str] = []
     changed = False
     for text in texts:
-        plain = unmask(text)
+        plain = _plain(text, finder)
         changed = changed or plain != text
         out.append(plain)
-        for payload in base64_payloads(text):
-            extra.append(unmask(payload))
+        extra += [_plain(payload, finder) for payload in _decoded(text)]
+        if respelling is not None:
+            extra += [unmask(guess) for guess in _guessed(text, respelling)]
     if extra:
-        return out + extra
+        return out + list(dict.fromkeys(extra))
     return out if changed else None
 
 
@@ -162,8 +292,14 @@ class NormalizingDetector:
     """Screens the request as sent; if that is clean, screens it again de-obfuscated and in pieces
     (a question diluted by the jailbreak text around it is screened on its own)."""
 
-    def __init__(self, inner: Detector) -> None:
+    def __init__(self, inner: Detector, respelling: Respelling | None = None, *, approximate: bool = True) -> None:
+        """``respelling``: what is known of the targets' names (default: built from
+        ``inner.target_names``); ``approximate=False``: no name respelling and no guesses, the
+        behaviour before issue 15, for comparison."""
         self.inner = inner
+        if respelling is None and approximate:
+            respelling = Respelling.for_names(getattr(inner, "target_names", None))
+        self.respelling = respelling
 
     def screen(self, texts: Sequence[str], deadline: Deadline | None = None) -> Verdict:
         verdict = self.inner.screen(texts, deadline=deadline)
@@ -171,7 +307,7 @@ class NormalizingDetector:
             return verdict
         if deadline is not None:
             deadline.check("de-obfuscation")
-        alt = deobfuscate(texts)
+        alt = deobfuscate(texts, self.respelling)
         base = alt or list(texts)
         parts = [p for t in base for p in pieces(t)] + across_turns(base)
         if alt is None and not parts:

@@ -17,12 +17,16 @@ import base64
 import json
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from classifiers.base import Detector
 from guard.screened_text import chat_screen_texts
+
+if TYPE_CHECKING:
+    from guard.policy import Policy
 
 Messages = list[dict[str, str]]
 Attack = Callable[[str], Messages]
@@ -375,15 +379,12 @@ def general_instructions(data_dir: Path, *, limit: int = 300) -> list[str]:
     return list(dict.fromkeys(found))[:limit]
 
 
-def tofu01_detectors(data_dir: Path, workdir: Path, *, reuse: bool = True) -> dict[str, Detector]:
-    """The detectors the bypass table compares, for TOFU forget01 (first-half policy, static mode):
-    the name matcher and the trained detector (trained into ``workdir/artifact`` in ~15 s, or reused),
-    each as served (behind ``NormalizingDetector``) and raw."""
+def tofu_trained_detector(data_dir: Path, split: str, workdir: Path, *, reuse: bool = True) -> tuple[Detector, Policy]:
+    """The TOFU ``split`` detector of the first-half policy (static mode), trained into
+    ``workdir/artifact`` (~15 s for forget01, ~1 min for forget10) or reused, and its policy."""
     import yaml
 
     from classifiers.detector import TrainedDetector, load_model, save_model
-    from classifiers.keyword import KeywordDetector
-    from classifiers.normalize import NormalizingDetector
     from classifiers.policygen import tofu_policy
     from classifiers.train import TrainConfig, train
     from guard.atomic import staged_dir
@@ -392,14 +393,24 @@ def tofu01_detectors(data_dir: Path, workdir: Path, *, reuse: bool = True) -> di
     workdir.mkdir(parents=True, exist_ok=True)
     artifact = workdir / "artifact"
     path = workdir / "policy.yaml"
-    path.write_text(yaml.safe_dump(tofu_policy(data_dir, "forget01", workdir, half="first", artifact=artifact), sort_keys=False),
+    path.write_text(yaml.safe_dump(tofu_policy(data_dir, split, workdir, half="first", artifact=artifact), sort_keys=False),
                     encoding="utf-8")
     policy = load_policy(path)
     if not (reuse and (artifact / "manifest.json").exists()):
         model = train(policy, TrainConfig.from_policy(policy))
         with staged_dir(artifact) as tmp:
             save_model(model, tmp)
-    trained = TrainedDetector(load_model(artifact))
+    return TrainedDetector(load_model(artifact)), policy
+
+
+def tofu01_detectors(data_dir: Path, workdir: Path, *, reuse: bool = True) -> dict[str, Detector]:
+    """The detectors the bypass table compares, for TOFU forget01 (first-half policy, static mode):
+    the name matcher and the trained detector (trained into ``workdir/artifact`` in ~15 s, or reused),
+    each as served (behind ``NormalizingDetector``) and raw."""
+    from classifiers.keyword import KeywordDetector
+    from classifiers.normalize import NormalizingDetector
+
+    trained, policy = tofu_trained_detector(data_dir, "forget01", workdir, reuse=reuse)
     keyword = KeywordDetector({t.id: t.all_names for t in policy.targets})
     return {"keyword": keyword, "keyword+deobf": NormalizingDetector(keyword),
             "trained": trained, "trained+deobf": NormalizingDetector(trained)}

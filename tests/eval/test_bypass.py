@@ -140,7 +140,11 @@ def issue15_keyword_report(data_dir):
     """The served name matcher on issue 15's name families (no training needed): TOFU forget10."""
     from classifiers.keyword import KeywordDetector
     from classifiers.normalize import NormalizingDetector
-    from guard.eval.bypass_families import family_report, issue15_families, tofu10_family_probes
+    from guard.eval.bypass_families import (
+        family_report,
+        issue15_families,
+        tofu10_family_probes,
+    )
 
     names = tofu_names(data_dir, "forget10")
     fams = issue15_families(names, data_dir)

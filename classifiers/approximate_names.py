@@ -1,0 +1,268 @@
+"""Approximate name matching: a target's name as people actually type it.
+
+The exact matcher (``classifiers.names.NameFinder``) already ignores case, accents, look-alike
+letters and the separators between name parts. What it cannot see is a name spelt differently:
+"Rajiv Majumdar" / "Rajeev Majumdaar" for Rajeev Majumdar, "Hsiao Yunhwa", or the name written in
+another script ("Николай Абилов", "Νικολάι Αμπίλοφ", "نيكولاي أبيلوف"). This module finds those:
+
+* every word of the text is written in Latin letters (``anyascii``: Cyrillic, Greek, Arabic, Hebrew,
+  ... -> ASCII) and reduced to its letters and digits, so hyphens, spaces and apostrophes do not
+  count ("Al-Kuwaiti", "Al Kuwaiti", "AlKuwaiti", "Al'Kuwaiti" are one key);
+* runs of 1 to k+1 consecutive words (k = the words of the name) are compared with each name form
+  (the name, its inversions, its distinctive leading given names) by optimal-string-alignment edit
+  distance (``rapidfuzz``: substitutions, insertions, deletions, transpositions), within a bound that
+  grows with the name's length (``ApproximateConfig.budget``: none below 6 letters, then a quarter
+  of the letters, at most 3);
+* both sides are also compared by their *sound key* (``sound_key``: the spellings transliterations
+  disagree on made one — ``kh``/``ch``/``h``, ``dzh``/``tz``/``j``, ``v``/``w``/``ou``/``u``,
+  ``y``/``i``, Greek ``mp``/``nt`` for ``b``/``d``, doubled letters), within the same bound; a run
+  that came from another script also by the consonants of that key (``skeleton``), because Arabic
+  and Hebrew do not write short vowels.
+
+Common-word collisions are the caller's to judge (``NameFinder.someone_else`` and
+``is_common_phrase`` here): a run made only of common English words ("his ham") is never a name.
+
+Linear in the text: each distinct word is transliterated once per call and compared (one
+``rapidfuzz.process.cdist`` call) with the name words of four letters or more and the whole name
+keys; only runs around a word that is close to one of them (an *anchor*), or written in another
+script, are built and compared with the name forms, again in one ``cdist`` call per key kind.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from anyascii import anyascii
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
+from wordfreq import zipf_frequency
+
+_KEY_DROP = re.compile(r"[^a-z0-9]+")
+# order matters: longer spellings first
+_SOUND_PAIRS = (("dzh", "j"), ("tz", "j"), ("dz", "j"), ("zh", "j"), ("dh", "z"), ("kh", "h"), ("ch", "h"), ("gh", "g"), ("ph", "f"),
+                ("th", "t"), ("sh", "s"), ("ts", "s"), ("ck", "k"), ("mp", "b"), ("nt", "d"), ("x", "ks"), ("oy", "u"),
+                ("ou", "u"), ("ee", "i"), ("w", "u"), ("v", "u"), ("y", "i"), ("iu", "u"), ("c", "k"), ("q", "k"))
+_SKELETON_MAP = str.maketrans({"g": "j", "p": "b", "f": "b", "e": "", "a": "", "i": "", "o": "", "u": ""})
+_REPEAT = re.compile(r"(.)\1+")
+COMMON_ZIPF = 4.0   # a word this frequent in English (zipf scale) is an ordinary word
+# a name part written in lower case is an ordinary word from this frequency on ("basil", "park",
+# "chen", "raven"; not "majumdar", "nakamura")
+LOWER_CASE_WORD_ZIPF = 3.2
+FOREIGN_ANCHOR_DISTANCE = 0.6   # normalised sound-key distance of a word in another script to a name word
+
+
+def latin_key(word: str) -> str:
+    """A word in ASCII letters and digits only, lower case ("Абилов" -> "abilov", "Al-Kuwaiti" -> "alkuwaiti")."""
+    text = word if word.isascii() else anyascii(unicodedata.normalize("NFKC", word))
+    return _KEY_DROP.sub("", text.lower())
+
+
+def sound_key(key: str) -> str:
+    """A latin key with the spellings transliterations disagree on made one ("khsiaoyunkhva",
+    "chsiaoioynchoya" and "hsiaoyunhwa" all become "hsiaounhua"), doubled letters collapsed."""
+    for a, b in _SOUND_PAIRS:
+        key = key.replace(a, b)
+    return _REPEAT.sub(r"\1", key)
+
+
+def skeleton(key: str) -> str:
+    """The consonants of a sound key (``w``/``y`` read as vowels, ``v`` as ``f``: Arabic writes it
+    so), doubled ones collapsed: what an Arabic or Hebrew spelling keeps ("krmynmwntnyjrw" and "carmenmontenegro": "krmnmntnjr")."""
+    return _REPEAT.sub(r"\1", sound_key(key.replace("v", "f")).translate(_SKELETON_MAP))
+
+
+def has_common_word(words: Iterable[str], zipf: float = LOWER_CASE_WORD_ZIPF) -> bool:
+    """Some word is an ordinary English word (``wordfreq`` zipf >= ``zipf``): "basil mahfouz", "park"."""
+    return any(zipf_frequency(w, "en") >= zipf for w in words)
+
+
+def _join(left: str, right: str) -> str:
+    """Two keys whose doubled letters are collapsed, joined with the doubled letter at the seam collapsed too."""
+    return left + right[1:] if left and right and left[-1] == right[0] else left + right
+
+
+def is_common_phrase(words: Iterable[str], zipf: float = COMMON_ZIPF) -> bool:
+    """Every word is a common English word (``wordfreq`` zipf >= ``zipf``): "his ham", "the park"."""
+    return all(zipf_frequency(w, "en") >= zipf for w in words)
+
+
+@dataclass(frozen=True)
+class ApproximateConfig:
+    """Edit bounds. ``budget(n)``: edits allowed for a name form of ``n`` letters."""
+
+    min_letters: int = 6
+    edit_ratio: float = 0.3
+    max_edits: int = 3
+    min_skeleton: int = 4
+    skeleton_ratio: float = 0.125
+
+    def budget(self, n: int) -> int:
+        return 0 if n < self.min_letters else min(self.max_edits, max(1, int(n * self.edit_ratio)))
+
+    def sound_budget(self, n: int) -> int:
+        """Sound keys have the transliterations' differences taken out already: one edit fewer."""
+        budget = self.budget(n)
+        return max(1, budget - 1) if budget else 0
+
+    def skeleton_budget(self, n: int) -> int:
+        """-1 (never) for a skeleton too short to tell names apart."""
+        return -1 if n < self.min_skeleton else min(2, int(n * self.skeleton_ratio))
+
+
+@dataclass(frozen=True)
+class _Key:
+    target: int
+    key: str
+    words: int
+    budget: int
+    sound: str
+    sound_budget: int
+    skeleton: str
+    skeleton_budget: int
+
+
+def name_form_words(words: Sequence[str], distinctive: Sequence[bool]) -> list[list[str]]:
+    """The word lists compared approximately for one name: the name, each inversion, and each
+    leading run of two or more words with at least two distinctive ones (the given names)."""
+    forms = [list(words)]
+    for k in range(1, len(words)):
+        forms.append(list(words[k:]) + list(words[:k]))
+    for k in range(2, len(words)):
+        if sum(distinctive[:k]) >= 2:
+            forms.append(list(words[:k]))
+    return forms
+
+
+class ApproximateNames:
+    """Approximate mentions of targets' names in a text (see the module docstring).
+
+    ``forms``: (target index, words of a name form as written, folded or not)."""
+
+    def __init__(self, forms: Iterable[tuple[int, Sequence[str]]], config: ApproximateConfig | None = None) -> None:
+        self.config = config or ApproximateConfig()
+        keys: dict[tuple[int, str], _Key] = {}
+        for target, words in forms:
+            key = "".join(latin_key(w) for w in words)
+            budget = self.config.budget(len(key))
+            if budget == 0:
+                continue
+            skel = skeleton(key)
+            n_words = max(1, sum(len(re.findall(r"[^\W_]+", w)) for w in words))
+            keys[(target, key)] = _Key(target, key, n_words, budget, sound_key(key), self.config.sound_budget(len(key)),
+                                       skel, self.config.skeleton_budget(len(skel)))
+        self._keys = list(keys.values())
+        # anchors: the name words that say most (>= 4 letters; all of a name's words if none is) and
+        # the whole keys ("hsiaoyunhwa" written as one word)
+        anchors: dict[str, int] = {k.key: k.budget for k in keys.values()}
+        for _, words in forms:
+            toks = [latin_key(t) for w in words for t in re.findall(r"[^\W_]+", w)]
+            long = [t for t in toks if len(t) >= 4] or [t for t in toks if t]
+            for t in long:
+                anchors[t] = max(anchors.get(t, 0), min(self.config.max_edits, max(1, int(len(t) * self.config.edit_ratio))))
+        self._anchors = list(anchors)
+        self._anchor_budgets = np.asarray([anchors[a] for a in self._anchors], dtype=np.int32)
+        self._anchor_sounds = list({sound_key(a) for a in self._anchors})
+        self._strings = [k.key for k in self._keys]
+        self._sounds = [k.sound for k in self._keys]
+        self._skeletons = [k.skeleton for k in self._keys]
+        self._max_words = max((k.words for k in self._keys), default=0) + 1
+        lengths = [len(k.key) for k in self._keys]
+        self._min_len = min(lengths, default=0) - self.config.max_edits
+        self._max_len = max(lengths, default=0) + self.config.max_edits
+        # a transliteration is longer in Latin letters than the name ("Entoyarnt" for "Edward")
+        self._max_foreign_len = int(max(lengths, default=0) * 1.5) + self.config.max_edits
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def find(self, text: str, word_re: re.Pattern[str]) -> list[tuple[int, int, int, int, int]]:
+        """(target, start, end, distance, letters of the name form) of every approximate mention in
+        ``text``; ``word_re``: what a word is (the name matcher's). Overlapping runs are all returned."""
+        if not self._keys:
+            return []
+        keys: dict[str, str] = {}   # each distinct word transliterated once
+        words = []
+        for m in word_re.finditer(text):
+            w = m.group(0)
+            key = keys.get(w)
+            if key is None:
+                key = keys[w] = latin_key(w)
+            words.append((m.start(), m.end(), key, not w.isascii()))
+        near = self._near_anchor({w[2] for w in words if w[2] and not w[3]})
+        near |= self._near_foreign_anchor({w[2] for w in words if w[2] and w[3]})
+        starts: set[int] = set()
+        for i, w in enumerate(words):
+            if w[2] in near:
+                starts.update(range(max(0, i - self._max_words + 1), i + 1))
+        runs: dict[str, list[tuple[int, int]]] = {}
+        sounds: dict[str, list[tuple[int, int]]] = {}
+        foreign: dict[str, list[tuple[int, int]]] = {}
+        # sound keys and skeletons per distinct word, joined per run (digraphs do not span words)
+        word_sounds: dict[str, tuple[str, str]] = {}
+        for i in sorted(starts):
+            key = sound = skel = ""
+            other = False
+            for m in range(min(self._max_words, len(words) - i)):
+                word = words[i + m]
+                key += word[2]
+                other = other or word[3]
+                ws = word_sounds.get(word[2])
+                if ws is None:
+                    ws = word_sounds[word[2]] = (sound_key(word[2]), skeleton(word[2]))
+                sound, skel = _join(sound, ws[0]), _join(skel, ws[1])
+                if len(key) > (self._max_foreign_len if other else self._max_len):
+                    break
+                if len(key) < self._min_len:
+                    continue
+                if len(key) <= self._max_len:
+                    runs.setdefault(key, []).append((i, i + m))
+                if other:
+                    sounds.setdefault(sound, []).append((i, i + m))
+                    foreign.setdefault(skel, []).append((i, i + m))
+        found: list[tuple[int, int, int, int, int]] = []
+        budgets = [k.budget for k in self._keys]
+        self._compare(runs, self._strings, budgets, words, found)
+        if sounds:
+            self._compare(sounds, self._sounds, [k.sound_budget for k in self._keys], words, found)
+        if foreign:
+            self._compare(foreign, self._skeletons, [k.skeleton_budget for k in self._keys], words, found)
+        return found
+
+    def _near_anchor(self, keys: set[str]) -> set[str]:
+        """The word keys within an anchor's budget of one of the anchors."""
+        if not keys:
+            return set()
+        queries = list(keys)
+        dist = process.cdist(queries, self._anchors, scorer=OSA.distance, score_cutoff=self.config.max_edits,
+                             dtype=np.int32, workers=1)
+        hit = (dist <= self._anchor_budgets[None, :]).any(axis=1)
+        return {q for q, h in zip(queries, hit) if h}
+
+    def _near_foreign_anchor(self, keys: set[str]) -> set[str]:
+        """The keys of words in another script whose sound key is at most ``FOREIGN_ANCHOR_DISTANCE``
+        (normalised) from an anchor's: transliterations differ more than misspellings do."""
+        if not keys:
+            return set()
+        queries = list(keys)
+        dist = process.cdist([sound_key(q) for q in queries], self._anchor_sounds, scorer=OSA.normalized_distance,
+                             score_cutoff=FOREIGN_ANCHOR_DISTANCE, dtype=np.float32, workers=1)
+        hit = (dist <= FOREIGN_ANCHOR_DISTANCE).any(axis=1)
+        return {q for q, h in zip(queries, hit) if h}
+
+    def _compare(self, runs: dict[str, list[tuple[int, int]]], choices: list[str], budgets: list[int],
+                 words: list[tuple[int, int, str, bool]], found: list[tuple[int, int, int, int, int]]) -> None:
+        queries = list(runs)
+        if not queries:
+            return
+        dist = process.cdist(queries, choices, scorer=OSA.distance, score_cutoff=self.config.max_edits,
+                             dtype=np.int32, workers=1)
+        within = dist <= np.asarray(budgets, dtype=np.int32)[None, :]
+        for qi, ki in zip(*np.nonzero(within)):
+            if dist[qi, ki] >= 2 and queries[qi].startswith(choices[ki]):
+                continue  # the name with letters after it is another word ("Taylor Swiftie", "Parkside")
+            for a, b in runs[queries[qi]]:
+                found.append((self._keys[ki].target, words[a][0], words[b][1], int(dist[qi, ki]), len(self._keys[ki].key)))
