@@ -33,6 +33,8 @@ from guard.errors import UpstreamUnsupported
 
 if TYPE_CHECKING:
     from guard.engines.forwarding import ForwardedAnswer
+    from guard.engines.structured_output import OutputConstraint
+    from guard.engines.tool_calls import ToolCall
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """transformers' ``LogitsProcessor`` shape: (input_ids [B, T], scores [B, V]) -> scores [B, V]."""
@@ -63,11 +65,22 @@ class RenderedPrompt:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to sample, with OpenAI's meaning (validated upstream of here: ``openai_sampling.sampling_controls``,
+    ``structured_output.output_constraint``). ``logprobs``: None for none, k >= 0 for the sampled
+    token's log-prob plus the top k per position; ``constraint``: the answer must match it
+    (``response_format`` or a forced ``tool_choice``)."""
+
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    n: int = 1
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    constraint: "OutputConstraint | None" = None
 
     def __post_init__(self) -> None:
         if 0.0 < self.temperature < MIN_SAMPLING_TEMPERATURE:
@@ -76,6 +89,11 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def reshapes_logits(self) -> bool:
+        """Penalties or a logit bias change the distribution sampled from."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 @dataclass(frozen=True)
@@ -113,15 +131,42 @@ class PositionLogprobs:
     token: int
 
 
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str  # the token's text (``tokenizer.decode([id])``)
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-prob and the top-k at its position (best first), from the
+    distribution the method sampled from before penalties, bias and grammar (vLLM's raw log-probs)."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
 @dataclass
 class GenerationChunk:
-    """A streamed delta. The last chunk carries ``finish_reason`` ('stop' or 'length') and usage."""
+    """A streamed delta of choice ``index``. Each choice's last chunk carries its ``finish_reason``
+    ('stop', 'length' or 'tool_calls'), the prompt's tokens and that choice's completion tokens;
+    chunks of different choices may interleave. ``logprobs``: one entry per token of ``token_ids``
+    (when asked for). ``tool_calls``: the parsed calls, on a choice's last chunk only.
+    ``refusal``: the text is the guard's refusal (``message.refusal`` when the client asked for a
+    structured answer)."""
 
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    index: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: "tuple[ToolCall, ...]" = ()
+    refusal: bool = False
 
 
 class Engine(abc.ABC):
@@ -157,7 +202,10 @@ class Engine(abc.ABC):
     def tokenizer(self) -> Any: ...
 
     @abc.abstractmethod
-    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt: ...
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] = ()) -> RenderedPrompt:
+        """The chat as the model reads it (``tools`` and tool turns through the model's template, or
+        the shipped tool template when the model's lacks tool syntax: ``rendering.render_chat``)."""
 
     @abc.abstractmethod
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
@@ -196,9 +244,11 @@ class Engine(abc.ABC):
         Closing the iterator aborts the generation. Only where ``capabilities.streamed_top_logprobs``."""
         raise UpstreamUnsupported(f"the {self.kind} engine does not stream top-k log-probs")
 
-    async def forward_request(self, route: str, body: dict[str, Any], raw: bytes, max_tokens: int) -> "ForwardedAnswer":
+    async def forward_request(self, route: str, body: dict[str, Any], raw: bytes, max_tokens: int, *,
+                              limit_field: str = "max_tokens") -> "ForwardedAnswer":
         """Send a validated client request upstream untouched (``raw``; re-serialised only to set the
-        upstream's model name or the guard's ``max_tokens``), answered byte for byte. ``route`` is
+        upstream's model name or the guard's ``max_tokens`` in ``limit_field`` when the body sets no
+        limit: ``max_output_tokens`` on ``/v1/responses``), answered byte for byte. ``route`` is
         the OpenAI path (``/v1/chat/completions`` …). Only where ``capabilities.forwarding``."""
         raise UpstreamUnsupported(f"the {self.kind} engine does not forward requests")
 

@@ -28,31 +28,13 @@ from guard.engines.base import (
     SamplingParams,
 )
 from guard.engines.context import ContextWindow, config_context_length
-from guard.engines.rendering import IncrementalDecoder, StopMatcher, render_chat
+from guard.engines.local_generation import BatchStreamer, ChoiceStreams, controls_of, processor_chain
+from guard.engines.openai_sampling import generation_overrides
+from guard.engines.rendering import render_chat
+from guard.engines.structured_output import StructuredOutputCompiler
 from guard.errors import Overloaded
 
 log = logging.getLogger(__name__)
-
-
-class _Streamer:
-    """transformers streamer that hands each new token id to the event loop.
-
-    ``generate`` first "puts" the prompt ids (an empty tensor when prompting with embeddings);
-    that first call is skipped.
-    """
-
-    def __init__(self, put: Callable[[Any], None]) -> None:
-        self._put = put
-        self._seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True
-            return
-        self._put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
 
 
 class _Cancelled:
@@ -86,6 +68,7 @@ class LocalEngine(Engine):
         self._slots: asyncio.Semaphore | None = None
         self._waiting = 0
         self._stop_ids: set[int] = set()
+        self._structured: StructuredOutputCompiler | None = None  # made on the first constrained request
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,8 +108,9 @@ class LocalEngine(Engine):
         return self._model.get_input_embeddings().weight
 
     # -- prompt side ------------------------------------------------------------------------------
-    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
-        return render_chat(self._tokenizer, messages, add_generation_prompt)
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] = ()) -> RenderedPrompt:
+        return render_chat(self._tokenizer, messages, add_generation_prompt, tools)
 
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Input embeddings ``[T, H]`` on the CPU (interventions edit them there; generation moves them)."""
@@ -147,6 +131,8 @@ class LocalEngine(Engine):
 
     async def generate(self, prompt: PromptInput, params: SamplingParams,
                        logits_processors: Sequence[LogitsProcessor] = ()) -> AsyncIterator[GenerationChunk]:
+        """Stream ``params.n`` choices (one batched generation; chunks of the choices interleave), with
+        log-probs, penalties, ``logit_bias`` and the output constraint (``local_generation``)."""
         self.check_prompt_length(prompt.length)
         await self._admit()
         assert self._slots is not None and self._executor is not None
@@ -155,10 +141,7 @@ class LocalEngine(Engine):
         cancel = threading.Event()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
         future = loop.run_in_executor(self._executor, self._generate_blocking, prompt, params, put, cancel, list(logits_processors))
-        decoder = IncrementalDecoder(self._tokenizer)
-        stops = StopMatcher(params.stop)
-        completion_tokens = 0
-        last_id: int | None = None
+        choices = ChoiceStreams(self._tokenizer, params, self._stop_ids, prompt.length)
         try:
             while True:
                 item = await queue.get()
@@ -166,22 +149,13 @@ class LocalEngine(Engine):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                completion_tokens += len(item)
-                last_id = item[-1]
-                text = stops.feed(decoder.push(item))
-                if stops.stopped:
+                for chunk in choices.step(item):
+                    yield chunk
+                if choices.all_done:
                     cancel.set()
-                    yield GenerationChunk(text=text, token_ids=item, finish_reason="stop",
-                                          prompt_tokens=prompt.length, completion_tokens=completion_tokens)
                     return
-                if item:
-                    yield GenerationChunk(text=text, token_ids=item)
-            tail = stops.flush()
-            finish = "stop" if last_id in self._stop_ids else "length"
-            if last_id is None and params.max_tokens > 0:
-                finish = "stop"
-            yield GenerationChunk(text=tail, finish_reason=finish, prompt_tokens=prompt.length,
-                                  completion_tokens=completion_tokens)
+            for chunk in choices.finish():
+                yield chunk
         finally:
             cancel.set()
             try:
@@ -190,8 +164,14 @@ class LocalEngine(Engine):
                 pass
             self._slots.release()
 
+    def _grammar(self, params: SamplingParams) -> Any:
+        """A fresh grammar processor for ``params.constraint`` (the compiler is made once, on first use)."""
+        if self._structured is None:
+            self._structured = StructuredOutputCompiler(self._tokenizer, self._model.config.vocab_size, self._stop_ids)
+        return self._structured.logits_processor(params.constraint)
+
     def _generate_blocking(self, prompt: PromptInput, params: SamplingParams, put: Callable[[Any], None],
-                           cancel: threading.Event, logits_processors: list[Any]) -> None:
+                           cancel: threading.Event, method_processors: list[Any]) -> None:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         try:
@@ -206,6 +186,7 @@ class LocalEngine(Engine):
                 top_k=None,
                 eos_token_id=sorted(self._stop_ids),
                 pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                **generation_overrides(controls_of(params)),
             )
             kwargs: dict[str, Any] = {}
             if prompt.token_ids is not None:
@@ -215,15 +196,18 @@ class LocalEngine(Engine):
                 embeds = prompt.embeds.to(device=self.device, dtype=self._model.dtype).unsqueeze(0)
                 kwargs.update(inputs_embeds=embeds,
                               attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device))
+            prompt_length = len(prompt.token_ids) if prompt.token_ids is not None else 0  # what input_ids shows
+            processors, recorder = processor_chain(params, method_processors, prompt_length,
+                                                   lambda: self._grammar(params))
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.no_grad():
                 self._model.generate(
                     **kwargs,
                     generation_config=config,
-                    streamer=_Streamer(put),
+                    streamer=BatchStreamer(put, recorder),
                     stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-                    logits_processor=LogitsProcessorList(logits_processors),
+                    logits_processor=LogitsProcessorList(processors),
                 )
         except BaseException as exc:  # delivered to the consumer, re-raised there
             put(exc)

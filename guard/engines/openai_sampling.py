@@ -54,6 +54,11 @@ class SamplingControls:
     def has_penalties(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty)
 
+    def params_fields(self) -> dict[str, Any]:
+        """The ``guard.engines.base.SamplingParams`` fields these controls set (``SamplingParams(**...)``)."""
+        return {"n": self.n, "logprobs": self.top_logprobs, "presence_penalty": self.presence_penalty,
+                "frequency_penalty": self.frequency_penalty, "logit_bias": self.logit_bias}
+
 
 def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = body.get(name)
@@ -156,18 +161,23 @@ class LogprobRecorder(LogitsProcessor):
     _last: torch.Tensor | None = field(default=None, init=False)  # log-probs of the latest step [batch, vocab]
     _top: list[list[tuple[int, float]]] = field(default_factory=list, init=False)
 
-    def _settle(self, chosen: torch.Tensor) -> None:
+    def settle(self, chosen: torch.Tensor) -> list[PositionRecord]:
+        """Record the tokens just sampled (``[batch]``), one per sequence, and return those records
+        (empty when this step was already settled). A streamer calls it as each token arrives."""
         if self._last is None:
-            return
+            return []
         if not self.records:
             self.records = [[] for _ in range(chosen.shape[0])]
-        for row, token in enumerate(chosen.tolist()):
-            self.records[row].append(PositionRecord(token, float(self._last[row, token]), self._top[row]))
+        step = [PositionRecord(token, float(self._last[row, token]), self._top[row])
+                for row, token in enumerate(chosen.reshape(-1).tolist())]
+        for row, record in enumerate(step):
+            self.records[row].append(record)
         self._last = None
+        return step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] > self.prompt_length:
-            self._settle(input_ids[:, -1])
+            self.settle(input_ids[:, -1])
         logprobs = torch.log_softmax(scores.float(), dim=-1)
         self._last = logprobs
         if self.k:
@@ -182,7 +192,7 @@ class LogprobRecorder(LogitsProcessor):
         records, one list per sequence, one record per step of the batch: a sequence that stopped
         before the others has records for the padding after its stop token, which the caller trims
         to the tokens it returns."""
-        self._settle(sequences[:, -1])
+        self.settle(sequences[:, -1])
         return self.records
 
 

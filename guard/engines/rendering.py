@@ -4,28 +4,97 @@ and stop-string matching that never leaks a partial stop string into a stream.""
 from __future__ import annotations
 
 import bisect
+import json
 from typing import Any, Sequence
 
-from guard.engines.base import MessageSpan, RenderedPrompt
+from guard.engines.base import MessageSpan, RenderedPrompt, TokenLogprob, TopLogprob
 
 
-def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
-    """Render with the model's chat template and locate each message's content in tokens.
+def _uses_tools(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> bool:
+    return bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
 
-    Contents are found verbatim in the rendered text, in order; templates that rewrite content
-    (rare) leave that message without a span rather than with a wrong one.
+
+def chat_template_for(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> str | None:
+    """The template to render with: the model's own, unless the chat uses tools and the model's
+    template has no tool syntax (it never mentions ``tools``/``tool_calls``), then the shipped tool
+    template (``guard.templates``: hermes style, what vLLM runs with ``--chat-template``). None: the
+    tokenizer's own."""
+    own = getattr(tokenizer, "chat_template", None) or ""
+    if not _uses_tools(messages, tools) or ("tools" in own and "tool_calls" in own):
+        return None
+    from guard.templates import read_template
+
+    return read_template()
+
+
+def _arguments(arguments: Any) -> Any:
+    """A tool call's arguments as vLLM renders them: a JSON-object string becomes the object,
+    any other string ``{}`` (``vllm/renderers/chat_utils.py``); objects stay."""
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def template_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as the template reads them: assistant tool-call arguments parsed (``_arguments``)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [
+                {**call, "function": {**call.get("function", {}), "arguments": _arguments(call.get("function", {}).get("arguments"))}}
+                for call in calls]}
+        out.append(dict(message))
+    return out
+
+
+def _span_texts(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(role, text) of every text the model reads from the request, in template order: each
+    message's content, then its tool calls' arguments (as the template writes them: ``tojson``,
+    i.e. ``json.dumps`` with ``ensure_ascii=False``); tool definitions (role ``tools``) come first,
+    in the system turn."""
+    texts: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") or ""
+        if i == 0 and tools and message.get("role") != "system":
+            texts.extend(("tools", json.dumps(t, ensure_ascii=False)) for t in tools)
+        if isinstance(content, str) and content:
+            texts.append((message["role"], content))
+        if i == 0 and tools and message.get("role") == "system":
+            texts.extend(("tools", json.dumps(t, ensure_ascii=False)) for t in tools)
+        for call in message.get("tool_calls") or ():
+            arguments = call.get("function", {}).get("arguments")
+            if arguments not in (None, {}):
+                texts.append((message["role"], arguments if isinstance(arguments, str)
+                              else json.dumps(arguments, ensure_ascii=False)))
+    return texts
+
+
+def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                tools: Sequence[dict[str, Any]] = ()) -> RenderedPrompt:
+    """Render with the model's chat template (``chat_template_for``) and locate each text the model
+    reads in tokens: message contents, tool-call arguments, tool definitions (``_span_texts``).
+
+    Texts are found verbatim in the rendered text, in order; templates that rewrite content
+    (rare) leave that text without a span rather than with a wrong one.
     """
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    messages = template_messages(messages)
+    template = chat_template_for(tokenizer, messages, tools)
+    extra: dict[str, Any] = {"chat_template": template} if template is not None else {}
+    if tools:
+        extra["tools"] = [dict(t) for t in tools]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     starts = [o[0] for o in offsets]
     spans: list[MessageSpan] = []
     cursor = 0
-    for message in messages:
-        content = message.get("content") or ""
-        if not content:
-            continue
+    for role, content in _span_texts(messages, tools):
         pos = text.find(content, cursor)
         if pos < 0:
             continue
@@ -37,7 +106,7 @@ def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generati
         while tok_start > 0 and offsets[tok_start - 1][1] > pos:  # byte tokens of one multi-byte first char
             tok_start -= 1
         tok_end = bisect.bisect_left(starts, end)
-        spans.append(MessageSpan(message["role"], tok_start, tok_end, pos, end))
+        spans.append(MessageSpan(role, tok_start, tok_end, pos, end))
     return RenderedPrompt(text=text, token_ids=ids, spans=tuple(spans), offsets=tuple(offsets))
 
 
@@ -52,6 +121,12 @@ def render_text_prompt(tokenizer: Any, prompt: str) -> RenderedPrompt:
     start, end = (content[0], content[-1] + 1) if content else (0, 0)
     spans = (MessageSpan("user", start, end, 0, len(prompt)),) if content else ()
     return RenderedPrompt(text=prompt, token_ids=ids, spans=spans, offsets=offsets)
+
+
+def token_logprob(tokenizer: Any, token: int, logprob: float, top: Sequence[tuple[int, float]]) -> TokenLogprob:
+    """A generated token's log-prob entry, with each token's text (``decode([id])``, as vLLM shows it)."""
+    return TokenLogprob(token, tokenizer.decode([token]), logprob,
+                        tuple(TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in top))
 
 
 class IncrementalDecoder:

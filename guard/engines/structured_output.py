@@ -18,7 +18,8 @@ compile cache) and makes a fresh processor per generation: the processor carries
 and can be used once. Put it **last** in the logits-processor list: transformers applies the
 custom processors in order, before temperature/top-p, so the mask then has the final word over
 penalties, ``logit_bias`` and a method's own processor (ULD), and sampling never picks a token the
-grammar forbids.
+grammar forbids. (Exception: before a method's own processor that keeps only a plausible set, ULD's:
+``guard.engines.local_generation`` says why.)
 """
 
 from __future__ import annotations

@@ -38,11 +38,12 @@ from guard.engines.base import (
 )
 from guard.engines.context import ContextWindow, config_context_length
 from guard.engines.forwarding import OPENAI_CONTENT_TYPES, ForwardedAnswer
-from guard.engines.rendering import render_chat
+from guard.engines.rendering import render_chat, token_logprob
 from guard.engines.sse import iter_sse_data
 from guard.engines.upstreams import UpstreamPool, UpstreamResponse
 from guard.engines.vllm_wire import (
     LOGPROBS_HINT,
+    choice_logprobs,
     completion_payload,
     encode_prompt_embeds,
     error_message,
@@ -50,7 +51,7 @@ from guard.engines.vllm_wire import (
     top_pairs,
 )
 from guard.engines.weights import load_input_embeddings  # noqa: F401 - where callers have found it
-from guard.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUnsupported
+from guard.errors import ConfigError, GuardError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnsupported
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,9 @@ class VllmEngine(Engine):
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     # -- prompt side ------------------------------------------------------------------------------
-    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> RenderedPrompt:
-        return render_chat(self._tokenizer, messages, add_generation_prompt)
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] = ()) -> RenderedPrompt:
+        return render_chat(self._tokenizer, messages, add_generation_prompt, tools)
 
     def input_embeddings(self) -> torch.Tensor:
         if self._embeddings is None:
@@ -237,13 +239,15 @@ class VllmEngine(Engine):
         assert last is not None
         raise self._translate(last) from None
 
-    async def forward_request(self, route: str, body: dict[str, Any], raw: bytes, max_tokens: int) -> ForwardedAnswer:
+    async def forward_request(self, route: str, body: dict[str, Any], raw: bytes, max_tokens: int, *,
+                              limit_field: str = "max_tokens") -> ForwardedAnswer:
         upstream_model = await self.ensure_model()
         patch: dict[str, Any] = {}
         if body.get("model") != upstream_model:
             patch["model"] = upstream_model
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-            patch["max_tokens"] = max_tokens  # the guard's default, as on every other path, never above the limit
+        limits = ("max_tokens", "max_completion_tokens") if limit_field == "max_tokens" else (limit_field,)
+        if all(body.get(name) is None for name in limits):
+            patch[limit_field] = max_tokens  # the guard's default, as on every other path, never above the limit
         if patch:
             raw = json.dumps({**body, **patch}).encode()
         upstream = await self.forward(route, raw, request_id=uuid.uuid4().hex)
@@ -273,15 +277,18 @@ class VllmEngine(Engine):
                     yield json.loads(data)
                 except json.JSONDecodeError:
                     raise UpstreamError(f"the upstream at {self.url} sent a malformed stream chunk") from None
-        except UpstreamError:
+        except (UpstreamError, InvalidRequest):
             raise
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc) from None
         finally:
             resp.release()  # unread: aiohttp closes the connection, and vLLM aborts the request
 
-    async def _error_from(self, resp: aiohttp.ClientResponse, payload: dict[str, Any], hint: str = "") -> UpstreamError:
+    async def _error_from(self, resp: aiohttp.ClientResponse, payload: dict[str, Any], hint: str = "") -> GuardError:
         message = error_message((await resp.text())[:2000])
+        if resp.status == 400 and "response_format" in payload and "grammar" in message.lower():  # the client's schema
+            return InvalidRequest(f"the JSON schema (response_format, or the forced tool's parameters) cannot be enforced "
+                                  f"({message.strip()[:200]}); fix or simplify it", param="response_format")
         if "prompt_embeds" in payload and _PROMPT_EMBEDS_DISABLED in message.replace("_", "-"):
             self.prompt_embeds_supported = False
             self.prompt_embeds_detail = _PROMPT_EMBEDS_HELP.format(url=self.url)
@@ -346,21 +353,30 @@ class VllmEngine(Engine):
         # encoding prompt embeddings (torch.save + base64 of [seq, hidden]) is CPU work: off the event loop
         payload = (await asyncio.to_thread(completion_payload, self.upstream_model, prompt, params) if prompt.embeds is not None
                    else completion_payload(self.upstream_model, prompt, params))
-        finish: str | None = None
+        finish: dict[int, str] = {}
+        tokens: dict[int, int] = {}
         usage: dict[str, int] = {}
         async for chunk in self._post_stream(payload):
             if chunk.get("usage"):
                 usage = chunk["usage"]
             self._learn_fingerprint(chunk)
             for choice in chunk.get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-                if choice.get("text"):
-                    yield GenerationChunk(text=choice["text"])
+                index = int(choice.get("index") or 0)
+                ids = list(choice.get("token_ids") or [])
+                tokens[index] = tokens.get(index, 0) + len(ids)
+                if choice.get("finish_reason"):
+                    finish[index] = choice["finish_reason"]
+                logprobs = ([token_logprob(self._tokenizer, t, lp, top)
+                             for t, lp, top in choice_logprobs(choice.get("logprobs"), params.logprobs)]
+                            if params.logprobs is not None else [])
+                if choice.get("text") or ids:
+                    yield GenerationChunk(text=choice.get("text") or "", token_ids=ids, index=index, logprobs=logprobs)
         if prompt.embeds is not None:
             self.prompt_embeds_supported, self.prompt_embeds_detail = True, "accepted"
-        yield GenerationChunk(finish_reason=finish or "stop",
-                              prompt_tokens=usage.get("prompt_tokens", prompt.length),
-                              completion_tokens=usage.get("completion_tokens", 0))
+        for index in range(params.n):  # each choice's last chunk, once usage is known
+            completion = tokens.get(index, 0) if params.n > 1 else usage.get("completion_tokens", tokens.get(0, 0))
+            yield GenerationChunk(finish_reason=finish.get(index, "stop"), index=index,
+                                  prompt_tokens=usage.get("prompt_tokens", prompt.length), completion_tokens=completion)
 
     async def top_logprobs(self, token_ids: Sequence[int], k: int) -> list[tuple[int, float]]:
         self.check_prompt_length(len(token_ids))

@@ -11,6 +11,8 @@ import torch
 
 from classifiers.base import Verdict
 from guard.engines.base import Engine, GenerationChunk, RenderedPrompt, SamplingParams
+from guard.errors import InvalidRequest
+from guard.interventions.answers import finish_answer
 from guard.interventions.prompts import ChatPrompt, MethodPrompt, Prompt, TextPrompt, render_for_method
 from guard.interventions.scoring import LogitsTransform
 from guard.policy import Target
@@ -25,8 +27,9 @@ class GuardRequest:
     params: SamplingParams
 
     @classmethod
-    def chat(cls, messages: Sequence[Mapping[str, str]], params: SamplingParams) -> "GuardRequest":
-        return cls(ChatPrompt(tuple(dict(m) for m in messages)), params)
+    def chat(cls, messages: Sequence[Mapping[str, Any]], params: SamplingParams, *,
+             tools: Sequence[Mapping[str, Any]] = (), tool_choice: Any = None) -> "GuardRequest":
+        return cls(ChatPrompt(tuple(dict(m) for m in messages), tuple(dict(t) for t in tools), tool_choice), params)
 
     @classmethod
     def completion(cls, prompt: str, params: SamplingParams) -> "GuardRequest":
@@ -47,10 +50,26 @@ class GuardRequest:
         return await asyncio.to_thread(render_for_method, self.prompt, engine, **method)
 
 
+class ContractUnsupported(InvalidRequest):
+    """A method cannot honour a request field on this engine (e.g. ULD's step-wise decoding on vLLM
+    with ``response_format``): raised before the method's first chunk, so the serving layer can
+    answer the policy's way instead (a refusal in the client's shape by default); uncaught, it is a
+    400 naming the field. Never a silent downgrade."""
+
+    def __init__(self, message: str, *, param: str, method: str) -> None:
+        super().__init__(message, param=param)
+        self.method = method
+
+
 class Intervention(abc.ABC):
     """Answers a request. Never changes model weights; yields the same chunks whatever the method."""
 
     name: str
+
+    def answer(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+               engine: Engine) -> AsyncIterator[GenerationChunk]:
+        """``stream`` as the client's answer: tool calls read out of the text (``answers.finish_answer``)."""
+        return finish_answer(request, self.stream(request, verdict, target, engine))
 
     @abc.abstractmethod
     def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,

@@ -51,12 +51,17 @@ def completion_insertion_index(token_ids: Sequence[int], position: str, bos_toke
 @dataclass(frozen=True)
 class ChatPrompt:
     """Chat messages as the template wants them (``{"role", "content", "name"?}``, content parts
-    already joined as the model reads them)."""
+    already joined as the model reads them; assistant ``tool_calls`` and ``tool`` messages with
+    ``tool_call_id`` as the client sent them), the request's ``tools`` (rendered into the prompt,
+    with ``tool_choice: "none"`` too, as vLLM does) and its ``tool_choice`` (whether the answer's
+    hermes tool calls are read back: ``guard.interventions.answers``)."""
 
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
 
     def render(self, engine: "Engine") -> RenderedPrompt:
-        return engine.render_chat(list(self.messages))
+        return engine.render_chat(list(self.messages), tools=self.tools)
 
     def screen_texts(self) -> list[str]:
         """Every role's text, participant names and the turn boundaries (``guard.screened_text``)."""
@@ -64,7 +69,12 @@ class ChatPrompt:
 
     @property
     def chars(self) -> int:
-        return sum(len(m["content"]) for m in self.messages)
+        return sum(len(m.get("content") or "") for m in self.messages)
+
+    @property
+    def reads_tool_calls(self) -> bool:
+        """Auto tool choice: the answer's ``<tool_call>`` blocks become tool calls."""
+        return bool(self.tools) and self.tool_choice in (None, "auto")
 
     def soft_prompt_index(self, rendered: RenderedPrompt, position: str, tokenizer: Any) -> int:
         return insertion_index(rendered, position)
@@ -81,6 +91,8 @@ class TextPrompt:
 
     def screen_texts(self) -> list[str]:
         return [self.text]
+
+    reads_tool_calls = False  # completions take no tools
 
     @property
     def chars(self) -> int:

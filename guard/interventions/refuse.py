@@ -1,4 +1,6 @@
-"""The refusal baseline: a fixed answer, no model call."""
+"""The refusal baseline: a fixed answer, no model call. Its chunks are marked ``refusal`` (the answer
+shape puts them in ``message.refusal`` when the client asked for a structured answer); ``n`` choices
+are n copies; log-probs are not invented (none: no model sampled this text)."""
 
 from __future__ import annotations
 
@@ -28,5 +30,7 @@ class Refuse(Intervention):
         # the prompt is tokenised only to count it, in a thread: a flagged prompt of megabytes must
         # not hold the event loop (as GuardRequest.render_off_loop does)
         prompt_tokens, completion_tokens = await asyncio.to_thread(_usage, request, engine, text)
-        yield GenerationChunk(text=text)
-        yield GenerationChunk(finish_reason="stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        for index in range(request.params.n):  # n choices, each the refusal (marked: message.refusal)
+            yield GenerationChunk(text=text, index=index, refusal=True)
+            yield GenerationChunk(finish_reason="stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                  index=index, refusal=True)

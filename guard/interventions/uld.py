@@ -33,9 +33,9 @@ import torch
 
 from classifiers.base import Verdict
 from guard.artifacts import check_identity, read_manifest
-from guard.engines.base import Engine, GenerationChunk
+from guard.engines.base import Engine, GenerationChunk, SamplingParams
 from guard.errors import ConfigError
-from guard.interventions.base import GuardRequest, Intervention
+from guard.interventions.base import ContractUnsupported, GuardRequest, Intervention
 from guard.interventions.prompts import render_for_method
 from guard.interventions.scoring import LogitsTransform
 from guard.interventions.uld_assistant import load_assistant
@@ -145,6 +145,28 @@ def settings_from(manifest: dict[str, Any], params: dict[str, Any], where: str) 
     return replace(base, **changes)
 
 
+def choice_params(params: SamplingParams) -> list[SamplingParams]:
+    """One ``n=1`` parameter set per choice; with a seed, choice i samples with ``seed + i`` (n
+    identical samples would not be n choices)."""
+    return [replace(params, n=1, seed=params.seed + i if params.seed is not None else None) for i in range(params.n)]
+
+
+def check_stepwise_contract(params: SamplingParams) -> None:
+    """Step-wise ULD (an engine without guard-side logits processors: vLLM) chooses each token
+    guard-side from the upstream's top-k: it has no grammar matcher and no penalty state there, so
+    a structured answer, penalties and ``logit_bias`` cannot be honoured (``ContractUnsupported``,
+    answered per the policy: a refusal in the client's shape by default). Log-probs and ``n`` can."""
+    constraint = params.constraint
+    if constraint is not None:
+        field = "tool_choice" if constraint.tool_choice is not None else "response_format"
+        raise ContractUnsupported(f"ULD on a vLLM upstream decodes step by step and cannot enforce {field}; "
+                                  "use the local engine, or ECO/SPUL for this target", param=field, method="uld")
+    for field in ("presence_penalty", "frequency_penalty", "logit_bias"):
+        if getattr(params, field):
+            raise ContractUnsupported(f"ULD on a vLLM upstream decodes step by step and does not apply {field}; "
+                                      "leave it unset, or use the local engine", param=field, method="uld")
+
+
 class ULD(Intervention):
     name = "uld"
 
@@ -173,15 +195,20 @@ class ULD(Intervention):
     async def stream(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                      engine: Engine) -> AsyncIterator[GenerationChunk]:
         runtime, settings = self._for(target)
+        in_engine = engine.capabilities.logits_processors
+        if not in_engine:
+            check_stepwise_contract(request.params)
         # the logit difference applies to every generated token whatever turn holds the question;
         # rendering runs in a thread so a long flagged prompt does not hold the event loop
         prompt = await request.render_off_loop(engine)
-        if engine.capabilities.logits_processors:
-            chunks = engine.generate(prompt.input, request.params, logits_processors=[ULDLogitsProcessor(runtime, settings)])
-        else:
-            chunks = uld_stream(engine, prompt.rendered.token_ids, request.params, runtime, settings)
-        async for chunk in chunks:
-            yield chunk
+        # the assistant's state is one sequence's: n choices are n generations, one after the other
+        for index, params in enumerate(choice_params(request.params)):
+            if in_engine:
+                chunks = engine.generate(prompt.input, params, logits_processors=[ULDLogitsProcessor(runtime, settings)])
+            else:
+                chunks = uld_stream(engine, prompt.rendered.token_ids, params, runtime, settings)
+            async for chunk in chunks:
+                yield replace(chunk, index=index)
 
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                        engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:

@@ -51,8 +51,8 @@ from typing import Any, AsyncIterator, Sequence
 
 import torch
 
-from guard.engines.base import Engine, GenerationChunk, SamplingParams
-from guard.engines.rendering import IncrementalDecoder, StopMatcher
+from guard.engines.base import Engine, GenerationChunk, SamplingParams, TokenLogprob
+from guard.engines.rendering import IncrementalDecoder, StopMatcher, token_logprob
 from guard.errors import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,17 @@ class _Upstream:
                 pass
 
 
+def _logprobs(engine: Engine, ids: torch.Tensor, f: torch.Tensor, token: int, k: int | None) -> list[TokenLogprob]:
+    """The chosen token's log-prob and the top k under ULD's distribution (softmax of ``f`` over the
+    plausible set: what was sampled from, before temperature), when asked for."""
+    if k is None:
+        return []
+    logp = torch.log_softmax(f.double(), dim=-1)
+    order = logp.argsort(descending=True)[:k].tolist()
+    chosen = ids.tolist().index(token)
+    return [token_logprob(engine.tokenizer, token, float(logp[chosen]), [(int(ids[i]), float(logp[i])) for i in order])]
+
+
 async def uld_stream(engine: Engine, prompt_ids: Sequence[int], params: SamplingParams, runtime: AssistantRuntime,
                      settings: ULDSettings, *, mode: str | None = None,
                      stats: dict[str, int] | None = None) -> AsyncIterator[GenerationChunk]:
@@ -398,11 +409,12 @@ async def uld_stream(engine: Engine, prompt_ids: Sequence[int], params: Sampling
                     generated.append(token)
                     counts["tokens"] += 1
                     text = stops.feed(decoder.push([token]))
+                    logprobs = _logprobs(engine, ids, f, token, params.logprobs)
                     if stops.stopped:
-                        yield GenerationChunk(text=text, token_ids=[token], finish_reason="stop",
+                        yield GenerationChunk(text=text, token_ids=[token], finish_reason="stop", logprobs=logprobs,
                                               prompt_tokens=len(prompt), completion_tokens=len(generated))
                         return
-                    yield GenerationChunk(text=text, token_ids=[token])
+                    yield GenerationChunk(text=text, token_ids=[token], logprobs=logprobs)
                     if token in stop_ids:
                         finish = "stop"
                     elif len(generated) >= params.max_tokens:

@@ -280,8 +280,8 @@ class _Recorder:
         self._engine, self.seen = engine, []
         self.tokenizer = engine.tokenizer
 
-    def render_chat(self, messages):
-        return self._engine.render_chat(messages)
+    def render_chat(self, messages, add_generation_prompt=True, tools=()):
+        return self._engine.render_chat(messages, add_generation_prompt, tools)
 
     def embed(self, ids):
         return self._engine.embed(ids)
