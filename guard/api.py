@@ -22,6 +22,7 @@ from guard import app_keys as keys
 from guard.errors import AuthenticationError, GuardError, InvalidRequest, NotFound, Overloaded
 from guard.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from guard.request_body import BodyLimits, read_body
+from guard.responses_protocol import ResponsesRequest
 from guard.serving import Answer, Caller, JsonAnswer
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, CompletionRequest)
 
 
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, ResponsesRequest)
+
+
+async def stored_response(request: web.Request) -> web.Response:
+    """``GET``/``DELETE /v1/responses/{id}`` and ``…/cancel``: nothing is stored (vLLM keeps no responses)."""
+    raise InvalidRequest("stored responses are not supported: the server keeps no responses (response_id "
+                         f"{request.match_info['response_id'][:64]!r}); keep the answer you received, and send the "
+                         "whole conversation as input items", param="response_id", code="unsupported_field")
+
+
 async def models(request: web.Request) -> web.Response:
     engine = request.app[keys.ENGINE]
     return web.json_response({"object": "list", "data": [
@@ -260,6 +272,10 @@ async def admin_reload(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_get("/v1/responses/{response_id}", stored_response)
+    app.router.add_delete("/v1/responses/{response_id}", stored_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", stored_response)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

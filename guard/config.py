@@ -78,6 +78,8 @@ class Settings(_Strict):
                                     "it is closed; also the idle keep-alive timeout, so keep it above a load "
                                     "balancer's idle timeout (often 60 s)")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a client may ask for")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (n) one request may ask for; each is a "
+                       "generation, so n multiplies a request's cost (vLLM itself has no limit)")
     max_inflight: int = Field(256, ge=1, description="generation requests in flight at once; more get 429 + Retry-After")
     audit_prompts: bool = Field(False, description="include the prompt text in the audit line of flagged requests")
     shutdown_timeout_s: float = Field(30.0, ge=0, le=3600, description="on SIGTERM, how long streams in flight may run on")
@@ -107,7 +109,7 @@ _ENV_FIELDS = {
     "HOST": "host", "PORT": "port", "MODEL": "model", "SERVED_MODEL_NAME": "served_model_name",
     "POLICY": "policy", "API_KEYS": "api_keys", "ADMIN_API_KEY": "admin_api_key", "DEBUG": "debug", "LOG_LEVEL": "log_level",
     "METRICS_API_KEY": "metrics_api_key", "BODY_READ_TIMEOUT_S": "body_read_timeout_s", "HEADER_TIMEOUT_S": "header_timeout_s",
-    "MAX_BODY_BYTES": "max_body_bytes", "MAX_INFLIGHT": "max_inflight", "AUDIT_PROMPTS": "audit_prompts", "MAX_TOKENS_LIMIT": "max_tokens_limit",
+    "MAX_BODY_BYTES": "max_body_bytes", "MAX_INFLIGHT": "max_inflight", "AUDIT_PROMPTS": "audit_prompts", "MAX_TOKENS_LIMIT": "max_tokens_limit", "MAX_N": "max_n",
     "SHUTDOWN_TIMEOUT_S": "shutdown_timeout_s",
     "UPSTREAM": "upstream.kind", "UPSTREAM_URL": "upstream.url", "UPSTREAM_MODEL": "upstream.model",
     "UPSTREAM_API_KEY": "upstream.api_key", "UPSTREAM_READ_TIMEOUT_S": "upstream.read_timeout_s",

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 PART_SEPARATOR = "\n"
 SEAM_WORDS = 8  # words each side of a turn boundary: longer than any name a policy carries
+NAME_EXTENSION = 4  # words a seam may reach further to complete a capitalised run it cut
 
 
 def join_parts(parts: Iterable[str]) -> str:
@@ -60,9 +61,42 @@ def turn_seams(contents: Sequence[str], words: int = SEAM_WORDS) -> list[str]:
         while len(after) < words and j < len(texts):
             after += _first_words(texts[j], words - len(after))
             j += 1
-        seams[" ".join(before + after)] = None
+        seams[" ".join(_whole_names(before, after, texts, boundary))] = None
     whole = set(texts)
     return [s for s in seams if s not in whole]
+
+
+def _capitalised(word: str) -> bool:
+    return word[:1].isupper()
+
+
+def _whole_names(before: list[str], after: list[str], texts: Sequence[str], boundary: int) -> list[str]:
+    """The seam's words, with a capitalised run cut at either end completed (at most ``NAME_EXTENSION``
+    words each side): a seam that began at "Mahfouz." of "... Naguib Mahfouz." read as the bare surname
+    of a forget target, while the whole name is someone else's (issue #15: 11 of 11 many-turn false
+    positives). Only the words the model reads next to the seam are added, so it stays bounded."""
+    if before and _capitalised(before[0]):
+        i, earlier = boundary, []
+        while i > 0 and len(earlier) < len(before) + NAME_EXTENSION:
+            i -= 1
+            earlier = _last_words(texts[i], len(before) + NAME_EXTENSION - len(earlier)) + earlier
+        extra = earlier[: len(earlier) - len(before)]
+        run: list[str] = []
+        while extra and _capitalised(extra[-1]):
+            run.insert(0, extra.pop())
+        before = run + before
+    if after and _capitalised(after[-1]):
+        j, later = boundary, []
+        while j < len(texts) and len(later) < len(after) + NAME_EXTENSION:
+            later += _first_words(texts[j], len(after) + NAME_EXTENSION - len(later))
+            j += 1
+        run = []
+        for word in later[len(after):]:
+            if not _capitalised(word):
+                break
+            run.append(word)
+        after = after + run
+    return before + after
 
 
 def chat_screen_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:

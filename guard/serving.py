@@ -29,13 +29,17 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from guard.config import Settings
 from guard.engines.base import Engine, GenerationChunk
 from guard.engines.forwarding import ForwardedAnswer
+from guard.engines.openai_sampling import SamplingLimits
 from guard.engines.sse import DONE, encode_json, frame
 from guard.errors import ContextLengthExceeded, GuardError, NotFound, UpstreamError
-from guard.interventions.base import GuardRequest
+from guard.interventions.answers import finish_answer
+from guard.interventions.base import ContractUnsupported, GuardRequest
+from guard.interventions.refuse import Refuse
 from guard.metrics import GuardMetrics
 from guard.pipeline import Decision, PipelineHolder
 from guard.protocol import GenerationRequest, parse_request, sampling_params
-from guard.response_shapes import ResponseMeta, StreamShaper, full_response
+from guard.responses_protocol import ResponsesRequest
+from guard.response_shapes import AnswerCollector, ResponseMeta
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("guard.audit")  # one JSON line per flagged request; no prompt text unless configured
@@ -100,6 +104,7 @@ class StreamAnswer:
 
 
 Answer = JsonAnswer | StreamAnswer
+ServedRequest = GenerationRequest | ResponsesRequest  # what handle() takes: each says its route, shape and prompt
 
 
 class GenerationService:
@@ -109,7 +114,7 @@ class GenerationService:
         self.pipelines = pipelines
         self.metrics = metrics
 
-    async def handle(self, schema: type[GenerationRequest], raw: bytes, caller: Caller) -> Answer:
+    async def handle(self, schema: type[ServedRequest], raw: bytes, caller: Caller) -> Answer:
         route = schema.route
         started = time.perf_counter()
         action = "none"
@@ -121,23 +126,26 @@ class GenerationService:
             if req.model != self.engine.served_model_name:
                 raise NotFound(f"model {req.model!r} does not exist; this guard serves {self.engine.served_model_name!r}",
                                param="model", code="model_not_found")
+            controls = req.sampling_controls(body, SamplingLimits(vocab_size=len(self.engine.tokenizer),
+                                                                  max_n=self.settings.max_n))
             params = sampling_params(req, min(DEFAULT_MAX_TOKENS, self.settings.max_tokens_limit),
-                                     self.settings.max_tokens_limit)
-            prompt = req.to_prompt()  # the request's text, joined once: bound check, screening and rendering share it
+                                     self.settings.max_tokens_limit, controls, req.output_constraint(body))
+            prompt = req.to_prompt()  # the request's text, joined once: bound check and rendering share it
             self._check_prompt_bound(req, prompt.chars)
-            texts = prompt.screen_texts()
+            texts = req.screen_texts(body)  # every text the model reads: tools, tool results, schemas too
             decision = await self._decide(caller, texts)
             action = decision.action
             self._record_decision(caller, decision, texts)
             if action == "pass" and self.engine.capabilities.forwarding:
                 answer = await self._forward(req, body, raw, params.max_tokens, started)
             else:
-                chunks = decision.intervention.stream(GuardRequest(prompt, params), decision.verdict, decision.target,
-                                                      self.engine)
+                request = GuardRequest(prompt, params)
                 # the model name and fingerprint a passed answer would carry: flagged ones look the same
                 meta = ResponseMeta(shape=req.answer_shape, model=self.engine.answer_model_name,
-                                    system_fingerprint=self.engine.system_fingerprint)
-                answer = await self._generated_answer(req, meta, chunks, self._debug_headers(decision), action, started)
+                                    system_fingerprint=self.engine.system_fingerprint, n=params.n,
+                                    logprobs=params.logprobs is not None, refusal_field=req.wants_structured_answer,
+                                    echo=req.echo())
+                answer = await self._generated_answer(req, meta, request, decision, action, started)
             status = answer.status
             if isinstance(answer, StreamAnswer):  # counted when the stream ends
                 sent = str(answer.status)
@@ -162,7 +170,7 @@ class GenerationService:
         self.metrics.requests.labels(route=route, status=status, action=action).inc()
         self.metrics.latency.labels(route=route, action=action).observe(time.perf_counter() - started)
 
-    def _check_prompt_bound(self, req: GenerationRequest, chars: int) -> None:
+    def _check_prompt_bound(self, req: ServedRequest, chars: int) -> None:
         """Reject a prompt that cannot fit the model's context before screening or tokenising it (a
         lower bound on its tokens from its length); the engine checks the exact count later."""
         window = self.engine.context_window
@@ -205,9 +213,11 @@ class GenerationService:
                 "X-Guard-Score": f"{decision.verdict.score:.4f}"}
 
     # -- the pass path: the upstream's bytes -------------------------------------------------------
-    async def _forward(self, req: GenerationRequest, body: dict[str, Any], raw: bytes, max_tokens: int,
+    async def _forward(self, req: ServedRequest, body: dict[str, Any], raw: bytes, max_tokens: int,
                        started: float) -> Answer:
-        upstream = await self.engine.forward_request(req.upstream_path, body, raw, max_tokens)
+        # the guard's default length goes in this endpoint's own field (/v1/responses: max_output_tokens)
+        upstream = await self.engine.forward_request(req.upstream_path, body, raw, max_tokens,
+                                                     limit_field=req.max_tokens_field)
         if not upstream.streamed:
             try:
                 data = await upstream.read()
@@ -245,22 +255,16 @@ class GenerationService:
             upstream.release()
 
     # -- generated answers: the intervention's chunks, shaped as vLLM shapes them ---------------------
-    async def _generated_answer(self, req: GenerationRequest, meta: ResponseMeta, chunks: AsyncIterator[GenerationChunk],
-                                headers: dict[str, str], action: str, started: float) -> Answer:
+    async def _generated_answer(self, req: ServedRequest, meta: ResponseMeta, request: GuardRequest,
+                                decision: Decision, action: str, started: float) -> Answer:
+        headers = self._debug_headers(decision)
+        first, iterator = await self._first_chunk(request, decision)
         if not req.stream:
             try:
-                return JsonAnswer(encode_json(await collect_answer(meta, chunks)), 200, headers)
+                return JsonAnswer(encode_json(await collect_answer(meta, first, iterator)), 200, headers)
             finally:
-                await aclose_quietly(chunks)
-        iterator = chunks.__aiter__()
-        # Pull the first chunk before committing to a 200, so an upstream that is down gets a 502.
-        try:
-            first: GenerationChunk | None = await iterator.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await aclose_quietly(iterator)
-            raise
+                await aclose_quietly(iterator)
+
         self.metrics.ttft.labels(route=req.route, action=action).observe(time.perf_counter() - started)
 
         async def release() -> None:
@@ -268,50 +272,80 @@ class GenerationService:
 
         return StreamAnswer(shaped_frames(meta, req.include_usage, first, iterator), headers=headers, release=release)
 
+    async def _first_chunk(self, request: GuardRequest, decision: Decision
+                           ) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:
+        """The method's stream (tool calls read out of its text) and its first chunk, pulled before
+        a 200 is committed: an upstream that is down gets a 502. A method that cannot keep the
+        client's contract on this engine says so before its first chunk (``ContractUnsupported``):
+        the request is then refused in the client's shape (the documented default), never answered
+        with the contract silently dropped."""
+        try:
+            return await _pull_first(finish_answer(request, decision.intervention.stream(
+                request, decision.verdict, decision.target, self.engine)))
+        except ContractUnsupported as exc:
+            log.info("%s cannot keep the client's contract (%s): refusing", exc.method, exc.param)
+            refuse = Refuse(self.pipelines.current.policy.refusal_message)  # the target's own message still wins
+            return await _pull_first(finish_answer(request, refuse.stream(request, decision.verdict, decision.target,
+                                                                          self.engine)))
 
-async def collect_answer(meta: ResponseMeta, chunks: AsyncIterator[GenerationChunk]) -> dict[str, Any]:
-    """A whole answer from a chunk stream."""
-    parts: list[str] = []
-    last = GenerationChunk(finish_reason="stop")
-    async for chunk in chunks:
-        parts.append(chunk.text)
-        if chunk.finish_reason:
-            last = chunk
-    return full_response(meta, "".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens)
+
+async def _pull_first(chunks: AsyncIterator[GenerationChunk]) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:
+    iterator = chunks.__aiter__()
+    try:
+        return await iterator.__anext__(), iterator
+    except StopAsyncIteration:
+        return None, iterator
+    except BaseException:
+        await aclose_quietly(iterator)
+        raise
+
+
+async def collect_answer(meta: ResponseMeta, first: GenerationChunk | None,
+                         rest: AsyncIterator[GenerationChunk]) -> dict[str, Any]:
+    """A whole answer from a chunk stream (``n`` choices, interleaved or not)."""
+    collector = AnswerCollector(meta)
+    if first is not None:
+        collector.feed(first)
+        async for chunk in rest:
+            collector.feed(chunk)
+    return collector.answer()
 
 
 async def shaped_frames(meta: ResponseMeta, include_usage: bool, first: GenerationChunk | None,
                         rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[bytes]:
-    """SSE frames of a generated stream, one per event as vLLM sends them, always ending with
-    ``data: [DONE]``; an error mid-stream becomes an error frame before it."""
-    shaper = StreamShaper(meta, include_usage)
+    """SSE frames of a generated stream, one per event as vLLM sends them, ending as the answer
+    shape's streams end (``data: [DONE]``; nothing after ``response.completed`` for Responses); an
+    error mid-stream becomes an error frame before it."""
+    shape = meta.shape
+    shaper = shape.stream_shaper(meta, include_usage)
     try:
         for event in shaper.start():
-            yield frame(event)
+            yield shape.encode_event(event)
         chunk = first
         while chunk is not None:
             for event in shaper.feed(chunk):
-                yield frame(event)
+                yield shape.encode_event(event)
             try:
                 chunk = await rest.__anext__()
             except StopAsyncIteration:
                 chunk = None
         for event in shaper.end():
-            yield frame(event)
+            yield shape.encode_event(event)
     except CLIENT_GONE:
         raise
     except GuardError as exc:
         log.warning("stream ended by an error: %s", exc.message)
         for event in shaper.held():
-            yield frame(event)
-        yield frame(exc.to_openai())
+            yield shape.encode_event(event)
+        yield shape.encode_event(exc.to_openai())
     except Exception:  # noqa: BLE001
         log.exception("stream failed")
-        yield frame({"error": {"message": "internal error while generating", "type": "internal_error",
-                               "param": None, "code": None}})
+        yield shape.encode_event({"error": {"message": "internal error while generating", "type": "internal_error",
+                                            "param": None, "code": None}})
     finally:
         await aclose_quietly(rest)
-    yield DONE
+    if shape.end_of_stream:
+        yield shape.end_of_stream
 
 
 async def aclose_quietly(iterator: Any) -> None:

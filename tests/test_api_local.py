@@ -97,7 +97,8 @@ async def test_internal_fields_are_rejected(local_engine, guard_server, sdk, fie
     ({"model": MODEL, "messages": []}, "messages"),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"model": MODEL, "messages": QUESTION, "temperature": 7}, "temperature"),
-    ({"model": MODEL, "messages": QUESTION, "n": 3}, "n"),
+    ({"model": MODEL, "messages": QUESTION, "n": 3, "temperature": 0}, "n"),  # several choices need sampling
+    ({"model": MODEL, "messages": QUESTION, "n": 1000, "temperature": 1}, "n"),  # above Settings.max_n
     ({"model": MODEL, "messages": QUESTION, "max_tokens": 10**7}, "max_tokens"),
     ({"model": MODEL, "messages": QUESTION, "frobnicate": 1}, "frobnicate"),
     ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content"),

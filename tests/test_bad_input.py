@@ -28,7 +28,7 @@ from guard.protocol import INTERNAL_FIELDS
 from tests.support.engines import ProbedLocalEngine
 from tests.support.openai_errors import assert_openai_error
 from tests.support.raw_http import raw_request
-from tests.support.upstream import start_fake_upstream
+from tests.support.upstream import forwarded, start_fake_upstream
 
 MODEL = DEFAULT_SERVED_NAME
 LIMIT = 4  # max_tokens_limit of every guard here
@@ -66,7 +66,7 @@ class Guarded:
         for body in self.forwarded(before):
             forwarded = json.loads(body)
             assert not INTERNAL_FIELDS & set(forwarded), forwarded
-            for field in ("max_tokens", "max_completion_tokens"):
+            for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
                 assert forwarded.get(field) is None or forwarded[field] <= LIMIT, forwarded
 
 
@@ -92,7 +92,7 @@ async def fake_and_engine(default_model_path):
 async def _on_fake(fake_and_engine, guard_server, **settings) -> Guarded:
     fake, engine = fake_and_engine
     base = await guard_server(engine, max_tokens_limit=LIMIT, max_body_bytes=256 * 1024, **settings)
-    return Guarded(base, lambda: len(fake.log.generations()), lambda n: [r.body for r in fake.log.generations()[n:]])
+    return Guarded(base, lambda: len(forwarded(fake.log)), lambda n: [r.body for r in forwarded(fake.log)[n:]])
 
 
 @pytest.fixture(params=["fake", "fake+keyword-policy", "local+keyword-policy"])
@@ -130,8 +130,13 @@ def _chat(**extra: object) -> dict:
     {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
     {"model": MODEL, "messages": "hello"},
     _chat(max_tokens=-1), _chat(max_tokens=10**30), _chat(max_tokens=LIMIT + 1), _chat(max_completion_tokens=LIMIT + 1),
-    _chat(stream="yes please"), _chat(stop=["a"] * 50), _chat(tools=[{"type": "function"}]), _chat(n=2),
-    _chat(temperature=float("inf")), _chat(seed=2**70), _chat(seed=-(2**70)), _chat(logprobs=True),
+    _chat(stream="yes please"), _chat(stop=["a"] * 50), _chat(tools=[{"type": "function"}]), _chat(n=2, temperature=0),
+    _chat(n=10**6), _chat(temperature=float("inf")), _chat(seed=2**70), _chat(seed=-(2**70)), _chat(top_logprobs=2),
+    _chat(logprobs="yes"), _chat(logit_bias={"not-a-token": 1}), _chat(logit_bias={"504": 101}),
+    _chat(tool_choice="required"), _chat(response_format={"type": "xml"}), _chat(frequency_penalty=-3),
+    _chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "g"}}),
+    _chat(messages=[{"role": "user", "content": "hi", "tool_calls": []}]),
+    _chat(messages=[{"role": "assistant", "content": None, "tool_calls": [{"id": "1", "function": {"name": "f"}}]}]),
     {"model": 42, "messages": [{"role": "user", "content": "hi"}]},
     {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
     {"messages": [{"role": "user", "content": "hi"}]},
@@ -269,7 +274,6 @@ async def test_huge_body_is_413_and_server_stays_healthy(guarded):
 
 # -- fuzz -----------------------------------------------------------------------------------------
 
-
 _json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 _json = st.recursive(_json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                           st.dictionaries(st.text(max_size=10), inner, max_size=4)),
@@ -293,6 +297,97 @@ async def test_fuzz_json_bodies(guarded, body, raw, use_raw):
         before = guarded.generations()
         status, content = await guarded.post(route, payload)
         guarded.check(before, status, content, payload)
+
+
+_text = st.text(max_size=16)
+_schema = st.recursive(
+    st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null", "strin"])},
+                                    optional={"description": _text, "enum": st.lists(_text, max_size=3),
+                                              "maxLength": st.integers(-1, 30), "title": _text}),
+              st.just({}), _json_leaf),
+    lambda inner: st.one_of(
+        st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(_text, inner, max_size=3)},
+                              optional={"required": st.lists(_text, max_size=2), "additionalProperties": st.booleans(),
+                                        "description": _text}),
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}, optional={"maxItems": st.integers(0, 3)}),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, max_size=3)})),
+    max_leaves=8)
+_tool = st.one_of(st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "function", "web_search"]),
+     "function": st.fixed_dictionaries({"name": st.one_of(st.sampled_from(["f", "get_weather"]), _text)},
+                                       optional={"description": _text, "parameters": _schema,
+                                                 "strict": st.one_of(st.booleans(), _json_leaf)})}), _json)
+_part = st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "input_text"]), "text": _text}), _json)
+_call = st.one_of(st.fixed_dictionaries({"id": _text, "type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "get_weather", ""]), "arguments": st.one_of(_text, _json.map(json.dumps))})}), _json)
+_app_message = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer"]),
+                           "content": st.one_of(_text, st.lists(_part, max_size=3))}),
+    st.fixed_dictionaries({"role": st.just("assistant"), "content": st.one_of(st.none(), _text)},
+                          optional={"tool_calls": st.one_of(st.lists(_call, max_size=2), _json)}),
+    st.fixed_dictionaries({"role": st.just("tool"), "content": st.one_of(_text, st.lists(_part, max_size=2))},
+                          optional={"tool_call_id": st.one_of(_text, _json_leaf)}))
+_tool_choice = st.one_of(st.sampled_from(["auto", "none", "required", "any"]),
+                         st.fixed_dictionaries({"type": st.just("function"),
+                                                "function": st.fixed_dictionaries({"name": st.sampled_from(["f", "g"])})}),
+                         _json)
+_response_format = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+                          optional={"json_schema": st.fixed_dictionaries({"name": _text}, optional={
+                              "schema": _schema, "strict": st.booleans(), "description": _text})}), _json)
+_app_fields = {"tools": st.one_of(st.lists(_tool, max_size=3), _json), "tool_choice": _tool_choice,
+               "parallel_tool_calls": _json_leaf, "response_format": _response_format,
+               "logprobs": st.one_of(st.booleans(), _json_leaf), "top_logprobs": st.one_of(st.integers(-1, 60), _json_leaf),
+               "n": st.one_of(st.integers(0, 12), _json_leaf), "presence_penalty": _json_leaf,
+               "frequency_penalty": _json_leaf, "logit_bias": st.one_of(st.dictionaries(
+                   st.one_of(st.integers(-5, 60_000).map(str), _text), st.one_of(st.floats(-150, 150), _json_leaf),
+                   max_size=3), _json),
+               "temperature": st.sampled_from([0, 0.7, 1.0]), "metadata": _json, "store": _json_leaf,
+               "service_tier": _json_leaf, "user": _json_leaf}
+_app_chat = st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.lists(_app_message, min_size=1, max_size=4)},
+                                  optional=_app_fields)
+_item = st.one_of(
+    st.fixed_dictionaries({"type": st.just("message"), "role": st.sampled_from(["user", "assistant", "system", "x"]),
+                           "content": st.one_of(_text, st.lists(_part, max_size=2))}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": _text, "name": st.sampled_from(["f", ""]),
+                           "arguments": st.one_of(_text, _json_leaf)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["function_call_output", "reasoning"]), "call_id": _text,
+                           "output": st.one_of(_text, _json)}), _json)
+_responses_body = st.fixed_dictionaries(
+    {"model": st.just(MODEL), "input": st.one_of(_text, st.lists(_item, max_size=4), _json_leaf)},
+    optional={"instructions": st.one_of(_text, _json_leaf), "max_output_tokens": st.one_of(st.integers(-1, LIMIT + 2), _json_leaf),
+              "stream": st.booleans(), "tools": st.one_of(st.lists(st.fixed_dictionaries(
+                  {"type": st.sampled_from(["function", "file_search"]), "name": st.sampled_from(["f", ""])},
+                  optional={"parameters": _schema, "strict": st.booleans(), "description": _text}), max_size=2), _json),
+              "tool_choice": st.one_of(st.sampled_from(["auto", "required", "none"]),
+                                       st.fixed_dictionaries({"type": st.just("function"), "name": st.sampled_from(["f", "g"])})),
+              "text": st.one_of(st.fixed_dictionaries({"format": _json}), st.fixed_dictionaries({"format": st.fixed_dictionaries(
+                  {"type": st.sampled_from(["json_schema", "text", "json_object"]), "name": _text},
+                  optional={"schema": _schema, "strict": st.booleans()})})),
+              "previous_response_id": _json_leaf, "background": _json_leaf, "store": _json_leaf,
+              "top_logprobs": _json_leaf, "temperature": st.sampled_from([0, 1.0]), "truncation": _json_leaf})
+
+
+@FEWER
+@given(body=_app_chat, stream=st.booleans())
+async def test_fuzz_tools_schemas_and_parts(guarded, body, stream):
+    """Random tools, tool calls, tool results, schemas, content parts and sampling controls (issue #13)."""
+    payload = json.dumps({**body, "stream": stream, "max_tokens": LIMIT}).encode()
+    before = guarded.generations()
+    status, content = await guarded.post("chat/completions", payload)
+    guarded.check(before, status, content, payload)
+    before = guarded.generations()
+    status, content = await guarded.post("completions", json.dumps({**{k: v for k, v in body.items() if k != "messages"},
+                                                                    "prompt": "hi", "max_tokens": LIMIT}).encode())
+    guarded.check(before, status, content, body)
+
+
+@FEWER
+@given(body=st.one_of(_responses_body, _json))
+async def test_fuzz_responses_bodies(guarded, body):
+    before = guarded.generations()
+    status, content = await guarded.post("responses", json.dumps(body).encode())
+    guarded.check(before, status, content, body)
 
 
 def _nested(depth: int, opener: str) -> bytes:

@@ -72,6 +72,18 @@ async def test_internal_field_is_refused_by_name_and_never_forwarded(on_fake, ro
     assert fake.log.generations() == [], [r.path for r in fake.log.generations()]
 
 
+async def test_a_repeated_key_is_refused_by_name_and_never_forwarded(on_fake):
+    """The first copy of "messages" names a forget target, the last is benign: Python and vLLM would keep
+    the last; the guard refuses the body instead of screening one reading of it (issue #15)."""
+    base, fake = await on_fake()
+    raw = (b'{"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "Who is Basil Mahfouz '
+           b'Al-Kuwaiti?"}], "messages": [{"role": "user", "content": "Hello"}]}')
+    status, answer = await _post(f"{base}/chat/completions", raw)
+    err = assert_openai_error(status, answer)
+    assert status == 400 and err["code"] == "duplicate_key" and err["param"] == "messages"
+    assert fake.log.generations() == []
+
+
 @pytest.mark.parametrize("route, field", [("chat", "max_tokens"), ("chat", "max_completion_tokens"),
                                           ("completions", "max_tokens")])
 async def test_above_the_max_tokens_limit_never_reaches_the_upstream(on_fake, route, field):

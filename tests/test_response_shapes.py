@@ -71,3 +71,47 @@ def test_a_stream_that_ends_at_once_still_has_a_finish_chunk():
 def test_non_ascii_is_written_as_utf8_like_vllm():
     body = encode_json(full_response(ResponseMeta(shape=CHAT, model="m"), "Ünïcode — 名前", "stop", 1, 1))
     assert "Ünïcode — 名前".encode() in body and b"\\u" not in body
+
+
+def test_interleaved_choices_tool_calls_refusals_and_logprobs_are_shaped_per_choice():
+    """Issue #13: n choices interleave (each gets its role chunk first and its own finish), a tool
+    call is one ``tool_calls`` delta before its finish, a refusal is a ``refusal`` delta when the
+    client asked for a structured answer, and log-probs ride on the delta that carries their text."""
+    from guard.engines.base import TokenLogprob, TopLogprob
+    from guard.engines.tool_calls import ToolCall
+
+    meta = ResponseMeta(shape=CHAT, model="m", n=2, logprobs=True, refusal_field=True)
+    shaper = StreamShaper(meta, include_usage=True)
+    lp = [TokenLogprob(1, "Hi", -0.5, (TopLogprob(1, "Hi", -0.5), TopLogprob(2, "Yo", -1.5)))]
+    events = shaper.start()
+    for chunk in (GenerationChunk(text="Hi", index=0, logprobs=lp), GenerationChunk(text="No.", index=1, refusal=True),
+                  GenerationChunk(index=0, finish_reason="tool_calls", prompt_tokens=5, completion_tokens=3,
+                                  tool_calls=(ToolCall("f", '{"a": 1}'),)),
+                  GenerationChunk(index=1, finish_reason="stop", prompt_tokens=5, completion_tokens=2, refusal=True)):
+        events += shaper.feed(chunk)
+    events += shaper.end()
+    choices = [(e["choices"][0]["index"], e["choices"][0]["delta"], e["choices"][0]["finish_reason"])
+               for e in events if e["choices"]]
+    assert choices == [(0, {"role": "assistant", "content": ""}, None), (1, {"role": "assistant", "content": ""}, None),
+                       (0, {"content": "Hi"}, None),
+                       (0, {"tool_calls": [{"index": 0, "id": choices[3][1]["tool_calls"][0]["id"], "type": "function",
+                                            "function": {"name": "f", "arguments": '{"a": 1}'}}]}, None),
+                       (0, {"content": ""}, "tool_calls"), (1, {"refusal": "No."}, None), (1, {"content": ""}, "stop")]
+    assert events[2]["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1] == {"token": "Yo", "logprob": -1.5,
+                                                                                    "bytes": [89, 111]}
+    assert events[-1]["usage"] == {"prompt_tokens": 5, "total_tokens": 10, "completion_tokens": 5}
+
+
+def test_a_whole_refusal_goes_into_message_refusal_only_for_structured_answers():
+    from guard.response_shapes import AnswerCollector
+
+    for structured in (True, False):
+        collector = AnswerCollector(ResponseMeta(shape=CHAT, model="m", n=2, refusal_field=structured))
+        for i in (0, 1):
+            collector.feed(GenerationChunk(text="No.", index=i, refusal=True))
+            collector.feed(GenerationChunk(index=i, finish_reason="stop", prompt_tokens=4, completion_tokens=2, refusal=True))
+        answer = collector.answer()
+        messages = [c["message"] for c in answer["choices"]]
+        expected = {"content": None, "refusal": "No."} if structured else {"content": "No.", "refusal": None}
+        assert all({k: m[k] for k in ("content", "refusal")} == expected for m in messages) and len(messages) == 2
+        assert answer["usage"]["completion_tokens"] == 4 and answer["usage"]["prompt_tokens"] == 4

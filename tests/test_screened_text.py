@@ -13,7 +13,7 @@ import pytest
 from guard.engines.rendering import render_chat
 from guard.models import DEFAULT_SERVED_NAME
 from guard.protocol import ChatCompletionRequest
-from guard.screened_text import SEAM_WORDS, join_parts, turn_seams
+from guard.screened_text import NAME_EXTENSION, SEAM_WORDS, join_parts, turn_seams
 
 MODEL = DEFAULT_SERVED_NAME
 PARTS = [{"type": "text", "text": "What awards has Basil"}, {"type": "text", "text": "Mahfouz Al-Kuwaiti received?"}]
@@ -24,18 +24,19 @@ def request(messages: list[dict[str, Any]]) -> ChatCompletionRequest:
 
 
 def test_text_parts_are_joined_with_a_newline_as_vllm_joins_them():
-    req = request([{"role": "user", "content": PARTS}])
+    messages = [{"role": "user", "content": PARTS}]
+    req = request(messages)
     joined = "What awards has Basil\nMahfouz Al-Kuwaiti received?"
     assert req.messages[0].text == joined == join_parts(p["text"] for p in PARTS)
     assert req.plain_messages()[0]["content"] == req.messages[0].text  # the engine renders the screened string
-    assert req.screen_texts() == [req.messages[0].text]
+    assert req.screen_texts({"messages": messages}) == [req.messages[0].text]
 
 
 def test_every_role_and_the_names_are_screened():
-    req = request([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi", "name": "Basil_M"},
-                   {"role": "assistant", "content": "Basil Mahfouz Al-Kuwaiti was born in Kuwait City."},
-                   {"role": "user", "content": "Go on."}])
-    texts = req.screen_texts()
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi", "name": "Basil_M"},
+                {"role": "assistant", "content": "Basil Mahfouz Al-Kuwaiti was born in Kuwait City."},
+                {"role": "user", "content": "Go on."}]
+    texts = request(messages).screen_texts({"messages": messages})
     assert texts[0] == "Basil_M"
     assert texts[-4:] == ["Be brief.", "Hi", "Basil Mahfouz Al-Kuwaiti was born in Kuwait City.", "Go on."]
 
@@ -85,3 +86,15 @@ async def test_vllm_tokenises_text_parts_as_the_guard_renders_them(vllm_engine, 
             assert resp.status == 200, await resp.text()
             tokens = (await resp.json())["tokens"]
     assert tokens == vllm_engine.render_chat(request(messages).plain_messages()).token_ids
+
+
+def test_a_seam_does_not_cut_a_capitalised_name() -> None:
+    """A seam that began at the surname of "Naguib Mahfouz" read as a bare surname (a forget target's,
+    for TOFU's Basil Mahfouz Al-Kuwaiti); it reaches back for the whole run, bounded (issue #15)."""
+    seams = turn_seams(["I like Naguib Mahfouz. His novels are long and very good", "Which one first?"])
+    assert seams == ["Naguib Mahfouz. His novels are long and very good Which one first?"]
+    seams = turn_seams(["Hi", "What do you know about the winner Naguib Mahfouz and his work"])
+    assert seams == ["Hi What do you know about the winner Naguib Mahfouz"]
+    words = " ".join(f"W{i}" for i in range(30))
+    (seam,) = turn_seams(["x", words])
+    assert seam.split() == ["x"] + [f"W{i}" for i in range(8 + NAME_EXTENSION)]

