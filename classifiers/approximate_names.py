@@ -25,7 +25,10 @@ Common-word collisions are the caller's to judge (``NameFinder.someone_else`` an
 Linear in the text: each distinct word is transliterated once per call and compared (one
 ``rapidfuzz.process.cdist`` call) with the name words of four letters or more and the whole name
 keys; only runs around a word that is close to one of them (an *anchor*), or written in another
-script, are built and compared with the name forms, again in one ``cdist`` call per key kind.
+script, are built and compared with the name forms, again in one ``cdist`` call per key kind. The
+runs are built once per distinct *window* (the words that follow a start) for all windows together,
+so a text that repeats a disguised name costs about what one occurrence does plus its positions.
+Callers match the texts of a request joined (``boundary``), one pass per request, not per turn.
 """
 
 from __future__ import annotations
@@ -179,57 +182,94 @@ class ApproximateNames:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def find(self, text: str, word_re: re.Pattern[str]) -> list[tuple[int, int, int, int, int]]:
+    def find(self, text: str, word_re: re.Pattern[str], boundary: str | None = None) -> list[tuple[int, int, int, int, int]]:
         """(target, start, end, distance, letters of the name form) of every approximate mention in
-        ``text``; ``word_re``: what a word is (the name matcher's). Overlapping runs are all returned."""
+        ``text``; ``word_re``: what a word is (the name matcher's). Overlapping runs are all returned,
+        each with its best name form (the longest, then the closest).
+        ``boundary``: a character that separates texts joined into one (no run reads across it);
+        ``word_re`` must then match it too, as a token of its own."""
         if not self._keys:
             return []
-        keys: dict[str, str] = {}   # each distinct word transliterated once
-        words = []
-        for m in word_re.finditer(text):
-            w = m.group(0)
-            key = keys.get(w)
-            if key is None:
-                key = keys[w] = latin_key(w)
-            words.append((m.start(), m.end(), key, not w.isascii()))
-        near = self._near_anchor({w[2] for w in words if w[2] and not w[3]})
-        near |= self._near_foreign_anchor({w[2] for w in words if w[2] and w[3]})
+        # each distinct word transliterated and compared with the anchors once: a text with no word
+        # near an anchor (most texts) costs one ``findall`` and one ``cdist`` over its vocabulary
+        tokens = word_re.findall(text)
+        keys = {w: latin_key(w) for w in set(tokens)}
+        near = self._near_anchor({k for w, k in keys.items() if k and w.isascii()})
+        near |= self._near_foreign_anchor({k for w, k in keys.items() if k and not w.isascii()})
+        if not near:
+            return []
+        width = self._max_words
+        near_words = {w for w, k in keys.items() if k in near}
         starts: set[int] = set()
-        for i, w in enumerate(words):
-            if w[2] in near:
-                starts.update(range(max(0, i - self._max_words + 1), i + 1))
-        runs: dict[str, list[tuple[int, int]]] = {}
-        sounds: dict[str, list[tuple[int, int]]] = {}
-        foreign: dict[str, list[tuple[int, int]]] = {}
-        # sound keys and skeletons per distinct word, joined per run (digraphs do not span words)
-        word_sounds: dict[str, tuple[str, str]] = {}
+        for i in [i for i, w in enumerate(tokens) if w in near_words]:
+            starts.update(range(max(0, i - width + 1), i + 1))
+        # starts followed by the same words are one *window*: built and compared once (adversarial
+        # text repeats itself; ordinary text has few words near an anchor); a window ends at a
+        # boundary between texts
+        windows: dict[tuple[str, ...], list[int]] = {}
         for i in sorted(starts):
-            key = sound = skel = ""
-            other = False
-            for m in range(min(self._max_words, len(words) - i)):
-                word = words[i + m]
-                key += word[2]
-                other = other or word[3]
-                ws = word_sounds.get(word[2])
-                if ws is None:
-                    ws = word_sounds[word[2]] = (sound_key(word[2]), skeleton(word[2]))
-                sound, skel = _join(sound, ws[0]), _join(skel, ws[1])
-                if len(key) > (self._max_foreign_len if other else self._max_len):
-                    break
-                if len(key) < self._min_len:
-                    continue
-                if len(key) <= self._max_len:
-                    runs.setdefault(key, []).append((i, i + m))
-                if other:
-                    sounds.setdefault(sound, []).append((i, i + m))
-                    foreign.setdefault(skel, []).append((i, i + m))
-        found: list[tuple[int, int, int, int, int]] = []
-        budgets = [k.budget for k in self._keys]
-        self._compare(runs, self._strings, budgets, words, found)
+            window = tuple(tokens[i:i + width])
+            if boundary is not None and boundary in window:
+                window = window[:window.index(boundary)]
+            if window:
+                windows.setdefault(window, []).append(i)
+        # sound keys and skeletons only for windows with a word in another script (only their runs are
+        # compared by sound)
+        voiced = {w for ws in windows if not all(w.isascii() for w in ws) for w in ws}
+        info = {w: (keys[w], *((sound_key(keys[w]), skeleton(keys[w])) if w in voiced else ("", "")), not w.isascii())
+                for w in {w for ws in windows for w in ws}}
+        words = list(windows)
+        # the runs of 1..width words of each window, grown one word at a time for all windows at once
+        # (a run ends once longer than any name form could be)
+        alive = list(range(len(words)))
+        key = [""] * len(alive)
+        sound = [""] * len(alive)
+        skel = [""] * len(alive)
+        other = [False] * len(alive)
+        min_len, max_len, max_foreign_len = self._min_len, self._max_len, self._max_foreign_len
+        runs: list[tuple[str, int, int]] = []       # (key, window, last word of the run in the window)
+        sounds: list[tuple[str, int, int]] = []
+        foreign: list[tuple[str, int, int]] = []
+        for m in range(width):
+            keep = [j for j, g in enumerate(alive) if m < len(words[g])]
+            nxt = [info[words[alive[j]][m]] for j in keep]
+            alive = [alive[j] for j in keep]
+            key = [key[j] + w[0] for j, w in zip(keep, nxt)]
+            if voiced:
+                sound = [_join(sound[j], w[1]) for j, w in zip(keep, nxt)]
+                skel = [_join(skel[j], w[2]) for j, w in zip(keep, nxt)]
+            else:
+                sound = skel = key  # not read: no run has a word in another script
+            other = [other[j] or w[3] for j, w in zip(keep, nxt)]
+            keep = [j for j, (k, o) in enumerate(zip(key, other)) if len(k) <= (max_foreign_len if o else max_len)]
+            if len(keep) < len(alive):
+                alive, key, sound, skel, other = ([xs[j] for j in keep] for xs in (alive, key, sound, skel, other))
+            if not alive:
+                break
+            runs += [(k, g, m) for k, g in zip(key, alive) if min_len <= len(k) <= max_len]
+            if any(other):
+                sounds += [(s, g, m) for s, g, o, k in zip(sound, alive, other, key) if o and len(k) >= min_len]
+                foreign += [(s, g, m) for s, g, o, k in zip(skel, alive, other, key) if o and len(k) >= min_len]
+        hits = self._compare(runs, self._strings, [k.budget for k in self._keys])
         if sounds:
-            self._compare(sounds, self._sounds, [k.sound_budget for k in self._keys], words, found)
+            hits += self._compare(sounds, self._sounds, [k.sound_budget for k in self._keys])
         if foreign:
-            self._compare(foreign, self._skeletons, [k.skeleton_budget for k in self._keys], words, found)
+            hits += self._compare(foreign, self._skeletons, [k.skeleton_budget for k in self._keys])
+        if not hits:
+            return []
+        # of the hits on one run, only the first of the longest name form at the least distance can
+        # be a mention (``NameFinder.approximate_mentions`` judges the others overlapped): one per run
+        best: dict[tuple[int, int], tuple[tuple[int, int], int]] = {}
+        for h, (ki, d, g, m) in enumerate(hits):
+            rank = (-len(self._keys[ki].key), d)
+            if (g, m) not in best or rank < best[(g, m)][0]:
+                best[(g, m)] = (rank, h)
+        spans = [m.span() for m in word_re.finditer(text)]  # the same tokens as ``tokens``
+        at = list(windows.values())
+        found: list[tuple[int, int, int, int, int]] = []
+        for ki, d, g, m in [hits[h] for _, h in sorted(best.values(), key=lambda b: b[1])]:
+            target, letters = self._keys[ki].target, len(self._keys[ki].key)
+            found += [(target, spans[i][0], spans[i + m][1], d, letters) for i in at[g]]
         return found
 
     def _near_anchor(self, keys: set[str]) -> set[str]:
@@ -253,16 +293,19 @@ class ApproximateNames:
         hit = (dist <= FOREIGN_ANCHOR_DISTANCE).any(axis=1)
         return {q for q, h in zip(queries, hit) if h}
 
-    def _compare(self, runs: dict[str, list[tuple[int, int]]], choices: list[str], budgets: list[int],
-                 words: list[tuple[int, int, str, bool]], found: list[tuple[int, int, int, int, int]]) -> None:
-        queries = list(runs)
+    def _compare(self, runs: list[tuple[str, int, int]], choices: list[str],
+                 budgets: list[int]) -> list[tuple[int, int, int, int]]:
+        """(choice, distance, window, last word) of each run whose key is within a choice's budget;
+        each distinct run key is compared with ``choices`` in one ``cdist`` call."""
+        queries = list(dict.fromkeys(k for k, _, _ in runs))
         if not queries:
-            return
+            return []
         dist = process.cdist(queries, choices, scorer=OSA.distance, score_cutoff=self.config.max_edits,
                              dtype=np.int32, workers=1)
         within = dist <= np.asarray(budgets, dtype=np.int32)[None, :]
+        hits: dict[str, list[tuple[int, int]]] = {}
         for qi, ki in zip(*np.nonzero(within)):
             if dist[qi, ki] >= 2 and queries[qi].startswith(choices[ki]):
                 continue  # the name with letters after it is another word ("Taylor Swiftie", "Parkside")
-            for a, b in runs[queries[qi]]:
-                found.append((self._keys[ki].target, words[a][0], words[b][1], int(dist[qi, ki]), len(self._keys[ki].key)))
+            hits.setdefault(queries[qi], []).append((int(ki), int(dist[qi, ki])))
+        return [(ki, d, g, m) for k, g, m in runs for ki, d in hits.get(k, ())]

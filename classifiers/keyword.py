@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from classifiers.base import Deadline, Verdict
-from classifiers.names import FLAGGING_KINDS, NameFinder
+from classifiers.names import FLAGGING_KINDS, TEXT_BOUNDARY, NameFinder
 
-TEXT_BOUNDARY = "\x00"
+__all__ = ["TEXT_BOUNDARY", "KeywordDetector"]
 
 
 class KeywordDetector:

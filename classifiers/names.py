@@ -37,6 +37,7 @@ repetition).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -79,6 +80,10 @@ KINDS = ("full", "inverted", "given", "part", "initials", "approx")
 # ``approximate=True`` finds them)
 FLAGGING_KINDS = ("full", "inverted", "given", "initials", "approx")
 RESPELLED_KINDS = ("initials", "approx")  # mentions the de-obfuscation writes back as the name itself
+# what separates texts joined into one for a single pass (no separator between name parts: no name,
+# exact or approximate, is read across two texts)
+TEXT_BOUNDARY = "\x00"
+_NOT_A_BOUNDARY = "\x01"
 
 # between the parts of a name, in the folded text: any run of separators, or none
 _SEP = r"[\s\-_.'\u00b7\u30fb\u2027]*"
@@ -93,6 +98,7 @@ _NEXT_WORD = re.compile(r"^\s+([^\W\d_][\w'\u2019-]*)")
 _NEIGHBOUR_CHARS = 60
 # a word of the original text for approximate matching: letters (with their combining marks) and digits
 _TEXT_WORD = regex.compile(f"(?:[^\\W_{SPACELESS}]|\\p{{M}})+")
+_TEXT_WORD_OR_BOUNDARY = regex.compile(f"{_TEXT_WORD.pattern}|{regex.escape(TEXT_BOUNDARY)}")
 _MIN_INITIALS_REST = 6   # letters of what follows the initials ("R. Majumdar"; not "J. Park")
 _INITIAL = re.compile(r"(?<![^\W_])[^\W\d_]\.")  # a letter and a dot: a text without one has no initials form
 
@@ -246,52 +252,93 @@ class NameFinder:
     def __bool__(self) -> bool:
         return bool(self._by_key) or self._spaceless_re is not None
 
-    def approximate_mentions(self, text: str) -> list[Mention]:
+    def approximate_mentions(self, text: str, *, separate_texts: bool = False) -> list[Mention]:
         """``approx`` mentions in ``text`` (original-text spans), collisions left out: a run of common
-        English words, or one next to someone else's name."""
+        English words, or one next to someone else's name. ``separate_texts``: ``text`` is several
+        texts joined by ``TEXT_BOUNDARY``, each judged on its own (whether it uses capitals)."""
         if not self._approx:
             return []
+        found = self._approx.find(text, _TEXT_WORD_OR_BOUNDARY, TEXT_BOUNDARY)
+        if not found:
+            return []
         out: list[Mention] = []
-        capitals = any(ch.isupper() for ch in text)
+        cuts = [m.start() for m in re.finditer(TEXT_BOUNDARY, text)] if separate_texts else []
+        capitals: dict[int, bool] = {}  # per text of ``cuts`` (``_uses_capitals``)
+        neighbours: dict[tuple[str, int], bool] = {}  # someone else's word? per (word, target), this call
+        verdicts: dict[tuple[int, str, str, bool], bool] = {}  # a mention? per case (below), this call
         # of overlapping runs, the one of the longest name form (the full name before the given
         # names), then the closest, then the shortest is the mention: "who is Rajeev Majumdaar" is
         # "Rajeev Majumdaar" (1 edit), not "is Rajeev Majumdaar" (3 edits)
         # (a run that overlaps a closer one is not judged again, whatever the verdict on that one was;
         # ``judged`` marks the characters of the runs judged so far: linear however many runs there are)
         judged = bytearray(len(text))
-        for j, a, b, _, _ in sorted(self._approx.find(text, _TEXT_WORD), key=lambda f: (-f[4], f[3], f[2] - f[1])):
+        for j, a, b, _, _ in sorted(found, key=lambda f: (-f[4], f[3], f[2] - f[1])):
             if judged.find(1, a, b) >= 0:
                 continue
             judged[a:b] = b"\x01" * (b - a)
-            words = [w.lower() for w in _TEXT_WORD.findall(text[a:b])]
-            if is_common_phrase(words) or self.someone_else(text, (a, b), j, capitals=capitals, previous=False):
-                continue
-            out.append(Mention(j, "approx", a, b))
+            caps = _uses_capitals(text, cuts, a, capitals)
+            # the verdict depends on the run, the text after it and whether the text uses capitals:
+            # judged once per distinct case (adversarial text repeats a disguised name many times)
+            case = (j, text[a:b], text[b:b + _NEIGHBOUR_CHARS], caps)
+            name = verdicts.get(case)
+            if name is None:
+                name = verdicts[case] = not (is_common_phrase(w.lower() for w in _TEXT_WORD.findall(text[a:b]))
+                                             or self.someone_else(text, (a, b), j, capitals=caps, previous=False,
+                                                                  memo=neighbours))
+            if name:
+                out.append(Mention(j, "approx", a, b))
         return sorted(out, key=lambda m: (m.start, m.end))
 
     def respell(self, text: str) -> str | None:
         """``text`` with every ``initials``/``approx`` mention written as the target's name ("Rajiv
         Majumdar" -> "Rajeev Majumdar"), so a detector trained on the name sees it; ``None`` if none."""
-        kinds = RESPELLED_KINDS if _INITIAL.search(text) else ("approx",)
-        found = sorted(self.mentions(text, kinds), key=lambda m: (m.start, -m.end))
-        if not found:
-            return None
-        parts: list[str] = []
-        prev = 0
-        for m in found:
-            if m.start < prev:
+        return self.respell_texts([text])[0]
+
+    def respell_texts(self, texts: Sequence[str]) -> list[str | None]:
+        """``respell`` of each text, in one pass over all of them (``mentions_by_text``)."""
+        kinds = RESPELLED_KINDS if any(_INITIAL.search(t) for t in texts) else ("approx",)
+        out: list[str | None] = []
+        for text, mentions in zip(texts, self.mentions_by_text(texts, kinds)):
+            if not mentions:
+                out.append(None)
                 continue
-            parts += [text[prev:m.start], self.canonical[m.target]]
-            prev = m.end
-        parts.append(text[prev:])
-        return "".join(parts)
+            parts: list[str] = []
+            prev = 0
+            for m in sorted(mentions, key=lambda m: (m.start, -m.end)):
+                if m.start < prev:
+                    continue
+                parts += [text[prev:m.start], self.canonical[m.target]]
+                prev = m.end
+            parts.append(text[prev:])
+            out.append("".join(parts))
+        return out
+
+    def mentions_by_text(self, texts: Sequence[str], kinds: Sequence[str] = KINDS) -> list[list[Mention]]:
+        """``mentions`` of each text (spans in that text), in one pass over the texts joined by
+        ``TEXT_BOUNDARY`` (a request of many short turns costs what one long text does); each text is
+        judged on its own (whether it uses capitals) and no name is read across two."""
+        if len(texts) < 2:
+            return [self.mentions(t, kinds) for t in texts]
+        # a text's own NUL characters become another control character of the same length (which
+        # the matchers treat alike), so only the joints are boundaries
+        joined = TEXT_BOUNDARY.join(t.replace(TEXT_BOUNDARY, _NOT_A_BOUNDARY) for t in texts)
+        offsets = list(itertools.accumulate((len(t) + 1 for t in texts[:-1]), initial=0))
+        out: list[list[Mention]] = [[] for _ in texts]
+        for m in self.mentions(joined, kinds, separate_texts=True):
+            i = bisect.bisect_right(offsets, m.start) - 1
+            out[i].append(Mention(m.target, m.kind, m.start - offsets[i], m.end - offsets[i]))
+        return out
 
     def folded_mentions(self, folded: str) -> list[tuple[int, str, int, int]]:
         """(target, kind, start, end) in ``folded`` (a ``match_fold`` text), sorted, overlaps included."""
         found: list[tuple[int, str, int, int]] = []
-        if self._by_key:
+        # the distinct words some form starts with (usually none): the scan below visits only those
+        starting = {w for w in set(_WORD.findall(folded)) if self._starts_a_form(w)} if self._by_key else set()
+        if starting:
             for m in _WORD.finditer(folded):
                 pos, word = m.start(), m.group(0)
+                if word not in starting:
+                    continue
                 for n in self._key_lengths:
                     for form in self._by_key.get(word[:n], ()) if n <= len(word) else ():
                         hit = form.pattern.match(folded, pos)
@@ -304,37 +351,41 @@ class NameFinder:
         found.sort(key=lambda f: (f[2], f[3], f[0]))
         return found
 
-    def mentions(self, text: str, kinds: Sequence[str] = KINDS) -> list[Mention]:
-        """Mentions in ``text`` (original-text spans); ``given`` ones only where they stand for the target."""
+    def _starts_a_form(self, word: str) -> bool:
+        return any(word[:n] in self._by_key for n in self._key_lengths if n <= len(word))
+
+    def mentions(self, text: str, kinds: Sequence[str] = KINDS, *, separate_texts: bool = False) -> list[Mention]:
+        """Mentions in ``text`` (original-text spans); ``given`` ones only where they stand for the target.
+        ``separate_texts``: see ``approximate_mentions``."""
         if "approx" in kinds and len(kinds) == 1:  # no exact form asked for: no exact pass
-            return self.approximate_mentions(text)
+            return self.approximate_mentions(text, separate_texts=separate_texts)
         folded, index = match_fold_with_map(text)
         out: list[Mention] = []
-        capitals: bool | None = None
+        cuts = [m.start() for m in re.finditer(TEXT_BOUNDARY, text)] if separate_texts else []
+        capitals: dict[int, bool] = {}
         for j, kind, a, b in self.folded_mentions(folded):
             if kind not in kinds or b <= a:
                 continue
             start, end = int(index[a]), int(index[b - 1]) + 1
-            if kind == "given":
-                if capitals is None:
-                    capitals = any(ch.isupper() for ch in text)
-                if self.someone_else(text, (start, end), j, capitals=capitals, previous=False):
-                    continue
+            if kind == "given" and self.someone_else(text, (start, end), j, previous=False,
+                                                     capitals=_uses_capitals(text, cuts, start, capitals)):
+                continue
             out.append(Mention(j, kind, start, end))
         if "approx" in kinds:
-            out += self.approximate_mentions(text)
+            out += self.approximate_mentions(text, separate_texts=separate_texts)
             out.sort(key=lambda m: (m.start, m.end, m.target))
         return out
 
     def someone_else(self, text: str, span: tuple[int, int], j: int, *, capitals: bool | None = None,
-                     previous: bool = True) -> bool:
+                     previous: bool = True, memo: dict[tuple[str, int], bool] | None = None) -> bool:
         """The name words at ``span`` of ``text`` are not target ``j``'s: they stand next to a
         capitalised word that is not one of its name words (or a common word), or are written in lower
         case in a text that uses capitals elsewhere and hold an ordinary English word ("a large candy
         bar", "the basil mahfouz recipe"; but "majumdar" in lower case is still the name). ``capitals``: whether
         ``text`` has an upper-case letter, if already known; ``previous``: whether the word before
         counts too (leading given names are judged by the word after them: "Basil Mahfouz *Smith*",
-        while the word before is often just a capitalised sentence start, "Through Basil Mahfouz's")."""
+        while the word before is often just a capitalised sentence start, "Through Basil Mahfouz's").
+        ``memo``: the verdicts on neighbour words so far, for a caller judging many spans of one text."""
         a, b = span
         if (text[a:b].islower() and (any(ch.isupper() for ch in text) if capitals is None else capitals)
                 and has_common_word(_tokens(fold(text[a:b])))):
@@ -345,10 +396,26 @@ class NameFinder:
             if m is None:
                 continue
             word = m.group(1)
-            key = fold(word).strip(".'\u2019-")
-            if word[0].isupper() and key not in NOT_A_NAME and not set(_tokens(match_fold(key))) <= own:
+            verdict = None if memo is None else memo.get((word, j))
+            if verdict is None:
+                key = fold(word).strip(".'\u2019-")
+                verdict = word[0].isupper() and key not in NOT_A_NAME and not set(_tokens(match_fold(key))) <= own
+                if memo is not None:
+                    memo[(word, j)] = verdict
+            if verdict:
                 return True
         return False
+
+
+def _uses_capitals(text: str, cuts: Sequence[int], pos: int, known: dict[int, bool]) -> bool:
+    """Whether the text of ``text`` around ``pos`` has an upper-case letter: ``cuts`` are the
+    ``TEXT_BOUNDARY`` positions of texts joined into one (none: one text); ``known``: the answers so
+    far, by text number."""
+    k = bisect.bisect_right(cuts, pos)
+    if k not in known:
+        lo, hi = (cuts[k - 1] + 1 if k else 0), (cuts[k] if k < len(cuts) else len(text))
+        known[k] = any(ch.isupper() for ch in text[lo:hi])
+    return known[k]
 
 
 def find_name_spans(text: str, names: Iterable[str]) -> list[tuple[int, int]]:

@@ -88,6 +88,8 @@ def _unleet_token(m: re.Match[str]) -> str:
 
 def unleet(text: str) -> str:
     """Undo leetspeak in words that mix letters and digits/symbols; numbers stay numbers."""
+    if not any(ch in text for ch in _LEET_CHARS):  # nothing to undo: no per-word pass
+        return text
     return _TOKEN_RE.sub(_unleet_token, text)
 
 
@@ -228,7 +230,7 @@ class Respelling:
         words = _WORDS_RE.findall(text)
         if not words:
             return 0.0
-        return sum(w.lower() in self.english for w in words) / len(words)
+        return sum(map(self.english.__contains__, map(str.lower, words))) / len(words)
 
 
 def _decoded(text: str) -> list[str]:
@@ -240,16 +242,21 @@ def _decoded(text: str) -> list[str]:
     return found
 
 
-def _guessed(text: str, respelling: Respelling) -> list[str]:
-    """ROT13 and reversed readings of ``text`` that name a target (found by one exact pass of the
-    disguised names over ``text``: approximate matching would find noise close to some name), or
-    read as English while ``text`` does not."""
+def _guessed(texts: Sequence[str], respelling: Respelling) -> list[list[str]]:
+    """ROT13 and reversed readings of each text that name a target (found by one exact pass of the
+    disguised names over all the texts: approximate matching would find noise close to some name),
+    or read as English while the text does not."""
+    if respelling.disguised is None:
+        return [_guesses(text, set(), respelling) for text in texts]
+    ids = respelling.disguised.target_ids
+    return [_guesses(text, {ids[m.target].rsplit("\x00", 1)[1] for m in mentions}, respelling)
+            for text, mentions in zip(texts, respelling.disguised.mentions_by_text(texts, EXACT_KINDS))]
+
+
+def _guesses(text: str, named: set[str], respelling: Respelling) -> list[str]:
+    """The readings of ``text`` worth screening; ``named``: the disguises under which it names a target."""
     guesses = {"rot13": rot13, "reversed": lambda t: t[::-1],
                "words reversed": lambda t: " ".join(w[::-1] for w in t.split(" "))}
-    named: set[str] = set()
-    if respelling.disguised is not None:
-        ids = respelling.disguised.target_ids
-        named = {ids[m.target].rsplit("\x00", 1)[1] for m in respelling.disguised.mentions(text, EXACT_KINDS)}
     found = [guesses[k](text) for k in guesses if k in named]
     if respelling.english_share(text) < MIN_ENGLISH_SHARE / 2:
         found += [g for k, fn in guesses.items() if k not in named
@@ -257,15 +264,19 @@ def _guessed(text: str, respelling: Respelling) -> list[str]:
     return found
 
 
-def _plain(text: str, finder: NameFinder | None) -> str:
-    """``text`` unmasked, names respelt: before unmasking too, since a word in another script is
-    transliterated from its own letters ("Хсиао", not the look-alike folding "Xcиao")."""
-    if finder is not None and not text.isascii():
-        text = finder.respell(text) or text
-    out = unmask(text)
-    if finder is not None:
-        out = finder.respell(out) or out
-    return out
+def _plain(texts: Sequence[str], finder: NameFinder | None) -> list[str]:
+    """The texts unmasked, names respelt: before unmasking too, since a word in another script is
+    transliterated from its own letters ("Хсиао", not the look-alike folding "Xcиao"). Each respelling
+    is one pass over all the texts (``NameFinder.respell_texts``): a request of many short turns
+    costs what one long text does."""
+    if finder is None:
+        return [unmask(t) for t in texts]
+    first = list(texts)
+    other = [i for i, t in enumerate(texts) if not t.isascii()]
+    for i, respelt in zip(other, finder.respell_texts([texts[i] for i in other])):
+        first[i] = respelt or first[i]
+    out = [unmask(t) for t in first]
+    return [respelt or o for o, respelt in zip(out, finder.respell_texts(out))]
 
 
 def deobfuscate(texts: Sequence[str], respelling: Respelling | None = None) -> list[str] | None:
@@ -273,16 +284,15 @@ def deobfuscate(texts: Sequence[str], respelling: Respelling | None = None) -> l
     name, ROT13/reversed guesses, when ``respelling`` is given), decoded candidates appended; ``None``
     if nothing changed."""
     finder = respelling.names if respelling is not None else None
-    out: list[str] = []
+    out = _plain(texts, finder)
+    changed = any(plain != text for plain, text in zip(out, texts))
+    decoded = [_decoded(text) for text in texts]
+    plain_payloads = iter(_plain([p for payloads in decoded for p in payloads], finder))
+    guessed = _guessed(texts, respelling) if respelling is not None else [[] for _ in texts]
     extra: list[str] = []
-    changed = False
-    for text in texts:
-        plain = _plain(text, finder)
-        changed = changed or plain != text
-        out.append(plain)
-        extra += [_plain(payload, finder) for payload in _decoded(text)]
-        if respelling is not None:
-            extra += [unmask(guess) for guess in _guessed(text, respelling)]
+    for payloads, guesses in zip(decoded, guessed):  # in text order: each text's payloads, then its guesses
+        extra += [next(plain_payloads) for _ in payloads]
+        extra += [unmask(guess) for guess in guesses]
     if extra:
         return out + list(dict.fromkeys(extra))
     return out if changed else None
