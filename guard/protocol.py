@@ -18,8 +18,6 @@ body (``screen_texts``, ``guard.request_texts``).
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +27,7 @@ from guard.engines.openai_sampling import SamplingControls, SamplingLimits, samp
 from guard.engines.structured_output import OutputConstraint, output_constraint
 from guard.errors import InvalidRequest
 from guard.interventions.prompts import ChatPrompt, Prompt, TextPrompt
+from guard.request_json import decode_request_json
 from guard.request_texts import RequestTexts, chat_request_texts, completion_request_texts
 from guard.response_shapes import CHAT, COMPLETION, AnswerShape
 from guard.screened_text import join_parts
@@ -366,40 +365,9 @@ class CompletionRequest(GenerationRequest):
         return completion_request_texts(body)
 
 
-def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refused when a key repeats: parsers disagree on which copy wins (Python's and
-    vLLM's take the last, others the first), and a parser difference between the guard and an upstream
-    must never decide what gets screened."""
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise InvalidRequest(f"the request body has the key {key!r} twice in one JSON object; which copy counts "
-                                 "differs between parsers, so send each key once", param=key, code="duplicate_key")
-        obj[key] = value
-    return obj
-
-
 def parse_request(raw: bytes, schema: type[Any]) -> tuple[Any, dict[str, Any]]:
     """Decode and validate; returns the model and the decoded JSON (for forwarding decisions)."""
-    try:
-        # decoded strictly first: json.loads(bytes) would let UTF-8-encoded surrogates (ED A0 80) through
-        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_object_without_duplicate_keys)
-    except UnicodeDecodeError:
-        raise InvalidRequest("the request body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except ValueError:  # an integer beyond Python's 4,300-digit conversion limit
-        raise InvalidRequest("the request body contains a number too long to read; send numbers of at most "
-                             "4,300 digits") from None
-    except RecursionError:
-        raise InvalidRequest("the request body is nested too deeply; no field of this API nests more than a few levels") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(raw):  # only escapes can smuggle one in: encoded surrogates are not UTF-8
-        where = _lone_surrogate_path(body)
-        if where is not None:
-            raise InvalidRequest(f"field {where!r} contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
-                                 "escape), which is not text; send valid Unicode", param=where, code="invalid_value")
+    body = decode_request_json(raw)
     internal = sorted(INTERNAL_FIELDS & set(body))
     if internal:
         fix = FIELD_FIXES.get(internal[0], "remove it from the request")
@@ -415,28 +383,6 @@ def parse_request(raw: bytes, schema: type[Any]) -> tuple[Any, dict[str, Any]]:
         msg = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"invalid value for {loc!r}: {msg}", param=loc or None, code="invalid_value") from None
     return req.bind(body), body
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs, so any left is unpaired
-
-
-def _lone_surrogate_path(body: Any) -> str | None:
-    """The dotted path (``messages.0.content``) of the first string or key holding a lone surrogate."""
-    stack: list[tuple[tuple[Any, ...], Any]] = [((), body)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            if _LONE_SURROGATE.search(value):
-                return ".".join(str(p) for p in path) or "(body)"
-        elif isinstance(value, dict):
-            for key in reversed(list(value)):
-                if _LONE_SURROGATE.search(key):
-                    return ".".join(str(p) for p in path + (key.encode("utf-8", "backslashreplace").decode(),))
-                stack.append((path + (key,), value[key]))
-        elif isinstance(value, list):
-            stack.extend((path + (i,), item) for i, item in reversed(list(enumerate(value))))
-    return None
 
 
 def sampling_params(req: GenerationRequest, default_max_tokens: int, max_tokens_limit: int,
