@@ -1,6 +1,6 @@
 """Strict decoding of a request body (guard/request_json.py): a body whose JSON repeats a key is
-refused before anything else reads it: parsers disagree on which copy wins, and a parser difference between the guard and an upstream must never decide what
-is screened (issue #15)."""
+refused before anything else reads it. Parsers disagree on which copy wins, and a parser difference
+between the guard and an upstream must never decide what is screened (issue #15)."""
 
 from __future__ import annotations
 
