@@ -19,7 +19,6 @@ import torch
 
 from guard.engines.base import PromptInput, RenderedPrompt
 from guard.engines.rendering import render_text_prompt
-from guard.screened_text import chat_screen_texts
 
 if TYPE_CHECKING:
     from guard.engines.base import Engine
@@ -63,10 +62,6 @@ class ChatPrompt:
     def render(self, engine: "Engine") -> RenderedPrompt:
         return engine.render_chat(list(self.messages), tools=self.tools)
 
-    def screen_texts(self) -> list[str]:
-        """Every role's text, participant names and the turn boundaries (``guard.screened_text``)."""
-        return chat_screen_texts(self.messages)
-
     @property
     def chars(self) -> int:
         return sum(len(m.get("content") or "") for m in self.messages)
@@ -88,9 +83,6 @@ class TextPrompt:
 
     def render(self, engine: "Engine") -> RenderedPrompt:
         return render_text_prompt(engine.tokenizer, self.text)
-
-    def screen_texts(self) -> list[str]:
-        return [self.text]
 
     reads_tool_calls = False  # completions take no tools
 
