@@ -76,6 +76,7 @@ class ResponsesRequest(BaseModel):
 
     _chat: ChatCompletionRequest | None = PrivateAttr(None)
     _chat_body: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _texts: RequestTexts | None = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -99,7 +100,8 @@ class ResponsesRequest(BaseModel):
     # -- the chat request it means ------------------------------------------------------------------
     def bind(self, body: dict[str, Any]) -> "ResponsesRequest":
         """Validate the body's items and build the chat request (errors name the Responses field)."""
-        responses_request_texts(body)  # shapes of input items, tools and text.format: 400s name the path
+        # shapes of input items, tools and text.format (400s name the path); kept: screening reads them
+        self._texts = responses_request_texts(body)
         self._chat_body = chat_body(self)
         try:
             self._chat = ChatCompletionRequest.model_validate(self._chat_body)
@@ -146,7 +148,9 @@ class ResponsesRequest(BaseModel):
         return responses_request_texts(body)
 
     def screen_texts(self, body: dict[str, Any]) -> list[str]:
-        return self.request_texts(body).screen_texts()
+        """The texts ``bind`` read from this same body (walked once per request)."""
+        texts = self._texts if self._texts is not None else self.request_texts(body)
+        return texts.screen_texts()
 
     def output_constraint(self, body: dict[str, Any]) -> OutputConstraint | None:
         return self.chat.output_constraint(self._chat_body)
