@@ -9,15 +9,18 @@ another script ("Николай Абилов", "Νικολάι Αμπίλοφ", 
   ... -> ASCII) and reduced to its letters and digits, so hyphens, spaces and apostrophes do not
   count ("Al-Kuwaiti", "Al Kuwaiti", "AlKuwaiti", "Al'Kuwaiti" are one key);
 * runs of 1 to k+1 consecutive words (k = the words of the name) are compared with each name form
-  (the name, its inversions, its distinctive leading given names) by optimal-string-alignment edit
+  (the name, its inversions, its distinctive leading given names) by Damerau-Levenshtein edit
   distance (``rapidfuzz``: substitutions, insertions, deletions, transpositions), within a bound that
-  grows with the name's length (``ApproximateConfig.budget``: none below 6 letters, then a quarter
-  of the letters, at most 3);
+  grows with the name's length (``ApproximateConfig.budget``: none below 6 letters, then 30 % of the
+  letters, at most 3), one edit more for a name of 9+ letters whose every word is close on its own
+  (``word_checked_budget``: "Tae-o Irak" for "Tae-ho Park");
 * both sides are also compared by their *sound key* (``sound_key``: the spellings transliterations
-  disagree on made one — ``kh``/``ch``/``h``, ``dzh``/``tz``/``j``, ``v``/``w``/``ou``/``u``,
+  disagree on made one — ``kh``/``ch``/``tsh``/``h``, ``dzh``/``tz``/``j``, ``v``/``w``/``ou``/``u``,
   ``y``/``i``, Greek ``mp``/``nt`` for ``b``/``d``, doubled letters), within the same bound; a run
-  that came from another script also by the consonants of that key (``skeleton``), because Arabic
-  and Hebrew do not write short vowels.
+  made only of words in another script also by the consonants of that key (``skeleton``), because
+  Arabic and Hebrew do not write short vowels;
+* a distinctive family name alone (``surnames``, chosen by ``classifiers.surnames``) is matched
+  exactly, as a *surname* hit.
 
 Common-word collisions are the caller's to judge (``NameFinder.someone_else`` and
 ``is_common_phrase`` here): a run made only of common English words ("his ham") is never a name.
@@ -41,13 +44,14 @@ from dataclasses import dataclass
 import numpy as np
 from anyascii import anyascii
 from rapidfuzz import process
-from rapidfuzz.distance import OSA
+from rapidfuzz.distance import OSA, DamerauLevenshtein
 from wordfreq import zipf_frequency
 
 _KEY_DROP = re.compile(r"[^a-z0-9]+")
 # order matters: longer spellings first
-_SOUND_PAIRS = (("dzh", "j"), ("tz", "j"), ("dz", "j"), ("zh", "j"), ("dh", "z"), ("kh", "h"), ("ch", "h"), ("gh", "g"), ("ph", "f"),
-                ("th", "t"), ("sh", "s"), ("ts", "s"), ("ck", "k"), ("mp", "b"), ("nt", "d"), ("x", "ks"), ("oy", "u"),
+# (Arabic writes "ch" as "tsh": "تشين" for "Chen")
+_SOUND_PAIRS = (("tsh", "h"), ("dzh", "j"), ("tz", "j"), ("dz", "j"), ("zh", "j"), ("dh", "z"), ("kh", "h"), ("ch", "h"),
+                ("gh", "g"), ("ph", "f"), ("th", "t"), ("sh", "s"), ("ts", "s"), ("ck", "k"), ("mp", "b"), ("nt", "d"), ("x", "ks"), ("oy", "u"),
                 ("ou", "u"), ("ee", "i"), ("w", "u"), ("v", "u"), ("y", "i"), ("iu", "u"), ("c", "k"), ("q", "k"))
 _SKELETON_MAP = str.maketrans({"g": "j", "p": "b", "f": "b", "e": "", "a": "", "i": "", "o": "", "u": ""})
 _REPEAT = re.compile(r"(.)\1+")
@@ -102,9 +106,20 @@ class ApproximateConfig:
     max_edits: int = 3
     min_skeleton: int = 4
     skeleton_ratio: float = 0.125
+    # a name of this many letters or more is allowed one edit more (at most ``max_edits``) when each
+    # of its words is close on its own (``word_budget``): "Tae-o Irak", "Hpin Amheen" (3 edits on 9 letters)
+    word_checked_letters: int = 9
+    word_ratio: float = 0.5
 
     def budget(self, n: int) -> int:
         return 0 if n < self.min_letters else min(self.max_edits, max(1, int(n * self.edit_ratio)))
+
+    def word_checked_budget(self, n: int) -> int:
+        budget = self.budget(n)
+        return min(self.max_edits, budget + 1) if n >= self.word_checked_letters else budget
+
+    def word_budget(self, n: int) -> int:
+        return max(1, int(n * self.word_ratio))
 
     def sound_budget(self, n: int) -> int:
         """Sound keys have the transliterations' differences taken out already: one edit fewer."""
@@ -126,6 +141,10 @@ class _Key:
     sound_budget: int
     skeleton: str
     skeleton_budget: int
+    surname: bool = False
+    words_budget: int = 0   # edits allowed when every word is close on its own (``_words_close``)
+    parts: tuple[str, ...] = ()   # the latin key of each word of the form
+
 
 
 def name_form_words(words: Sequence[str], distinctive: Sequence[bool]) -> list[list[str]]:
@@ -143,38 +162,59 @@ def name_form_words(words: Sequence[str], distinctive: Sequence[bool]) -> list[l
 class ApproximateNames:
     """Approximate mentions of targets' names in a text (see the module docstring).
 
-    ``forms``: (target index, words of a name form as written, folded or not)."""
+    ``forms``: (target index, words of a name form as written, folded or not); ``surnames``: (target
+    index, family name) matched alone, spelt as given (``distinctive_surnames``), as *surname* hits."""
 
-    def __init__(self, forms: Iterable[tuple[int, Sequence[str]]], config: ApproximateConfig | None = None) -> None:
+    def __init__(self, forms: Iterable[tuple[int, Sequence[str]]], config: ApproximateConfig | None = None,
+                 surnames: Iterable[tuple[int, str]] = ()) -> None:
         self.config = config or ApproximateConfig()
         keys: dict[tuple[int, str], _Key] = {}
+        surname_parts: set[str] = set()
+        for target, word in surnames:
+            key = latin_key(word)
+            surname_parts.update(t for t in map(latin_key, re.findall(r"[^\W_]+", word)) if len(t) >= 3)
+            keys[(target, key)] = _Key(target, key, max(1, len(re.findall(r"[^\W_]+", word))), 0, sound_key(key), 0,
+                                       skeleton(key), -1, surname=True)
         for target, words in forms:
             key = "".join(latin_key(w) for w in words)
             budget = self.config.budget(len(key))
-            if budget == 0:
+            if budget == 0 or (target, key) in keys:
                 continue
             skel = skeleton(key)
             n_words = max(1, sum(len(re.findall(r"[^\W_]+", w)) for w in words))
             keys[(target, key)] = _Key(target, key, n_words, budget, sound_key(key), self.config.sound_budget(len(key)),
-                                       skel, self.config.skeleton_budget(len(skel)))
+                                       skel, self.config.skeleton_budget(len(skel)),
+                                       words_budget=self.config.word_checked_budget(len(key)),
+                                       parts=tuple(p for p in map(latin_key, words) if p))
         self._keys = list(keys.values())
         # anchors: the name words that say most (>= 4 letters; all of a name's words if none is) and
         # the whole keys ("hsiaoyunhwa" written as one word)
         anchors: dict[str, int] = {k.key: k.budget for k in keys.values()}
+        # a word of a name allowed an edit more when each word is close (``word_checked_budget``) is an
+        # anchor as far as ``word_budget`` too, for words that are not common English words ("irak",
+        # "pkr" for "park"; not "part", "dark")
+        loose: dict[str, int] = {}
         for _, words in forms:
             toks = [latin_key(t) for w in words for t in re.findall(r"[^\W_]+", w)]
             long = [t for t in toks if len(t) >= 4] or [t for t in toks if t]
+            n = sum(map(len, toks))
             for t in long:
                 anchors[t] = max(anchors.get(t, 0), min(self.config.max_edits, max(1, int(len(t) * self.config.edit_ratio))))
-        self._anchors = list(anchors)
-        self._anchor_budgets = np.asarray([anchors[a] for a in self._anchors], dtype=np.int32)
+                if self.config.word_checked_budget(n) > self.config.budget(n):
+                    loose[t] = max(loose.get(t, 0), min(self.config.max_edits, self.config.word_budget(len(t))))
+        # a family name's own parts of three letters or more, exactly ("yun" and "hwa" of "yun-hwa")
+        for part in surname_parts:
+            anchors.setdefault(part, 0)
+        self._anchors = list(anchors | loose)
+        self._anchor_budgets = np.asarray([anchors.get(a, -1) for a in self._anchors], dtype=np.int32)
+        self._loose_budgets = np.asarray([max(anchors.get(a, -1), loose.get(a, -1)) for a in self._anchors], dtype=np.int32)
         self._anchor_sounds = list({sound_key(a) for a in self._anchors})
         self._strings = [k.key for k in self._keys]
         self._sounds = [k.sound for k in self._keys]
         self._skeletons = [k.skeleton for k in self._keys]
         self._max_words = max((k.words for k in self._keys), default=0) + 1
         lengths = [len(k.key) for k in self._keys]
-        self._min_len = min(lengths, default=0) - self.config.max_edits
+        self._min_len = min((len(k.key) - (0 if k.surname else self.config.max_edits) for k in self._keys), default=0)
         self._max_len = max(lengths, default=0) + self.config.max_edits
         # a transliteration is longer in Latin letters than the name ("Entoyarnt" for "Edward")
         self._max_foreign_len = int(max(lengths, default=0) * 1.5) + self.config.max_edits
@@ -182,8 +222,10 @@ class ApproximateNames:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def find(self, text: str, word_re: re.Pattern[str], boundary: str | None = None) -> list[tuple[int, int, int, int, int]]:
-        """(target, start, end, distance, letters of the name form) of every approximate mention in
+    def find(self, text: str, word_re: re.Pattern[str],
+             boundary: str | None = None) -> list[tuple[int, int, int, int, int, bool]]:
+        """(target, start, end, distance, letters of the name form, whether the form is a family name
+        alone) of every approximate mention in
         ``text``; ``word_re``: what a word is (the name matcher's). Overlapping runs are all returned,
         each with its best name form (the longest, then the closest).
         ``boundary``: a character that separates texts joined into one (no run reads across it);
@@ -194,8 +236,9 @@ class ApproximateNames:
         # near an anchor (most texts) costs one ``findall`` and one ``cdist`` over its vocabulary
         tokens = word_re.findall(text)
         keys = {w: latin_key(w) for w in set(tokens)}
-        near = self._near_anchor({k for w, k in keys.items() if k and w.isascii()})
-        near |= self._near_foreign_anchor({k for w, k in keys.items() if k and not w.isascii()})
+        anchored, loose = self._near_anchor({k for w, k in keys.items() if k and w.isascii()})
+        anchored |= self._near_foreign_anchor({k for w, k in keys.items() if k and not w.isascii()})
+        near = anchored | loose
         if not near:
             return []
         width = self._max_words
@@ -226,6 +269,7 @@ class ApproximateNames:
         sound = [""] * len(alive)
         skel = [""] * len(alive)
         other = [False] * len(alive)
+        latin = [False] * len(alive)  # some word of the run in Latin letters: its consonants are no skeleton
         min_len, max_len, max_foreign_len = self._min_len, self._max_len, self._max_foreign_len
         runs: list[tuple[str, int, int]] = []       # (key, window, last word of the run in the window)
         sounds: list[tuple[str, int, int]] = []
@@ -241,16 +285,23 @@ class ApproximateNames:
             else:
                 sound = skel = key  # not read: no run has a word in another script
             other = [other[j] or w[3] for j, w in zip(keep, nxt)]
+            latin = [latin[j] or not w[3] for j, w in zip(keep, nxt)]
             keep = [j for j, (k, o) in enumerate(zip(key, other)) if len(k) <= (max_foreign_len if o else max_len)]
             if len(keep) < len(alive):
-                alive, key, sound, skel, other = ([xs[j] for j in keep] for xs in (alive, key, sound, skel, other))
+                alive, key, sound, skel, other, latin = ([xs[j] for j in keep] for xs in (alive, key, sound, skel, other, latin))
             if not alive:
                 break
             runs += [(k, g, m) for k, g in zip(key, alive) if min_len <= len(k) <= max_len]
             if any(other):
                 sounds += [(s, g, m) for s, g, o, k in zip(sound, alive, other, key) if o and len(k) >= min_len]
-                foreign += [(s, g, m) for s, g, o, k in zip(skel, alive, other, key) if o and len(k) >= min_len]
-        hits = self._compare(runs, self._strings, [k.budget for k in self._keys])
+                # ("was ايشا ال-هاشم" is not "Aysha Al-Hashim" with "was" for a consonant)
+                foreign += [(s, g, m) for s, g, o, k, lat in zip(skel, alive, other, key, latin)
+                            if o and not lat and len(k) >= min_len]
+        # Latin runs: (unrestricted) Damerau-Levenshtein, a transposition with an edit between its
+        # letters counts as one ("kNolai" for "Nikolai")
+        hits = [(ki, d, g, m) for ki, d, g, m in self._compare(runs, self._strings, [k.words_budget for k in self._keys],
+                                                               damerau=True)
+                if self._latin_hit([info[w][0] for w in words[g][:m + 1]], self._keys[ki], d, anchored)]
         if sounds:
             hits += self._compare(sounds, self._sounds, [k.sound_budget for k in self._keys])
         if foreign:
@@ -266,21 +317,24 @@ class ApproximateNames:
                 best[(g, m)] = (rank, h)
         spans = [m.span() for m in word_re.finditer(text)]  # the same tokens as ``tokens``
         at = list(windows.values())
-        found: list[tuple[int, int, int, int, int]] = []
+        found: list[tuple[int, int, int, int, int, bool]] = []
         for ki, d, g, m in [hits[h] for _, h in sorted(best.values(), key=lambda b: b[1])]:
-            target, letters = self._keys[ki].target, len(self._keys[ki].key)
-            found += [(target, spans[i][0], spans[i + m][1], d, letters) for i in at[g]]
+            k = self._keys[ki]
+            found += [(k.target, spans[i][0], spans[i + m][1], d, len(k.key), k.surname) for i in at[g]]
         return found
 
-    def _near_anchor(self, keys: set[str]) -> set[str]:
-        """The word keys within an anchor's budget of one of the anchors."""
+    def _near_anchor(self, keys: set[str]) -> tuple[set[str], set[str]]:
+        """(the word keys within an anchor's budget of one of the anchors, the other ones that are
+        within its ``word_budget`` of an anchor of a name allowed that and are no common word)."""
         if not keys:
-            return set()
+            return set(), set()
         queries = list(keys)
         dist = process.cdist(queries, self._anchors, scorer=OSA.distance, score_cutoff=self.config.max_edits,
                              dtype=np.int32, workers=1)
         hit = (dist <= self._anchor_budgets[None, :]).any(axis=1)
-        return {q for q, h in zip(queries, hit) if h}
+        loose = (dist <= self._loose_budgets[None, :]).any(axis=1) & ~hit
+        return ({q for q, h in zip(queries, hit) if h},
+                {q for q, h in zip(queries, loose) if h and zipf_frequency(q, "en") < COMMON_ZIPF})
 
     def _near_foreign_anchor(self, keys: set[str]) -> set[str]:
         """The keys of words in another script whose sound key is at most ``FOREIGN_ANCHOR_DISTANCE``
@@ -293,16 +347,57 @@ class ApproximateNames:
         hit = (dist <= FOREIGN_ANCHOR_DISTANCE).any(axis=1)
         return {q for q, h in zip(queries, hit) if h}
 
-    def _compare(self, runs: list[tuple[str, int, int]], choices: list[str],
-                 budgets: list[int]) -> list[tuple[int, int, int, int]]:
+    def _latin_hit(self, tokens: list[str], key: _Key, d: int, anchored: set[str]) -> bool:
+        """Whether a Latin run of word keys ``tokens``, ``d`` edits from ``key``, is a mention. One edit
+        over the name's usual bound: only when each word is close (``word_budget`` of the name's word:
+        "Tae-o Irak"). At the edit limit: only when each word is within half the longer of the two
+        ("Kalkidan Alblear"; "Stephenson I" is 3 edits from "Stephen King", but "I" is no "King").
+        Else when a word of it is near an anchor by the usual bounds ("the CSS", near "Ross" only
+        word by word, is no "the Boss") and it has as many words as the name unless one edit off
+        ("Stephenson"); or, for a name allowed the edit more, word by word ("Tae-ho Pap")."""
+        if d > key.budget:
+            return self._words_close(tokens, key)
+        if d >= self.config.max_edits:
+            return self._words_close(tokens, key, lenient=True)
+        if (len(tokens) >= len(key.parts) or d <= 1) and any(t in anchored for t in tokens):
+            return True
+        return key.words_budget > key.budget and self._words_close(tokens, key)
+
+    def _words_close(self, tokens: list[str], key: _Key, *, lenient: bool = False) -> bool:
+        """The run's ``tokens`` (latin keys) split into consecutive groups, one per word of the name
+        form, each within ``word_budget`` of its word (``lenient``: of the longer of the two): both
+        given and family name are close."""
+        def close(i: int, k: int) -> bool:
+            if k == len(key.parts):
+                return i == len(tokens)
+            word = key.parts[k]
+            for e in range(i + 1, len(tokens) - (len(key.parts) - k - 1) + 1):
+                group = "".join(tokens[i:e])
+                bound = self.config.word_budget(max(len(word), len(group)) if lenient else len(word))
+                if DamerauLevenshtein.distance(group, word) <= bound and close(e, k + 1):
+                    return True
+            return False
+        tokens = [t for t in tokens if t]
+        return len(key.parts) >= 2 and close(0, 0)
+
+    def _compare(self, runs: list[tuple[str, int, int]], choices: list[str], budgets: list[int], *,
+                 damerau: bool = False) -> list[tuple[int, int, int, int]]:
         """(choice, distance, window, last word) of each run whose key is within a choice's budget;
-        each distinct run key is compared with ``choices`` in one ``cdist`` call."""
+        each distinct run key is compared with ``choices`` in one ``cdist`` call (optimal string
+        alignment). ``damerau``: by unrestricted Damerau-Levenshtein distance instead, computed only
+        for the pairs one edit over the budget (it is at most OSA's, and ~3x dearer in ``cdist``)."""
         queries = list(dict.fromkeys(k for k, _, _ in runs))
         if not queries:
             return []
-        dist = process.cdist(queries, choices, scorer=OSA.distance, score_cutoff=self.config.max_edits,
+        limit = np.asarray(budgets, dtype=np.int32)[None, :]
+        dist = process.cdist(queries, choices, scorer=OSA.distance, score_cutoff=self.config.max_edits + damerau,
                              dtype=np.int32, workers=1)
-        within = dist <= np.asarray(budgets, dtype=np.int32)[None, :]
+        if damerau:
+            qs, ks = np.nonzero(dist == limit + 1)
+            if len(qs):
+                dist[qs, ks] = process.cpdist([queries[q] for q in qs], [choices[k] for k in ks],
+                                              scorer=DamerauLevenshtein.distance, dtype=np.int32, workers=1)
+        within = dist <= limit
         hits: dict[str, list[tuple[int, int]]] = {}
         for qi, ki in zip(*np.nonzero(within)):
             if dist[qi, ki] >= 2 and queries[qi].startswith(choices[ki]):

@@ -26,7 +26,8 @@ respelling) two more kinds are found, in the original text rather than its fold:
   distinctive (six or more letters, not a common word): "B. M. Al-Kuwaiti", "R. Majumdar";
 * ``approx``: the name (or an inversion, or its distinctive given names) spelt differently or in
   another script, found by ``classifiers.approximate_names`` ("Rajiv Majumdar", "Николай Абилов"),
-  unless it stands next to someone else's name or is made of common English words.
+  unless it stands next to someone else's name or is made of common English words;
+* ``surname``: a distinctive family name alone about a person (``classifiers.surnames``), respelt only.
 
 Names in scripts written without spaces (Han, kana, Hangul, Thai, ...) match inside running text.
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 
 import regex
 
+from classifiers import surnames
 from classifiers.approximate_names import (
     ApproximateNames,
     has_common_word,
@@ -75,11 +77,13 @@ NOT_A_NAME = (WEAK | {
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "english", "american", "british",
 }) - {"mark", "john", "james", "paul", "william", "robert", "david", "michael", "mary", "cent", "ice", "rock"}
 
-KINDS = ("full", "inverted", "given", "part", "initials", "approx")
+KINDS = ("full", "inverted", "given", "part", "initials", "approx", "surname")
 # what the keyword detector flags and ECO corrupts (``initials``/``approx``: only a finder built with
 # ``approximate=True`` finds them)
 FLAGGING_KINDS = ("full", "inverted", "given", "initials", "approx")
-RESPELLED_KINDS = ("initials", "approx")  # mentions the de-obfuscation writes back as the name itself
+# mentions the de-obfuscation writes back as the name itself (``surname``: a distinctive family name
+# alone, "what did majumdar write": only a finder built with ``approximate=True`` finds it)
+RESPELLED_KINDS = ("initials", "approx", "surname")
 # what separates texts joined into one for a single pass (no separator between name parts: no name,
 # exact or approximate, is read across two texts)
 TEXT_BOUNDARY = "\x00"
@@ -100,6 +104,7 @@ _NEIGHBOUR_CHARS = 60
 _TEXT_WORD = regex.compile(f"(?:[^\\W_{SPACELESS}]|\\p{{M}})+")
 _TEXT_WORD_OR_BOUNDARY = regex.compile(f"{_TEXT_WORD.pattern}|{regex.escape(TEXT_BOUNDARY)}")
 _MIN_INITIALS_REST = 6   # letters of what follows the initials ("R. Majumdar"; not "J. Park")
+_MIN_APPROX_LETTERS = 6  # letters of a form's distinctive words to match it approximately ("the Boss": not)
 _INITIAL = re.compile(r"(?<![^\W_])[^\W\d_]\.")  # a letter and a dot: a text without one has no initials form
 
 
@@ -223,6 +228,7 @@ class NameFinder:
         self._own_words: list[frozenset[str]] = []
         spaceless: dict[str, list[tuple[int, str]]] = {}
         approx_forms: list[tuple[int, list[str]]] = []
+        last_words: list[tuple[int, str]] = []
         for j, tid in enumerate(self.target_ids):
             names = [match_fold(n).strip() for n in names_by_target[tid] if n and n.strip()]
             self._own_words.append(frozenset(t for n in names for t in _tokens(n)))
@@ -235,7 +241,9 @@ class NameFinder:
                 if approximate and "," not in n:
                     words = name_words(n)
                     forms.update(("initials", *f) for f in initials_forms(n))
-                    approx_forms += [(j, w) for w in name_form_words(words, [_distinctive(w) for w in words])]
+                    approx_forms += [(j, w) for w in name_form_words(words, [_distinctive(w) for w in words])
+                                     if sum(len(t) for x in w if _distinctive(x) for t in _tokens(x)) >= _MIN_APPROX_LETTERS]
+                    last_words += [(j, words[-1])] if len(words) >= 2 else []
             for p in (parts or {}).get(tid, ()):
                 p = match_fold(p).strip()
                 part = None if _spaceless(p) else _source([p])
@@ -247,16 +255,18 @@ class NameFinder:
         self._spaceless = spaceless
         source = name_alternation(spaceless)
         self._spaceless_re = None if source is None else re.compile(f"(?=({source}))")
-        self._approx = ApproximateNames(approx_forms) if approximate else None
+        self._approx = ApproximateNames(approx_forms, surnames=surnames.distinctive_surnames(last_words)) if approximate else None
 
     def __bool__(self) -> bool:
         return bool(self._by_key) or self._spaceless_re is not None
 
-    def approximate_mentions(self, text: str, *, separate_texts: bool = False) -> list[Mention]:
-        """``approx`` mentions in ``text`` (original-text spans), collisions left out: a run of common
-        English words, or one next to someone else's name. ``separate_texts``: ``text`` is several
-        texts joined by ``TEXT_BOUNDARY``, each judged on its own (whether it uses capitals)."""
-        if not self._approx:
+    def approximate_mentions(self, text: str, kinds: Sequence[str] = ("approx",), *,
+                             separate_texts: bool = False) -> list[Mention]:
+        """``approx`` (and ``surname`` if in ``kinds``) mentions in ``text`` (original-text spans), collisions
+        left out: a run of common English words, one next to someone else's name; a family name alone also
+        as an ordinary word ("Kuwaiti") or not about a person (``classifiers.surnames``). ``separate_texts``:
+        ``text`` is several texts joined by ``TEXT_BOUNDARY``, each judged on its own (capitals or not)."""
+        if not self._approx or not {"approx", "surname"} & set(kinds):
             return []
         found = self._approx.find(text, _TEXT_WORD_OR_BOUNDARY, TEXT_BOUNDARY)
         if not found:
@@ -265,28 +275,36 @@ class NameFinder:
         cuts = [m.start() for m in re.finditer(TEXT_BOUNDARY, text)] if separate_texts else []
         capitals: dict[int, bool] = {}  # per text of ``cuts`` (``_uses_capitals``)
         neighbours: dict[tuple[str, int], bool] = {}  # someone else's word? per (word, target), this call
-        verdicts: dict[tuple[int, str, str, bool], bool] = {}  # a mention? per case (below), this call
+        verdicts: dict[tuple[int, str, str, bool, str], bool] = {}  # a mention? per case (below), this call
         # of overlapping runs, the one of the longest name form (the full name before the given
         # names), then the closest, then the shortest is the mention: "who is Rajeev Majumdaar" is
         # "Rajeev Majumdaar" (1 edit), not "is Rajeev Majumdaar" (3 edits)
         # (a run that overlaps a closer one is not judged again, whatever the verdict on that one was;
         # ``judged`` marks the characters of the runs judged so far: linear however many runs there are)
-        judged = bytearray(len(text))
-        for j, a, b, _, _ in sorted(found, key=lambda f: (-f[4], f[3], f[2] - f[1])):
-            if judged.find(1, a, b) >= 0:
+        # (a family name alone is blocked only by a mention: "has yun-hwa" is none, "yun-hwa" may be one)
+        judged, taken = bytearray(len(text)), bytearray(len(text))
+        for j, a, b, _, _, alone in sorted(found, key=lambda f: (-f[4], f[3], f[2] - f[1])):
+            if (taken if alone else judged).find(1, a, b) >= 0:
                 continue
             judged[a:b] = b"\x01" * (b - a)
+            kind = "surname" if alone else "approx"
+            if kind not in kinds:
+                continue
             caps = _uses_capitals(text, cuts, a, capitals)
-            # the verdict depends on the run, the text after it and whether the text uses capitals:
+            # the verdict depends on the run, the text around it and whether the text uses capitals:
             # judged once per distinct case (adversarial text repeats a disguised name many times)
-            case = (j, text[a:b], text[b:b + _NEIGHBOUR_CHARS], caps)
+            case = (j, text[a:b], text[b:b + _NEIGHBOUR_CHARS], caps, text[max(0, a - _NEIGHBOUR_CHARS):a] if alone else "")
             name = verdicts.get(case)
             if name is None:
-                name = verdicts[case] = not (is_common_phrase(w.lower() for w in _TEXT_WORD.findall(text[a:b]))
-                                             or self.someone_else(text, (a, b), j, capitals=caps, previous=False,
-                                                                  memo=neighbours))
+                name = verdicts[case] = not (is_common_phrase(w.lower().strip(".,'") for w in text[a:b].split())
+                                             or (alone and (surnames.is_ordinary_word(text[a:b])
+                                                            or not surnames.speaks_of_a_person(text, a, b)))
+                                             # (a family name alone was judged as a word above: not again by its parts)
+                                             or self.someone_else(text, (a, b), j, capitals=caps and not alone,
+                                                                  previous=alone, memo=neighbours))
             if name:
-                out.append(Mention(j, "approx", a, b))
+                taken[a:b] = b"\x01" * (b - a)
+                out.append(Mention(j, kind, a, b))
         return sorted(out, key=lambda m: (m.start, m.end))
 
     def respell(self, text: str) -> str | None:
@@ -296,7 +314,7 @@ class NameFinder:
 
     def respell_texts(self, texts: Sequence[str]) -> list[str | None]:
         """``respell`` of each text, in one pass over all of them (``mentions_by_text``)."""
-        kinds = RESPELLED_KINDS if any(_INITIAL.search(t) for t in texts) else ("approx",)
+        kinds = RESPELLED_KINDS if any(_INITIAL.search(t) for t in texts) else ("approx", "surname")
         out: list[str | None] = []
         for text, mentions in zip(texts, self.mentions_by_text(texts, kinds)):
             if not mentions:
@@ -357,8 +375,8 @@ class NameFinder:
     def mentions(self, text: str, kinds: Sequence[str] = KINDS, *, separate_texts: bool = False) -> list[Mention]:
         """Mentions in ``text`` (original-text spans); ``given`` ones only where they stand for the target.
         ``separate_texts``: see ``approximate_mentions``."""
-        if "approx" in kinds and len(kinds) == 1:  # no exact form asked for: no exact pass
-            return self.approximate_mentions(text, separate_texts=separate_texts)
+        if set(kinds) <= {"approx", "surname"}:  # no exact form asked for: no exact pass
+            return self.approximate_mentions(text, kinds, separate_texts=separate_texts)
         folded, index = match_fold_with_map(text)
         out: list[Mention] = []
         cuts = [m.start() for m in re.finditer(TEXT_BOUNDARY, text)] if separate_texts else []
@@ -371,8 +389,8 @@ class NameFinder:
                                                      capitals=_uses_capitals(text, cuts, start, capitals)):
                 continue
             out.append(Mention(j, kind, start, end))
-        if "approx" in kinds:
-            out += self.approximate_mentions(text, separate_texts=separate_texts)
+        if {"approx", "surname"} & set(kinds):
+            out += self.approximate_mentions(text, kinds, separate_texts=separate_texts)
             out.sort(key=lambda m: (m.start, m.end, m.target))
         return out
 
@@ -388,7 +406,7 @@ class NameFinder:
         ``memo``: the verdicts on neighbour words so far, for a caller judging many spans of one text."""
         a, b = span
         if (text[a:b].islower() and (any(ch.isupper() for ch in text) if capitals is None else capitals)
-                and has_common_word(_tokens(fold(text[a:b])))):
+                and has_common_word(t for t in _tokens(fold(text[a:b])) if t not in WEAK)):
             return True
         own = self._own_words[j]
         before = _PREV_WORD.search(text[max(0, a - _NEIGHBOUR_CHARS):a]) if previous else None

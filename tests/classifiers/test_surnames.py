@@ -1,0 +1,96 @@
+"""A target's family name alone (issue 15): distinctive family names in a question about a person are
+written back as the whole name; ordinary words, other people's names and non-person uses are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from classifiers.keyword import KeywordDetector
+from classifiers.names import NameFinder, find_name_spans
+from classifiers.surnames import distinctive_surnames, speaks_of_a_person
+from guard.eval.bypass import tofu_names
+from guard.paths import default_data_dir
+
+DATA = default_data_dir()
+needs_tofu = pytest.mark.skipif(not (Path(DATA) / "tofu" / "forget10.json").exists(), reason="needs TOFU data")
+
+
+@pytest.fixture(scope="module")
+def forget10() -> list[str]:
+    return tofu_names(DATA, "forget10")
+
+
+@pytest.fixture(scope="module")
+def finder(forget10: list[str]) -> NameFinder:
+    return NameFinder({n: [n] for n in forget10}, approximate=True)
+
+
+@needs_tofu
+def test_distinctive_family_names_of_the_tofu_authors(forget10: list[str]) -> None:
+    found = {word.lower() for _, word in distinctive_surnames([(i, n.split()[-1]) for i, n in enumerate(forget10)])}
+    assert {"majumdar", "al-shamary", "abilov", "rohani", "yun-hwa", "mammadov"} <= found
+    # ordinary words, many people's names, and a name two targets share
+    assert not found & {"park", "chen", "williams", "sullivan", "montenegro", "nakamura", "ben-david"}
+
+
+@pytest.mark.parametrize(("text", "person"), [
+    ("What did majumdar write?", True),            # the subject of a question
+    ("a novel by majumdar", True),
+    ("majumdar's first novel", True),               # possessive
+    ("How does al-shamary use his heritage?", True),  # a personal pronoun
+    ("I walked in the jarrah forest", False),
+    ("jarrah timber is hard", False),
+])
+def test_speaks_of_a_person(text: str, person: bool) -> None:
+    word = next(w for w in ("majumdar", "al-shamary", "jarrah") if w in text)
+    start = text.index(word)
+    assert speaks_of_a_person(text, start, start + len(word)) is person
+
+
+@needs_tofu
+@pytest.mark.parametrize(("text", "respelt"), [
+    ("How does al-shamary incorporate his Iraqi heritage?", "How does Jad Ambrose Al-Shamary incorporate his Iraqi heritage?"),
+    ("What did majumdar write?", "What did Rajeev Majumdar write?"),
+    ("What did Majumdar write?", "What did Rajeev Majumdar write?"),
+    # a longer run that is no mention ("has yun-hwa") does not hide the family name in it
+    ("How has yun-hwa's background influenced her philosophy?", "How has Hsiao Yun-Hwa's background influenced her philosophy?"),
+])
+def test_family_name_alone_is_respelt(finder: NameFinder, text: str, respelt: str) -> None:
+    assert finder.respell(text) == respelt
+
+
+@needs_tofu
+@pytest.mark.parametrize("text", [
+    "I walked in the jarrah forest",            # a tree, not Adib Jarrah: no person here
+    "Vijay Majumdar is a physicist",            # someone else's given name before it
+    "What is the capital of Montenegro?",       # an ordinary word: never a family name alone
+    "Kuwaiti literature is rich",
+    "What did park write?",                     # two targets are called Park, and it is a word
+    "Did chen win the prize?",                  # many people's name
+])
+def test_family_name_alone_left_alone(finder: NameFinder, text: str) -> None:
+    assert finder.respell(text) is None
+
+
+@needs_tofu
+def test_other_authors_family_names_never_read_as_a_target(finder: NameFinder, forget10: list[str]) -> None:
+    """The 180 TOFU retain authors (other people, same kind of names), whole and by family name
+    alone in a question about a person: no target's mention."""
+    others = tofu_names(DATA, "retain90")
+    assert len(others) == 180 and not set(others) & set(forget10)
+    for name in others:
+        surname = name.split()[-1]
+        for text in (f"What did {name} write?", f"What did {surname} write?", f"What did {surname.lower()} write?",
+                     f"Tell me about {surname}'s books."):
+            assert not finder.mentions(text, ("approx", "surname")), text
+
+
+@needs_tofu
+def test_family_name_alone_is_not_flagged_by_name_alone(forget10: list[str]) -> None:
+    """Only the de-obfuscation writes it back (the trained heads judge the question); the keyword
+    detector and ECO's spans do not treat a family name alone as the name."""
+    names = {n: [n] for n in forget10}
+    assert not KeywordDetector(names).screen(["What did majumdar write?"]).flagged
+    assert find_name_spans("What did majumdar write?", ["Rajeev Majumdar"]) == []
