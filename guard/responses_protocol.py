@@ -12,7 +12,8 @@ Three jobs, each done once:
 * **Answer when the guard generates** (the local engine, or a flagged request on any engine): the
   request converted to the chat request it means (``chat_body``: instructions → a system turn,
   ``function_call`` items → an assistant turn's ``tool_calls``, ``function_call_output`` → a
-  ``tool`` turn, flat tools → chat tools, ``text.format`` → ``response_format``), validated by
+  ``tool`` turn, flat tools → chat tools, ``text.format`` → ``response_format``, ``include:
+  ["message.output_text.logprobs"]`` + ``top_logprobs`` → ``logprobs`` + ``top_logprobs``), validated by
   ``ChatCompletionRequest`` itself; the answer is then shaped as a Response
   (``guard.responses_shape``). Unflagged requests on vLLM are forwarded to vLLM's own
   ``/v1/responses`` untouched.
@@ -32,6 +33,8 @@ from guard.protocol import ChatCompletionRequest
 from guard.request_texts import RequestTexts, responses_request_texts
 from guard.responses_shape import RESPONSES, ResponsesShape
 
+# The ``include`` entry that asks for the answer's log-probs (``top_logprobs``: alternatives per token).
+OUTPUT_LOGPROBS = "message.output_text.logprobs"
 # What vLLM cannot serve because it stores no responses (fix: send the whole conversation as input items).
 STATEFUL_FIELDS = ("previous_response_id", "conversation", "background", "prompt")
 
@@ -220,8 +223,8 @@ def chat_body(req: ResponsesRequest) -> dict[str, Any]:
             k: fmt[k] for k in ("name", "description", "schema", "strict") if fmt.get(k) is not None}}
     elif isinstance(fmt, dict):
         body["response_format"] = {"type": fmt.get("type")}
-    if req.top_logprobs:
-        body["logprobs"], body["top_logprobs"] = True, req.top_logprobs
+    if OUTPUT_LOGPROBS in (req.include or ()):  # as vLLM: top_logprobs alone asks for nothing
+        body["logprobs"], body["top_logprobs"] = True, req.top_logprobs or 0
     for name in ("presence_penalty", "frequency_penalty", "user"):
         if getattr(req, name) is not None:
             body[name] = getattr(req, name)

@@ -12,15 +12,23 @@ Streams are typed events (``event: <type>`` + ``data: <json>``, no ``[DONE]``), 
 ``response.content_part.added``, ``response.output_text.delta`` × n, ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, then ``response.completed``; every
 event has its ``sequence_number``. Only the first choice exists here (the Responses API has no ``n``).
+
+Log-probs (asked for with ``include: ["message.output_text.logprobs"]``, ``top_logprobs`` alternatives
+per token: ``responses_protocol.chat_body``) are written where vLLM writes them
+(``vllm/entrypoints/openai/responses/streaming_events.py``, ``serving.py``): the ``output_text``
+part's ``logprobs`` (``token``, ``bytes``, ``logprob``, ``top_logprobs``; null when there are none,
+as for a refusal), each ``response.output_text.delta``'s ``logprobs`` (its tokens, without bytes), and
+``[]`` in ``content_part.added`` and ``output_text.done``. They are the log-probs of what the guard
+sampled, under the method that answered (``guard.engines.base.TokenLogprob``).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
-from guard.engines.base import GenerationChunk
+from guard.engines.base import GenerationChunk, TokenLogprob
 from guard.engines.sse import encode_json
 from guard.response_shapes import AnswerShape, Choice, ResponseMeta
 
@@ -35,10 +43,35 @@ def _output_items(meta: ResponseMeta, choice: Choice, item_ids: "ItemIds") -> li
     return items
 
 
-def _part(meta: ResponseMeta, choice: Choice, text: str) -> dict[str, Any]:
+LOGPROB_FLOOR = -9999.0  # vLLM's floor for Responses log-probs: a token the grammar forbids has -inf, JSON has no -inf
+
+
+def _logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "bytes": list(token.encode("utf-8", errors="replace")),
+            "logprob": max(logprob, LOGPROB_FLOOR)}
+
+
+def output_text_logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]] | None:
+    """An ``output_text`` part's ``logprobs`` (openai ``response_output_text.Logprob``), None when empty."""
+    if not entries:
+        return None
+    return [{**_logprob_entry(e.token, e.logprob), "top_logprobs": [_logprob_entry(t.token, t.logprob) for t in e.top]}
+            for e in entries]
+
+
+def delta_logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """A ``response.output_text.delta`` event's ``logprobs`` (``response_text_delta_event.Logprob``: no bytes)."""
+    return [{"token": e.token, "logprob": max(e.logprob, LOGPROB_FLOOR),
+             "top_logprobs": [{"token": t.token, "logprob": max(t.logprob, LOGPROB_FLOOR)} for t in e.top]}
+            for e in entries]
+
+
+def _part(meta: ResponseMeta, choice: Choice, text: str, opening: bool = False) -> dict[str, Any]:
+    """The message's one content part (``opening``: the empty part of ``content_part.added``)."""
     if choice.refusal and meta.refusal_field:
         return {"refusal": text, "type": "refusal"}
-    return {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
+    logprobs = [] if opening else output_text_logprobs(choice.logprobs) if meta.logprobs else None
+    return {"annotations": [], "text": text, "type": "output_text", "logprobs": logprobs}
 
 
 def _message_item(meta: ResponseMeta, choice: Choice, item_id: str, status: str,
@@ -119,6 +152,7 @@ class ResponsesStreamShaper:
         self._sequence = 0
         self._opened = False
         self._finish: GenerationChunk | None = None
+        self._unsent_logprobs: list[TokenLogprob] = []  # of tokens whose text is still held (incomplete UTF-8)
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -137,6 +171,8 @@ class ResponsesStreamShaper:
         if chunk.index != 0 or self._finish is not None:
             return []
         out: list[dict[str, Any]] = []
+        self.choice.logprobs.extend(chunk.logprobs)
+        self._unsent_logprobs.extend(chunk.logprobs)
         if chunk.text:
             self.choice.refusal = self.choice.refusal or chunk.refusal
             if not self._opened:
@@ -145,10 +181,11 @@ class ResponsesStreamShaper:
                                        item=_message_item(self.meta, self.choice, self.ids.message, "in_progress",
                                                           with_content=False)))
                 out.append(self._event("response.content_part.added", item_id=self.ids.message, output_index=0,
-                                       content_index=0, part=_part(self.meta, self.choice, "")))
+                                       content_index=0, part=_part(self.meta, self.choice, "", opening=True)))
             self.choice.text += chunk.text
             kind = self._text_kind()
-            extra = {"logprobs": []} if kind == "output_text" else {}
+            extra = {"logprobs": delta_logprobs(self._unsent_logprobs)} if kind == "output_text" else {}
+            self._unsent_logprobs = []
             out.append(self._event(f"response.{kind}.delta", item_id=self.ids.message, output_index=0, content_index=0,
                                    delta=chunk.text, **extra))
         if chunk.tool_calls:

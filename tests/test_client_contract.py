@@ -171,7 +171,7 @@ async def test_sdk_tools_logprobs_n_and_responses_on_the_local_engine(local_engi
     assert len(content) == 3 and all(p.token == p.top_logprobs[0].token for p in content)
     three = await client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=3, temperature=1.0, n=3, seed=3)
     assert [c.index for c in three.choices] == [0, 1, 2]
-    response = await client.responses.create(model=MODEL, input=ASK[0]["content"], max_output_tokens=30, temperature=0,
+    response = await client.responses.create(model=MODEL, input=ASK[0]["content"], max_output_tokens=60, temperature=0,
                                              tool_choice="required", parallel_tool_calls=False,
                                              tools=[{"type": "function", **WEATHER["function"]}])
     (item,) = [o for o in response.output if o.type == "function_call"]

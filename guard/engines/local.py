@@ -170,11 +170,12 @@ class LocalEngine(Engine):
         eos = self._tokenizer.eos_token_id
         return eos if eos in self._stop_ids else min(self._stop_ids)
 
-    def _grammar(self, params: SamplingParams) -> Any:
-        """A fresh grammar processor for ``params.constraint`` (the compiler is made once, on first use)."""
+    def _grammar(self, params: SamplingParams, compact: bool) -> Any:
+        """A fresh grammar processor for ``params.constraint`` (the compiler is made once, on first use);
+        ``compact`` JSON under a method's own processor (``StructuredOutputCompiler`` says why)."""
         if self._structured is None:
             self._structured = StructuredOutputCompiler(self._tokenizer, self._model.config.vocab_size, self._stop_ids)
-        return self._structured.logits_processor(params.constraint)
+        return self._structured.logits_processor(params.constraint, compact=compact)
 
     def _generate_blocking(self, prompt: PromptInput, params: SamplingParams, put: Callable[[Any], None],
                            cancel: threading.Event, method_processors: list[Any]) -> None:
@@ -204,7 +205,7 @@ class LocalEngine(Engine):
                               attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device))
             prompt_length = len(prompt.token_ids) if prompt.token_ids is not None else 0  # what input_ids shows
             processors, recorder = processor_chain(params, method_processors, prompt_length,
-                                                   lambda: self._grammar(params), self._end_id)
+                                                   lambda: self._grammar(params, bool(method_processors)), self._end_id)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.no_grad():

@@ -96,33 +96,42 @@ def upstream_response_format(constraint: OutputConstraint) -> dict[str, Any]:
 class StructuredOutputCompiler:
     """Compiles constraints for one model's tokenizer (``vocab_size``: the model's logits width,
     which may exceed the tokenizer's; ``stop_token_ids``: the engine's stop tokens, which the
-    grammar allows once the JSON is complete). ``any_whitespace=False`` makes compact JSON: a
-    small model left free to emit whitespace between tokens can spend its whole budget on it."""
+    grammar allows once the JSON is complete).
 
-    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int], *,
-                 any_whitespace: bool = False) -> None:
+    Whitespace follows vLLM (``backend_xgrammar.py``: ``any_whitespace=True``, no separators, no cap),
+    so the local engine's greedy answer is vLLM's. Forcing compact JSON there breaks small models:
+    instruct models learnt JSON pretty-printed, and forbidding the newline after ``{`` pushes them
+    off their own tokenisation (``{``, ``"``, ``n``, ``am``, ``e``…) into text they never saw;
+    SmolLM2-135M then wrote ``"age": 1000…`` up to ``max_tokens`` and the SDK's ``.parse()`` failed,
+    where with whitespace it closes ``{"name": "Erykos", "age": 20}`` in 21 tokens as on vLLM.
+
+    ``compact=True`` (compact JSON, ``", "``/``": "`` separators) is for a method's logits processor
+    that reshapes the distribution, ULD's: its logit difference takes mass from the tokens the
+    assistant knows (the content) and none from whitespace, so with whitespace free it fills the
+    whole budget with spaces and newlines (``tests/interventions/test_method_surface.py``)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
         import xgrammar as xgr
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
                                                   stop_token_ids=sorted(stop_token_ids))
         self._compiler = xgr.GrammarCompiler(info, max_threads=1)
-        self._any_whitespace = any_whitespace
 
-    def compile(self, constraint: OutputConstraint) -> Any:
-        """The compiled grammar (cached by xgrammar per schema), or a 400 naming the field."""
+    def compile(self, constraint: OutputConstraint, *, compact: bool = False) -> Any:
+        """The compiled grammar (cached by xgrammar per schema and options), or a 400 naming the field."""
         # json_object: any object (xgrammar's builtin JSON grammar would also allow a bare array or number)
         json_object = constraint.kind == "json_object"
         try:
             return self._compiler.compile_json_schema(ANY_OBJECT_SCHEMA if json_object else json.dumps(constraint.schema),
-                                                      any_whitespace=self._any_whitespace, strict_mode=not json_object)
+                                                      any_whitespace=not compact, strict_mode=not json_object)
         except (RuntimeError, ValueError, TypeError) as exc:
             field = "tools" if constraint.tool_choice else "response_format.json_schema.schema"
             reason = _XGRAMMAR_LOCATION.sub("", (str(exc).strip().splitlines() or [""])[0])[:200]
             raise InvalidRequest(f"{field}: the JSON schema cannot be enforced ({reason}); fix or simplify it",
                                  param=field) from None
 
-    def logits_processor(self, constraint: OutputConstraint) -> Any:
+    def logits_processor(self, constraint: OutputConstraint, *, compact: bool = False) -> Any:
         """A fresh processor for one ``generate`` call (batch rows = ``num_return_sequences``)."""
         from xgrammar.contrib.hf import LogitsProcessor
 
-        return LogitsProcessor(self.compile(constraint))
+        return LogitsProcessor(self.compile(constraint, compact=compact))

@@ -115,13 +115,15 @@ def forced_tool_choice(tools: Sequence[Mapping[str, Any]] | None, tool_choice: A
 
 
 def forced_tool_calls(choice: ForcedToolChoice, text: str) -> tuple[ToolCall, ...]:
-    """The calls in a constrained answer (empty when it does not parse, e.g. cut by ``max_tokens``)."""
+    """The calls in a constrained answer (empty when it does not parse, e.g. cut by ``max_tokens``).
+    Arguments are re-serialised (``json.dumps``, ``ensure_ascii=False``) as vLLM's tool parsers write
+    them, whatever whitespace the grammar let the model write (``structured_output``)."""
     if choice.kind == "named":
         try:
-            json.loads(text)
+            arguments = json.loads(text)
         except ValueError:
             return ()
-        return (ToolCall(choice.name or "", text),)
+        return (ToolCall(choice.name or "", json.dumps(arguments, ensure_ascii=False)),)
     try:
         items = json.loads(text)
     except ValueError:

@@ -48,6 +48,7 @@ def test_forced_choices_build_vllms_schemas():
 def test_forced_answers_become_calls():
     named = forced_tool_choice([WEATHER], {"type": "function", "function": {"name": "get_weather"}})
     assert forced_tool_calls(named, '{"city": "Paris"}') == (ToolCall("get_weather", '{"city": "Paris"}'),)
+    assert forced_tool_calls(named, '{\n  "city":"Paris"\n}') == (ToolCall("get_weather", '{"city": "Paris"}'),)  # as vLLM writes it
     assert forced_tool_calls(named, '{"city": "Pa') == ()
     required = forced_tool_choice([WEATHER, TIME], "required")
     text = json.dumps([{"name": "get_time", "parameters": {}}, {"name": "get_weather", "parameters": {"city": "Rome"}}])
