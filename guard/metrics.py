@@ -25,6 +25,7 @@ class GuardMetrics:
     flagged: Counter
     screening_failures: Counter
     upstream_errors: Counter
+    output_flagged: Counter
 
     @classmethod
     def create(cls) -> "GuardMetrics":
@@ -38,6 +39,8 @@ class GuardMetrics:
             flagged=Counter("guard_flagged", "Flagged requests by action taken", ["action"], registry=reg),
             screening_failures=Counter("guard_screening_failures", "Requests whose screening failed, by fail mode outcome", ["outcome"], registry=reg),
             upstream_errors=Counter("guard_upstream_errors", "Upstream failures by kind", ["kind"], registry=reg),
+            output_flagged=Counter("guard_output_flagged", "Answers stopped by the output screen, by what matched and "
+                                   "what replaced them", ["reason", "action"], registry=reg),
         )
 
     def exposition(self) -> tuple[bytes, str]:

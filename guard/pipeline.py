@@ -27,6 +27,7 @@ from guard.engines.base import Engine
 from guard.errors import GuardError, InvalidRequest, ScreeningUnavailable
 from guard.interventions.base import Intervention
 from guard.interventions.registry import build_interventions
+from guard.output_screen import OutputScreener, build_output_screener
 from guard.policy import Policy, Target, empty_policy, load_policy
 from guard.screen_worker import ScreenWorker, screen_within_limits
 
@@ -63,6 +64,8 @@ class Pipeline:
     takes_deadline: bool = field(default=True)
     # the process that screens requests over ``detector.isolate_above_chars`` (None: all in threads)
     worker: ScreenWorker | None = None
+    # what the model answers is screened with (``output``; None or inactive: answers pass unscreened)
+    output_screener: OutputScreener | None = None
 
     @classmethod
     def build(cls, policy: Policy, engine: Engine, detector_factory: DetectorFactory, source: Path | None = None) -> "Pipeline":
@@ -74,7 +77,7 @@ class Pipeline:
         if worker is not None and policy.detector.kind == "trained":
             worker.start()  # building a trained detector takes seconds: not on the first large request
         return cls(policy=policy, detector=detector, interventions=interventions, source=source,
-                   worker=worker)
+                   worker=worker, output_screener=build_output_screener(policy, detector))
 
     def _screen_now(self, texts: list[str], deadline: Deadline) -> Verdict:
         """Runs in a worker thread: a large request in the screening process when it is up, the

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+from guard.answer_stream import CLIENT_GONE, aclose_quietly, collect_answer, pull_first, shaped_frames
 from guard.config import Settings
 from guard.engines.base import Engine, GenerationChunk
 from guard.engines.forwarding import ForwardedAnswer
@@ -36,17 +37,19 @@ from guard.interventions.answers import finish_answer
 from guard.interventions.base import ContractUnsupported, GuardRequest
 from guard.interventions.refuse import Refuse
 from guard.metrics import GuardMetrics
-from guard.pipeline import Decision, PipelineHolder
+from guard.output_guard import OutputGuard, screened_chunks
+from guard.output_response import OutputContext, forwarded_continuation, output_guard, screened_forwarded_json
+from guard.output_wire import screened_events
+from guard.pipeline import Decision, Pipeline, PipelineHolder
 from guard.protocol import GenerationRequest, parse_request, sampling_params
 from guard.responses_protocol import ResponsesRequest
-from guard.response_shapes import AnswerCollector, ResponseMeta
+from guard.response_shapes import ResponseMeta
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("guard.audit")  # one JSON line per flagged request; no prompt text unless configured
 
 DEFAULT_MAX_TOKENS = 512
 PARSE_OFF_LOOP_BYTES = 64 << 10
-CLIENT_GONE = (ConnectionResetError, ConnectionError, asyncio.CancelledError)
 
 
 @dataclass(frozen=True)
@@ -133,19 +136,25 @@ class GenerationService:
             prompt = req.to_prompt()  # the request's text, joined once: bound check and rendering share it
             self._check_prompt_bound(req, prompt.chars)
             texts = req.screen_texts(body)  # every text the model reads: tools, tool results, schemas too
-            decision = await self._decide(caller, texts)
+            pipeline = self.pipelines.current  # the request's whole life: one policy, even across a reload
+            decision = await self._decide(caller, texts, pipeline)
             action = decision.action
             self._record_decision(caller, decision, texts)
-            if action == "pass" and self.engine.capabilities.forwarding:
-                answer = await self._forward(req, body, raw, params.max_tokens, started)
+            request = GuardRequest(prompt, params)
+            guard = output_guard(OutputContext(pipeline, self.engine, request, self.metrics, caller.request_id,
+                                               caller.key_name, self.settings.audit_prompts), action)
+            forward = action == "pass" and self.engine.capabilities.forwarding
+            # the model name and fingerprint a passed answer would carry: flagged ones look the same
+            meta = (ResponseMeta(shape=req.answer_shape, model=self.engine.answer_model_name,
+                                 system_fingerprint=self.engine.system_fingerprint, n=params.n,
+                                 logprobs=params.logprobs is not None, refusal_field=req.wants_structured_answer,
+                                 echo=req.echo())
+                    if guard is not None or not forward else None)
+            if forward:
+                answer = await self._forward(req, body, raw, params.max_tokens, started, guard, meta)
             else:
-                request = GuardRequest(prompt, params)
-                # the model name and fingerprint a passed answer would carry: flagged ones look the same
-                meta = ResponseMeta(shape=req.answer_shape, model=self.engine.answer_model_name,
-                                    system_fingerprint=self.engine.system_fingerprint, n=params.n,
-                                    logprobs=params.logprobs is not None, refusal_field=req.wants_structured_answer,
-                                    echo=req.echo())
-                answer = await self._generated_answer(req, meta, request, decision, action, started)
+                assert meta is not None
+                answer = await self._generated_answer(req, meta, request, decision, action, started, guard)
             status = answer.status
             if isinstance(answer, StreamAnswer):  # counted when the stream ends
                 sent = str(answer.status)
@@ -177,11 +186,11 @@ class GenerationService:
         if window is not None:
             window.check_chars(chars, req.prompt_field)
 
-    async def _decide(self, caller: Caller, texts: list[str]) -> Decision:
+    async def _decide(self, caller: Caller, texts: list[str], pipeline: Pipeline) -> Decision:
         """The pipeline's decision; a request refused because it could not be screened (fail-closed:
         over the length limit or the budget, or the detector failed) is counted and audited too."""
         try:
-            return await self.pipelines.current.decide(texts)
+            return await pipeline.decide(texts)
         except GuardError as exc:
             self.metrics.screening_failures.labels(outcome="refused_fail_closed").inc()
             audit_log.warning(json.dumps({"event": "unscreened", "request_id": caller.request_id,
@@ -214,7 +223,9 @@ class GenerationService:
 
     # -- the pass path: the upstream's bytes -------------------------------------------------------
     async def _forward(self, req: ServedRequest, body: dict[str, Any], raw: bytes, max_tokens: int,
-                       started: float) -> Answer:
+                       started: float, guard: OutputGuard | None, meta: ResponseMeta | None) -> Answer:
+        """The upstream's answer; with an output screen, a whole answer is screened before it is
+        returned and a stream is held back by the window and screened as it goes."""
         # the guard's default length goes in this endpoint's own field (/v1/responses: max_output_tokens)
         upstream = await self.engine.forward_request(req.upstream_path, body, raw, max_tokens,
                                                      limit_field=req.max_tokens_field)
@@ -227,13 +238,17 @@ class GenerationService:
             finally:
                 upstream.release()
             self.metrics.ttft.labels(route=req.route, action="pass").observe(time.perf_counter() - started)
+            if guard is not None and meta is not None and upstream.status == 200:
+                data = await screened_forwarded_json(guard, meta, data) or data
             return JsonAnswer(data, upstream.status)
 
         async def release() -> None:
             upstream.release()
 
-        return StreamAnswer(self._forwarded_frames(upstream, req.route, started), status=upstream.status,
-                            release=release)
+        frames = self._forwarded_frames(upstream, req.route, started)
+        if guard is not None and meta is not None and upstream.status == 200:
+            frames = screened_events(frames, guard, forwarded_continuation(guard, meta, req.include_usage))
+        return StreamAnswer(frames, status=upstream.status, release=release)
 
     async def _forwarded_frames(self, upstream: ForwardedAnswer, route: str, started: float) -> AsyncIterator[bytes]:
         """The upstream's bytes as they arrive (its own ``data: [DONE]`` included); an upstream that
@@ -256,9 +271,9 @@ class GenerationService:
 
     # -- generated answers: the intervention's chunks, shaped as vLLM shapes them ---------------------
     async def _generated_answer(self, req: ServedRequest, meta: ResponseMeta, request: GuardRequest,
-                                decision: Decision, action: str, started: float) -> Answer:
+                                decision: Decision, action: str, started: float, guard: OutputGuard | None) -> Answer:
         headers = self._debug_headers(decision)
-        first, iterator = await self._first_chunk(request, decision)
+        first, iterator = await self._first_chunk(request, decision, guard)
         if not req.stream:
             try:
                 return JsonAnswer(encode_json(await collect_answer(meta, first, iterator)), 200, headers)
@@ -272,7 +287,7 @@ class GenerationService:
 
         return StreamAnswer(shaped_frames(meta, req.include_usage, first, iterator), headers=headers, release=release)
 
-    async def _first_chunk(self, request: GuardRequest, decision: Decision
+    async def _first_chunk(self, request: GuardRequest, decision: Decision, guard: OutputGuard | None
                            ) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:
         """The method's stream (tool calls read out of its text) and its first chunk, pulled before
         a 200 is committed: an upstream that is down gets a 502. A method that cannot keep the
@@ -280,79 +295,10 @@ class GenerationService:
         the request is then refused in the client's shape (the documented default), never answered
         with the contract silently dropped."""
         try:
-            return await _pull_first(finish_answer(request, decision.intervention.stream(
-                request, decision.verdict, decision.target, self.engine)))
+            return await pull_first(screened_chunks(finish_answer(request, decision.intervention.stream(
+                request, decision.verdict, decision.target, self.engine)), guard))
         except ContractUnsupported as exc:
             log.info("%s cannot keep the client's contract (%s): refusing", exc.method, exc.param)
             refuse = Refuse(self.pipelines.current.policy.refusal_message)  # the target's own message still wins
-            return await _pull_first(finish_answer(request, refuse.stream(request, decision.verdict, decision.target,
+            return await pull_first(finish_answer(request, refuse.stream(request, decision.verdict, decision.target,
                                                                           self.engine)))
-
-
-async def _pull_first(chunks: AsyncIterator[GenerationChunk]) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:
-    iterator = chunks.__aiter__()
-    try:
-        return await iterator.__anext__(), iterator
-    except StopAsyncIteration:
-        return None, iterator
-    except BaseException:
-        await aclose_quietly(iterator)
-        raise
-
-
-async def collect_answer(meta: ResponseMeta, first: GenerationChunk | None,
-                         rest: AsyncIterator[GenerationChunk]) -> dict[str, Any]:
-    """A whole answer from a chunk stream (``n`` choices, interleaved or not)."""
-    collector = AnswerCollector(meta)
-    if first is not None:
-        collector.feed(first)
-        async for chunk in rest:
-            collector.feed(chunk)
-    return collector.answer()
-
-
-async def shaped_frames(meta: ResponseMeta, include_usage: bool, first: GenerationChunk | None,
-                        rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[bytes]:
-    """SSE frames of a generated stream, one per event as vLLM sends them, ending as the answer
-    shape's streams end (``data: [DONE]``; nothing after ``response.completed`` for Responses); an
-    error mid-stream becomes an error frame before it."""
-    shape = meta.shape
-    shaper = shape.stream_shaper(meta, include_usage)
-    try:
-        for event in shaper.start():
-            yield shape.encode_event(event)
-        chunk = first
-        while chunk is not None:
-            for event in shaper.feed(chunk):
-                yield shape.encode_event(event)
-            try:
-                chunk = await rest.__anext__()
-            except StopAsyncIteration:
-                chunk = None
-        for event in shaper.end():
-            yield shape.encode_event(event)
-    except CLIENT_GONE:
-        raise
-    except GuardError as exc:
-        log.warning("stream ended by an error: %s", exc.message)
-        for event in shaper.held():
-            yield shape.encode_event(event)
-        yield shape.encode_event(exc.to_openai())
-    except Exception:  # noqa: BLE001
-        log.exception("stream failed")
-        yield shape.encode_event({"error": {"message": "internal error while generating", "type": "internal_error",
-                                            "param": None, "code": None}})
-    finally:
-        await aclose_quietly(rest)
-    if shape.end_of_stream:
-        yield shape.end_of_stream
-
-
-async def aclose_quietly(iterator: Any) -> None:
-    """Close an async iterator if it can be closed (an async generator: runs its ``finally``)."""
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        try:
-            await close()
-        except Exception:  # noqa: BLE001
-            log.debug("closing a generation stream failed", exc_info=True)

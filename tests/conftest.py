@@ -21,7 +21,7 @@ from guard.engines.local import LocalEngine
 from guard.engines.vllm import VllmEngine
 from guard.models import DEFAULT_SERVED_NAME, resolve_model
 from guard.paths import cache_dir, default_data_dir
-from tests.support.diagnostics import hang_report, is_timeout
+from tests.support.diagnostics import is_timeout, safe_hang_report
 
 VLLM_STARTUP_TIMEOUT_S = 600
 
@@ -122,7 +122,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.excinfo is not None and is_timeout(call.excinfo.value):
-        text = hang_report(item.config.stash.get(SESSION_LOOP, None), item.config.stash.get(VLLM_LOGS, []))
+        text = safe_hang_report(item.config.stash.get(SESSION_LOOP, None), item.config.stash.get(VLLM_LOGS, []))
         report.sections.append(("hang diagnostics", text))
         item.config.stash.setdefault(HANG_REPORTS, []).append(f"{item.nodeid}\n{text}")
 

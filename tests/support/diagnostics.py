@@ -45,7 +45,7 @@ def thread_stacks() -> str:
         if _idle(stack):
             idle += 1
             continue
-        out.write(f"--- thread {names.get(ident, ident)}\n{''.join(stack[-12:].format())}")
+        out.write(f"--- thread {names.get(ident, ident)}\n{''.join(traceback.format_list(stack[-12:]))}")
     out.write(f"({idle} idle executor workers)\n")
     return out.getvalue()
 
@@ -74,3 +74,11 @@ def log_tails(paths: Iterable[Path], chars: int = 3000) -> str:
 def hang_report(loop: asyncio.AbstractEventLoop | None, logs: Iterable[Path]) -> str:
     return (f"== threads\n{thread_stacks()}\n== pending asyncio tasks\n{task_stacks(loop)}\n"
             f"== vLLM logs\n{log_tails(logs)}\n")
+
+
+def safe_hang_report(loop: asyncio.AbstractEventLoop | None, logs: Iterable[Path]) -> str:
+    """``hang_report`` that never fails the test run itself (it runs inside a pytest hook)."""
+    try:
+        return hang_report(loop, logs)
+    except Exception as exc:  # noqa: BLE001
+        return f"(hang report failed: {type(exc).__name__}: {exc})"

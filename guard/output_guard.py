@@ -1,0 +1,192 @@
+"""Output screening in the serving path (issue #14): every answer the guard sends is screened as it
+streams, whichever path produced it (a forwarded vLLM answer, the local engine, a method).
+
+``guard.output_screen`` screens one answer's text (``AnswerScreen``: feed deltas, get back what is
+safe to send, or a hit). This module applies it to the two kinds of stream the service produces:
+
+* ``screened_chunks``: an engine/intervention ``GenerationChunk`` stream (one screen per choice);
+* ``screened_events``: a forwarded upstream's SSE events, as raw bytes (``guard.output_wire`` reads
+  the text of each event), so an unflagged answer reaches the client byte-identical, only delayed
+  by the hold-back window.
+
+On a hit the producing stream is closed at once (vLLM's request is aborted when its connection
+closes; a local generation is cancelled), ``OutputGuard.on_hit`` audits and counts it, and the
+choices that had not finished continue with ``OutputGuard.reanswer(hit)``: the target's method
+answering the request from the start (itself screened: a method answer that leaks again is
+replaced by the refusal) or the refusal. What the client already received was screened; nothing of
+the window that matched is ever sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+
+from guard.engines.base import GenerationChunk
+from guard.output_screen import AnswerScreen, OutputHit, OutputScreener, ScreenStep
+
+
+@dataclass(frozen=True)
+class ChoicePart:
+    """The text one stream item adds to choice ``index`` (``finished``: the item ends that choice)."""
+
+    index: int
+    text: str
+    tokens: int = 1
+    finished: bool = False
+
+
+class ChoiceScreens:
+    """One ``AnswerScreen`` per choice over one ordered stream of items.
+
+    An item (an SSE event, a chunk) may carry text of several choices, or none (a usage chunk,
+    ``[DONE]``); it is released once every choice it carries has released it, and never before an
+    earlier item, so the client gets the items in their order."""
+
+    def __init__(self, screener: OutputScreener) -> None:
+        self._screener = screener
+        self._screens: dict[int, AnswerScreen] = {}
+        self._order: deque[list[Any]] = deque()   # [seq, item, choices still holding it]
+        self._by_seq: dict[int, list[Any]] = {}
+        self._seq = 0
+        self.finished: set[int] = set()           # choices whose last item was fed
+        self.hit: OutputHit | None = None
+
+    @property
+    def screens(self) -> dict[int, AnswerScreen]:
+        return self._screens
+
+    def feed(self, item: Any, parts: Sequence[ChoicePart]) -> ScreenStep:
+        if self.hit is not None:
+            return ScreenStep(hit=self.hit)
+        seq, self._seq = self._seq, self._seq + 1
+        entry = [seq, item, len(parts)]
+        self._order.append(entry)
+        self._by_seq[seq] = entry
+        for part in parts:
+            screen = self._screens.get(part.index)
+            if screen is None:
+                screen = self._screens[part.index] = self._screener.start()
+            step = screen.feed(part.text, tokens=part.tokens, item=seq)
+            if step.hit is None and part.finished:
+                self.finished.add(part.index)
+                done = screen.finish()
+                step = ScreenStep(step.release + done.release, done.hit)
+            if step.hit is not None:
+                return self._stop(step.hit)
+            self._mark(step.release)
+        return ScreenStep(release=self._releasable())
+
+    def finish(self) -> ScreenStep:
+        """The stream ended: screen and release every choice's held tail (or the hit)."""
+        if self.hit is not None:
+            return ScreenStep(hit=self.hit)
+        for index, screen in self._screens.items():
+            step = screen.finish()
+            if step.hit is not None:
+                return self._stop(step.hit)
+            self._mark(step.release)
+            self.finished.add(index)
+        return ScreenStep(release=self._releasable())
+
+    def _mark(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            entry = self._by_seq.get(seq)
+            if entry is not None:
+                entry[2] -= 1
+
+    def _releasable(self) -> list[Any]:
+        out = []
+        while self._order and self._order[0][2] <= 0:
+            seq, item, _ = self._order.popleft()
+            del self._by_seq[seq]
+            out.append(item)
+        return out
+
+    def _stop(self, hit: OutputHit) -> ScreenStep:
+        self.hit = hit
+        self._order.clear()
+        self._by_seq.clear()
+        return ScreenStep(hit=hit)
+
+
+@dataclass(frozen=True)
+class OutputGuard:
+    """What one request's answer is screened with and what a hit does.
+
+    ``reanswer(hit)``: the replacement answer's chunks (the method's, or the refusal's);
+    ``on_hit(hit)``: the audit line and the metrics. ``off_loop``: the screen calls the detector
+    (``output.semantic``), so each step runs in a worker thread instead of on the event loop."""
+
+    screener: OutputScreener
+    reanswer: Callable[[OutputHit], Awaitable[AsyncIterator[GenerationChunk]]]
+    on_hit: Callable[[OutputHit], None]
+
+    @property
+    def off_loop(self) -> bool:
+        return self.screener.semantic is not None
+
+    async def step(self, screens: ChoiceScreens, item: Any, parts: Sequence[ChoicePart]) -> ScreenStep:
+        if self.off_loop:
+            return await asyncio.to_thread(screens.feed, item, parts)
+        return screens.feed(item, parts)
+
+    async def end(self, screens: ChoiceScreens) -> ScreenStep:
+        if self.off_loop:
+            return await asyncio.to_thread(screens.finish)
+        return screens.finish()
+
+
+def chunk_parts(chunk: GenerationChunk) -> list[ChoicePart]:
+    """The text of an engine chunk as the client will read it: its text and, on a choice's last
+    chunk, the tool calls' names and arguments."""
+    text = chunk.text
+    if chunk.tool_calls:
+        text += "".join(f" {call.name} {call.arguments}" for call in chunk.tool_calls)
+    return [ChoicePart(chunk.index, text, len(chunk.token_ids) or (1 if text else 0), chunk.finish_reason is not None)]
+
+
+async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputGuard | None
+                          ) -> AsyncIterator[GenerationChunk]:
+    """``chunks`` released as they pass the screen (held back by the window); on a hit, closed and
+    continued with the replacement for the choices that had not finished."""
+    if guard is None or not guard.screener.active:
+        async for chunk in chunks:
+            yield chunk
+        return
+    screens = ChoiceScreens(guard.screener)
+    released_done: set[int] = set()
+    hit: OutputHit | None = None
+    try:
+        async for chunk in chunks:
+            step = await guard.step(screens, chunk, chunk_parts(chunk))
+            for item in step.release:
+                if item.finish_reason is not None:
+                    released_done.add(item.index)
+                yield item
+            if step.hit is not None:
+                hit = step.hit
+                break
+        else:
+            step = await guard.end(screens)
+            for item in step.release:
+                yield item
+            hit = step.hit
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()  # aborts the upstream request / cancels the local generation
+    if hit is None:
+        return
+    guard.on_hit(hit)
+    replacement = await guard.reanswer(hit)
+    try:
+        async for chunk in replacement:
+            if chunk.index not in released_done:
+                yield chunk
+    finally:
+        close = getattr(replacement, "aclose", None)
+        if close is not None:
+            await close()
