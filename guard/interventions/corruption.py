@@ -10,13 +10,14 @@ Every function takes the prompt's input embeddings ``[seq, hidden]`` (fp32), a b
 * ``flip_sign_top_k``: negate the ``k`` largest-magnitude dimensions of each selected position.
 
 ``CORRUPTIONS`` maps a name to a ``Corruption`` (function + which parameters it uses);
-``validate_params`` checks a policy's ``corruption``/``sigma``/``k`` and names the bad field.
+``validate_params`` checks a policy's ``corruption``/``sigma``/``k`` and names the bad field;
+``corrupt_positions`` corrupts single rows of an *answer* with one seeded draw per position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -130,6 +131,24 @@ def get_corruption(name: str, param: str | None = None) -> Corruption:
         return CORRUPTIONS[name]
     except KeyError:
         raise ConfigError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}", param=param) from None
+
+
+ANSWER_SEED_OFFSET = 7919  # answer position p draws from seed + 7919 + p (the prompt draws from seed)
+
+
+def corrupt_positions(embeds: torch.Tensor, positions: Sequence[int], corruption: Corruption, *,
+                      sigma: float | None, k: int | None, seed: int) -> torch.Tensor:
+    """Corrupt rows ``positions`` of answer embeddings ``[len, hidden]``, each with its own generator
+    seeded ``seed + ANSWER_SEED_OFFSET + position``: a given answer position is corrupted identically
+    however often the answer is re-read (ECO's ``answer_names`` re-submits the whole answer so far
+    each time a new mention appears), and identically in teacher-forced scoring."""
+    out = embeds.clone()
+    one = torch.ones(1, dtype=torch.bool)
+    for position in sorted({int(p) for p in positions}):
+        generator = torch.Generator().manual_seed(int(seed) + ANSWER_SEED_OFFSET + position)
+        out[position:position + 1] = corruption(embeds[position:position + 1], one, sigma=sigma, k=k,
+                                                generator=generator)
+    return out
 
 
 def validate_params(name: str, sigma: float | None, k: int | None, hidden: int | None = None,

@@ -15,8 +15,23 @@ Per-target parameters (``targets.N.params``)::
     corruption: rand_noise_first_n   # | zero_out_top_k | flip_sign_top_k
     sigma: 0.6                       # noise standard deviation (rand_noise_first_n)
     k: null                          # dimensions: first k (noise; null = all) or top-k (zero/flip)
-    select: entity                   # | all_content (all_user: its older name)
+    select: entity                   # | all_content (all_user: its older name) | facts_only
+    facts: [florist, Kuwait]         # facts_only: the target's distinctive fact words (see below)
+    answer_names: false              # true: also corrupt the target's name in the model's own answer
     artifact: DIR                    # optional: output of `guard-train eco` (its chosen values)
+
+``answer_names: true`` corrupts each mention of the target's names that the model writes, as it reads
+it back for the following tokens (``guard.interventions.eco_answer``: generation restarts from the
+corrupted prompt plus the corrupted answer so far; both engines, through ``prompt_embeds`` on vLLM).
+Teacher-forced scoring (``scoring_inputs``) still corrupts the prompt only.
+
+``select: entity`` corrupts the target's name mentions, and all content when the request does not name
+the target (the detector flagged it for another reason). ``select: facts_only`` corrupts the name
+mentions and the target's distinctive fact words (``facts``: words of its forget data that questions
+about other people do not use), and **nothing** when the request holds neither: a false positive
+then gets the plain answer instead of an all-content-corrupted one (measured on tofu-mini: worst-case
+model utility 1.00x vs 0.13x with ``entity``; docs/eval.md). A flagged request with no known target
+(the fallback) is corrupted on all its content either way.
 
 Values from an artifact are the defaults; keys written in the policy override them. The artifact
 must have been searched on the served model (checked through the embedding-matrix hash).
@@ -29,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,18 +56,33 @@ from classifiers.base import Verdict
 from guard.artifacts import check_identity, read_manifest
 from guard.engines.base import Engine, GenerationChunk, RenderedPrompt
 from guard.errors import ConfigError, InvalidRequest
-from guard.interventions.base import GuardRequest, Intervention
-from guard.interventions.corruption import get_corruption, validate_params
+from guard.interventions.base import ContractUnsupported, GuardRequest, Intervention
+from guard.interventions.corruption import (
+    corrupt_positions,
+    get_corruption,
+    validate_params,
+)
+from guard.interventions.eco_answer import stream_with_answer_names
 from guard.interventions.prompts import MethodPrompt, render_for_method
 from guard.interventions.scoring import LogitsTransform
-from guard.interventions.token_selection import MODES, Selection, canonical_mode, select_tokens
+from guard.interventions.token_selection import (
+    MODES,
+    Selection,
+    canonical_mode,
+    content_regions,
+    mentions_as_read,
+    select_tokens,
+    tokens_overlapping,
+)
 from guard.policy import Policy, Target
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_KIND = "eco"
 MANIFEST = "manifest.json"
-PARAM_KEYS = ("corruption", "sigma", "k", "select", "artifact")
+PARAM_KEYS = ("corruption", "sigma", "k", "select", "facts", "answer_names", "artifact")
+FACTS_ONLY = "facts_only"
+SELECT_MODES = (*MODES, FACTS_ONLY)
 RETRAIN = "guard-train eco --policy POLICY --out DIR"
 SCORING_SEED = 0  # teacher-forced scoring without a request seed uses this one (reproducible evals)
 
@@ -63,6 +94,8 @@ class EcoConfig:
     k: int | None = None
     select: str = "entity"
     artifact: str | None = None
+    answer_names: bool = False
+    facts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +121,8 @@ def parse_params(params: Mapping[str, Any], *, where: str = "params", engine: En
     if unknown:
         raise ConfigError(f"unknown ECO parameter {unknown[0]!r}; ECO takes {', '.join(PARAM_KEYS)}",
                           param=f"{where}.{unknown[0]}")
-    values: dict[str, Any] = {"corruption": "rand_noise_first_n", "sigma": None, "k": None, "select": "entity"}
+    values: dict[str, Any] = {"corruption": "rand_noise_first_n", "sigma": None, "k": None, "select": "entity",
+                              "answer_names": False, "facts": None}
     artifact = params.get("artifact")
     if artifact is not None:
         if not isinstance(artifact, (str, Path)):
@@ -96,22 +130,62 @@ def parse_params(params: Mapping[str, Any], *, where: str = "params", engine: En
         manifest = load_artifact(artifact, engine, param=f"{where}.artifact")
         values.update({k: v for k, v in manifest["chosen"].items() if k in values})
     values.update({k: v for k, v in params.items() if k in values})
-    if values["select"] not in MODES:
-        raise ConfigError(f"select must be one of {', '.join(MODES)}, got {values['select']!r}", param=f"{where}.select")
-    values["select"] = canonical_mode(values["select"])
+    if values["select"] not in SELECT_MODES:
+        raise ConfigError(f"select must be one of {', '.join(SELECT_MODES)}, got {values['select']!r}",
+                          param=f"{where}.select")
+    if values["select"] != FACTS_ONLY:
+        values["select"] = canonical_mode(values["select"])
+    facts = _parse_facts(values["facts"], values["select"], where)
+    if not isinstance(values["answer_names"], bool):
+        raise ConfigError(f"answer_names must be true or false, got {values['answer_names']!r}",
+                          param=f"{where}.answer_names")
     if not isinstance(values["corruption"], str):
         raise ConfigError(f"corruption must be a name, got {values['corruption']!r}", param=f"{where}.corruption")
     corruption = validate_params(values["corruption"], values["sigma"], values["k"], hidden, where)
     return EcoConfig(corruption=corruption.name,
                      sigma=float(values["sigma"]) if values["sigma"] is not None else None,
                      k=values["k"], select=values["select"],
-                     artifact=str(artifact) if artifact is not None else None)
+                     artifact=str(artifact) if artifact is not None else None, answer_names=values["answer_names"],
+                     facts=facts)
+
+
+def _parse_facts(facts: Any, select: str, where: str) -> tuple[str, ...]:
+    if facts is None:
+        if select == FACTS_ONLY:
+            raise ConfigError("select: facts_only needs facts (the target's distinctive fact words, e.g. "
+                              "[florist, Kuwait]); without them only the names would be corrupted",
+                              param=f"{where}.facts")
+        return ()
+    if select != FACTS_ONLY:
+        raise ConfigError(f"facts are used only with select: facts_only (select is {select!r})", param=f"{where}.facts")
+    if not isinstance(facts, (list, tuple)) or not facts or not all(isinstance(w, str) and w.strip() for w in facts):
+        raise ConfigError(f"facts must be a non-empty list of words, got {facts!r}", param=f"{where}.facts")
+    return tuple(w.strip() for w in facts)
+
+
+def select_for_eco(rendered: RenderedPrompt, names: Sequence[str], config: EcoConfig,
+                   special_ids: Collection[int] = ()) -> Selection:
+    """The prompt positions ECO corrupts: ``select_tokens`` for entity/all_content; for facts_only the
+    mentions of the names and fact words (the detector's matcher), else nothing."""
+    if config.select != FACTS_ONLY:
+        return select_tokens(rendered, names, config.select, special_ids=special_ids)
+    n = len(rendered.token_ids)
+    regions = content_regions(rendered)
+    mentions = mentions_as_read(rendered, regions, [*names, *config.facts])
+    # and each fact word as written (whole word, any case): the matcher reads words as names, which
+    # leaves out a listed possessive form ("abilov's", "thieves'") that the measured setting corrupts
+    words = re.compile("|".join(rf"(?<!\w){re.escape(w)}(?!\w)" for w in config.facts), re.IGNORECASE)
+    for region in regions:
+        text = rendered.text[region.char_start:region.char_end]
+        mentions += [(region.char_start + m.start(), region.char_start + m.end()) for m in words.finditer(text)]
+    chosen = tokens_overlapping(rendered, mentions, special_ids) if mentions else []
+    return Selection(tuple(chosen), FACTS_ONLY if chosen else "none", tuple(sorted(set(mentions))), n)
 
 
 def corrupt_prompt(rendered: RenderedPrompt, embeds: torch.Tensor, config: EcoConfig, names: Sequence[str],
                    seed: int, special_ids: Collection[int] = ()) -> tuple[torch.Tensor, Selection]:
     """Corrupt ``embeds`` (the input embeddings of ``rendered``) as ECO does for a target with ``names``."""
-    selection = select_tokens(rendered, names, config.select, special_ids=special_ids)
+    selection = select_for_eco(rendered, names, config, special_ids)
     generator = torch.Generator().manual_seed(int(seed))
     corrupted = get_corruption(config.corruption)(embeds, selection.mask(embeds.shape[0]), sigma=config.sigma,
                                                   k=config.k, generator=generator)
@@ -163,7 +237,24 @@ class EcoIntervention(Intervention):
         prompt, selection = await asyncio.to_thread(self.method_prompt, request, target, engine, seed)
         log.debug("eco: target=%s select=%s corrupted %d/%d tokens (seed %d)", target.id if target else None,
                   selection.mode, len(selection.positions), prompt.prompt_tokens, seed)
-        async for chunk in engine.generate(prompt.input, request.params):
+        config = self.config_for(target)
+        names = target.all_names if target is not None else ()
+        if not (config.answer_names and names):
+            async for chunk in engine.generate(prompt.input, request.params):
+                yield chunk
+            return
+        if request.params.constraint is not None:
+            raise ContractUnsupported("ECO with answer_names restarts generation after each name the model writes, "
+                                      "which a constrained answer (response_format or a forced tool_choice) cannot "
+                                      "resume; send the request without it, or set the target's answer_names: false",
+                                      param="response_format", method=self.name)
+        corruption = get_corruption(config.corruption)
+
+        def corrupt_answer(embeds: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+            return corrupt_positions(embeds, positions, corruption, sigma=config.sigma, k=config.k, seed=seed)
+
+        async for chunk in stream_with_answer_names(engine, prompt.embeds(engine), request.params, names,
+                                                    corrupt_answer):
             yield chunk
 
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
@@ -189,7 +280,7 @@ def build_intervention(policy: Policy, engine: Engine) -> EcoIntervention:
     if configs:
         # a flagged request without a known target: the first ECO target's corruption, on all content
         first = next(iter(configs.values()))
-        fallback = EcoConfig(first.corruption, first.sigma, first.k, "all_content", first.artifact)
+        fallback = EcoConfig(first.corruption, first.sigma, first.k, "all_content", first.artifact, first.answer_names)
     elif policy.default_action == "eco":
         raise ConfigError("default_action is 'eco' but no target carries ECO parameters, so a flagged request "
                           "could not be corrupted; give a target action: eco with params (sigma/k or an artifact) "
