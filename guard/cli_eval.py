@@ -10,11 +10,12 @@ SUBCOMMANDS: dict[str, str] = {
     "detector": "guard.eval.cmd_detector",
     "tofu": "guard.eval.cmd_tofu",
     "rwku": "guard.eval.cmd_rwku",
+    "leak": "guard.eval.cmd_leak",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("guard-eval", "Measure the guard: detector quality, TOFU and RWKU.", SUBCOMMANDS, argv)
+    return run("guard-eval", "Measure the guard: detector quality, TOFU, RWKU and leaks on nameless questions.", SUBCOMMANDS, argv)
 
 
 if __name__ == "__main__":

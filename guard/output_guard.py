@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
+from guard.answer_stream import aclose_quietly
 from guard.engines.base import GenerationChunk
 from guard.output_screen import AnswerScreen, OutputHit, OutputScreener, ScreenStep
 
@@ -43,10 +44,15 @@ class ChoiceScreens:
 
     An item (an SSE event, a chunk) may carry text of several choices, or none (a usage chunk,
     ``[DONE]``); it is released once every choice it carries has released it, and never before an
-    earlier item, so the client gets the items in their order."""
+    earlier item, so the client gets the items in their order.
 
-    def __init__(self, screener: OutputScreener) -> None:
+    ``hold_all``: a choice's items are released only when that choice is finished and screened
+    whole (structured answers: a JSON prefix followed by a replacement would parse as neither)."""
+
+    def __init__(self, screener: OutputScreener, hold_all: bool = False) -> None:
         self._screener = screener
+        self._hold_all = hold_all
+        self._deferred: dict[int, list[int]] = {}
         self._screens: dict[int, AnswerScreen] = {}
         self._order: deque[list[Any]] = deque()   # [seq, item, choices still holding it]
         self._by_seq: dict[int, list[Any]] = {}
@@ -76,7 +82,7 @@ class ChoiceScreens:
                 step = ScreenStep(step.release + done.release, done.hit)
             if step.hit is not None:
                 return self._stop(step.hit)
-            self._mark(step.release)
+            self._mark_choice(part.index, step.release, part.finished)
         return ScreenStep(release=self._releasable())
 
     def finish(self) -> ScreenStep:
@@ -87,9 +93,18 @@ class ChoiceScreens:
             step = screen.finish()
             if step.hit is not None:
                 return self._stop(step.hit)
-            self._mark(step.release)
+            self._mark_choice(index, step.release, True)
             self.finished.add(index)
         return ScreenStep(release=self._releasable())
+
+    def _mark_choice(self, index: int, seqs: list[int], finished: bool) -> None:
+        if self._hold_all:
+            deferred = self._deferred.setdefault(index, [])
+            deferred += seqs
+            if not finished:
+                return
+            seqs = self._deferred.pop(index)
+        self._mark(seqs)
 
     def _mark(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
@@ -123,6 +138,10 @@ class OutputGuard:
     screener: OutputScreener
     reanswer: Callable[[OutputHit], Awaitable[AsyncIterator[GenerationChunk]]]
     on_hit: Callable[[OutputHit], None]
+    hold_all: bool = False   # structured answers (response_format, forced tools): released whole
+
+    def screens(self) -> ChoiceScreens:
+        return ChoiceScreens(self.screener, self.hold_all)
 
     @property
     def off_loop(self) -> bool:
@@ -156,7 +175,7 @@ async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputG
         async for chunk in chunks:
             yield chunk
         return
-    screens = ChoiceScreens(guard.screener)
+    screens = guard.screens()
     released_done: set[int] = set()
     hit: OutputHit | None = None
     try:
@@ -175,9 +194,7 @@ async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputG
                 yield item
             hit = step.hit
     finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()  # aborts the upstream request / cancels the local generation
+        await aclose_quietly(chunks)  # aborts the upstream request / cancels the local generation
     if hit is None:
         return
     guard.on_hit(hit)
@@ -187,6 +204,4 @@ async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputG
             if chunk.index not in released_done:
                 yield chunk
     finally:
-        close = getattr(replacement, "aclose", None)
-        if close is not None:
-            await close()
+        await aclose_quietly(replacement)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator
 
 from classifiers.base import Verdict
-from guard.answer_stream import collect_answer, pull_first, shaped_frames
+from guard.answer_stream import aclose_quietly, collect_answer, pull_first, shaped_frames
 from guard.engines.base import Engine, GenerationChunk
 from guard.engines.sse import encode_json
 from guard.interventions.answers import finish_answer
@@ -59,7 +59,7 @@ def output_guard(ctx: OutputContext, action: str) -> OutputGuard | None:
     if screener is None or not screener.active or action == "refuse":
         return None
     return OutputGuard(screener, lambda hit: _reanswer(ctx, hit, may_use_method=action == "pass"),
-                       lambda hit: _record(ctx, hit, action))
+                       lambda hit: _record(ctx, hit, action), hold_all=ctx.request.params.constraint is not None)
 
 
 def _record(ctx: OutputContext, hit: OutputHit, action: str) -> None:
@@ -108,9 +108,7 @@ async def _chain(first: GenerationChunk | None, rest: AsyncIterator[GenerationCh
             async for chunk in rest:
                 yield chunk
     finally:
-        close = getattr(rest, "aclose", None)
-        if close is not None:
-            await close()
+        await aclose_quietly(rest)
 
 
 def continuation_meta(meta: ResponseMeta, head: dict[str, Any]) -> ResponseMeta:
@@ -145,9 +143,7 @@ async def _skip_finished(chunks: AsyncIterator[GenerationChunk], finished: set[i
             if chunk.index not in finished:
                 yield chunk
     finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
+        await aclose_quietly(chunks)
 
 
 async def screened_forwarded_json(guard: OutputGuard, meta: ResponseMeta, data: bytes) -> bytes | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from guard.output_guard import ChoicePart, ChoiceScreens, OutputGuard
+from guard.answer_stream import aclose_quietly
+from guard.output_guard import ChoicePart, OutputGuard
 from guard.output_screen import OutputHit
 
 Continuation = Callable[[OutputHit, dict[str, Any], set[int]], AsyncIterator[bytes]]
@@ -129,7 +130,7 @@ async def screened_events(reads: AsyncIterator[bytes], guard: OutputGuard, conti
     upstream is closed (vLLM aborts the request) and ``continue_with(hit, head, finished)`` streams
     the rest (``head``: the first chunk's id/created/model; ``finished``: choices already ended)."""
     splitter = SseSplitter()
-    screens = ChoiceScreens(guard.screener)
+    screens = guard.screens()
     head: dict[str, Any] = {}
     finished: set[int] = set()
     hit: OutputHit | None = None
@@ -159,9 +160,7 @@ async def screened_events(reads: AsyncIterator[bytes], guard: OutputGuard, conti
             if hit is None and (out := sent(step.release) + splitter.rest()):
                 yield out
     finally:
-        close = getattr(reads, "aclose", None)
-        if close is not None:
-            await close()
+        await aclose_quietly(reads)
     if hit is not None:
         guard.on_hit(hit)
         async for frame in continue_with(hit, head, finished):

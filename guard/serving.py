@@ -11,10 +11,10 @@ to add the guard's ``max_tokens`` or the upstream's model name) and hands the up
 untouched. Everything else is produced from the intervention's ``GenerationChunk`` stream, shaped
 as vLLM shapes its answers (``guard.response_shapes``), so a client cannot tell which path answered.
 
-Where later features plug in (issues #13, #14): a generated answer is a typed stream
-(``AsyncIterator[GenerationChunk]``) until ``_generated_answer`` shapes it, so an output screener
-wraps that iterator (hold back, screen, abort by closing it, continue with another intervention's
-stream); the pass path's frames are one iterator (``_forwarded_frames``) a screener can wrap the same way.
+Output screening (issue #14): every answer is wrapped by the request's ``OutputGuard``
+(``guard.output_response``): a generated answer at its ``GenerationChunk`` stream
+(``guard.output_guard.screened_chunks``), a forwarded one at its SSE events or whole body
+(``guard.output_wire``); nothing of a stream reaches the client before it is screened.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ async def test_hanging_up_closes_the_upstream_stream_of_an_intervention(fake_ups
     """The same on the path where the guard generates (ECO sends prompt embeddings upstream)."""
     policy = tmp_path / "eco.yaml"
     policy.write_text(ECO_POLICY)
-    fake = await fake_upstream(tokens=64, gate=StreamGate(after_chunks=1))
+    # past the output screen's hold-back (16 tokens): the guard releases its first chunk, then hangs up
+    fake = await fake_upstream(tokens=64, gate=StreamGate(after_chunks=24))
     base = await guard_server(await fake_vllm_engine(fake), policy=str(policy))
     body = {**ESSAY, "messages": [{"role": "user", "content": "What did Zorblax Quenton write?"}]}
     async with aiohttp.ClientSession() as s:

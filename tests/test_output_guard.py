@@ -91,3 +91,10 @@ async def test_an_answer_without_the_target_is_unchanged():
     plain = words("The capital of France is Paris, a city on the Seine.")
     got = [c async for c in screened_chunks(_chunks(plain), guard)]
     assert [c.text for c in got if c.text] == plain and got[-1].finish_reason == "stop" and not hits
+
+
+def test_hold_all_releases_a_choice_only_once_it_is_finished_and_screened_whole():
+    screens = ChoiceScreens(screener(holdback=1), hold_all=True)
+    for i, text in enumerate(['{"name": ', '"Ann", ', '"age": ', "30", "}"]):
+        assert screens.feed(i, [ChoicePart(0, text)]).release == []
+    assert screens.feed(5, [ChoicePart(0, "", 0, True)]).release == [0, 1, 2, 3, 4, 5]
