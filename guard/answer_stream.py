@@ -6,15 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
-from guard.engines.base import GenerationChunk
+from guard.engines.base import Engine, GenerationChunk
 from guard.errors import GuardError
+from guard.interventions.answers import finish_answer
+from guard.interventions.base import ContractUnsupported, GuardRequest, Intervention
 from guard.response_shapes import AnswerCollector, ResponseMeta
 
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError, asyncio.CancelledError)
+
+
+async def method_answer(request: GuardRequest, intervention: Intervention, verdict: Any, target: Any, engine: Engine,
+                        refusal: Intervention, screen: Callable[[AsyncIterator[GenerationChunk]],
+                                                                AsyncIterator[GenerationChunk]] | None = None
+                        ) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:
+    """An intervention's answer (tool calls read out of its text; wrapped by ``screen``) and its first
+    chunk, pulled before anything is committed: an upstream that is down fails here. A method that
+    cannot keep the client's contract on this engine says so before its first chunk
+    (``ContractUnsupported``): ``refusal`` answers instead, in the client's shape, never the answer
+    with the contract silently dropped."""
+    try:
+        chunks = finish_answer(request, intervention.stream(request, verdict, target, engine))
+        return await pull_first(screen(chunks) if screen is not None else chunks)
+    except ContractUnsupported as exc:
+        log.info("%s cannot keep the client's contract (%s): refusing", exc.method, exc.param)
+        return await pull_first(finish_answer(request, refusal.stream(request, verdict, target, engine)))
 
 
 async def pull_first(chunks: AsyncIterator[GenerationChunk]) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:

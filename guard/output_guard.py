@@ -60,10 +60,6 @@ class ChoiceScreens:
         self.finished: set[int] = set()           # choices whose last item was fed
         self.hit: OutputHit | None = None
 
-    @property
-    def screens(self) -> dict[int, AnswerScreen]:
-        return self._screens
-
     def feed(self, item: Any, parts: Sequence[ChoicePart]) -> ScreenStep:
         if self.hit is not None:
             return ScreenStep(hit=self.hit)
@@ -198,10 +194,15 @@ async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputG
     if hit is None:
         return
     guard.on_hit(hit)
-    replacement = await guard.reanswer(hit)
+    async for chunk in skip_finished(await guard.reanswer(hit), released_done):
+        yield chunk
+
+
+async def skip_finished(chunks: AsyncIterator[GenerationChunk], finished: set[int]) -> AsyncIterator[GenerationChunk]:
+    """A replacement answer without the choices the client already saw finish (closed when done)."""
     try:
-        async for chunk in replacement:
-            if chunk.index not in released_done:
+        async for chunk in chunks:
+            if chunk.index not in finished:
                 yield chunk
     finally:
-        await aclose_quietly(replacement)
+        await aclose_quietly(chunks)

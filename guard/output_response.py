@@ -21,20 +21,18 @@ from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator
 
 from classifiers.base import Verdict
-from guard.answer_stream import aclose_quietly, collect_answer, pull_first, shaped_frames
+from guard.answer_stream import aclose_quietly, collect_answer, method_answer, pull_first, shaped_frames
 from guard.engines.base import Engine, GenerationChunk
 from guard.engines.sse import encode_json
 from guard.interventions.answers import finish_answer
-from guard.interventions.base import ContractUnsupported, GuardRequest, Intervention
-from guard.interventions.refuse import Refuse
+from guard.interventions.base import GuardRequest
 from guard.metrics import GuardMetrics
-from guard.output_guard import OutputGuard, screened_chunks
+from guard.output_guard import OutputGuard, screened_chunks, skip_finished
 from guard.output_screen import OutputHit
 from guard.output_wire import answer_texts
 from guard.pipeline import Pipeline
 from guard.response_shapes import ResponseMeta
 
-log = logging.getLogger(__name__)
 audit_log = logging.getLogger("guard.audit")
 
 STOPPED_MESSAGE = "the answer was stopped by the guard's output screen"
@@ -73,10 +71,6 @@ def _record(ctx: OutputContext, hit: OutputHit, action: str) -> None:
     audit_log.info(json.dumps(record, ensure_ascii=False))
 
 
-def _refusal(ctx: OutputContext) -> Intervention:
-    return ctx.pipeline.interventions.get("refuse") or Refuse(ctx.pipeline.policy.refusal_message)
-
-
 async def _reanswer(ctx: OutputContext, hit: OutputHit, *, may_use_method: bool) -> AsyncIterator[GenerationChunk]:
     """The replacement answer's chunks: the target's method (screened; a second hit is refused) or
     the refusal. A method that cannot keep the client's contract is the refusal too."""
@@ -90,15 +84,11 @@ async def _reanswer(ctx: OutputContext, hit: OutputHit, *, may_use_method: bool)
     verdict = Verdict(flagged=True, target_id=hit.target_id, score=1.0, detail={"output": hit.reason})
     method = ctx.pipeline.interventions.get(policy.action_for(hit.target_id))
     if may_use_method and hit.action == "method" and method is not None:
-        try:
-            stream = finish_answer(ctx.request, method.stream(ctx.request, verdict, target, ctx.engine))
-            first, rest = await pull_first(stream)
-        except ContractUnsupported as exc:
-            log.info("%s cannot keep the client's contract (%s): refusing", exc.method, exc.param)
-        else:
-            again = output_guard(ctx, policy.action_for(hit.target_id))
-            return screened_chunks(_chain(first, rest), again)
-    return finish_answer(ctx.request, _refusal(ctx).stream(ctx.request, verdict, target, ctx.engine))
+        again = output_guard(ctx, policy.action_for(hit.target_id))
+        first, rest = await method_answer(ctx.request, method, verdict, target, ctx.engine, ctx.pipeline.refusal(),
+                                          lambda chunks: screened_chunks(chunks, again))
+        return _chain(first, rest)
+    return finish_answer(ctx.request, ctx.pipeline.refusal().stream(ctx.request, verdict, target, ctx.engine))
 
 
 async def _chain(first: GenerationChunk | None, rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
@@ -125,25 +115,16 @@ def forwarded_continuation(guard: OutputGuard, meta: ResponseMeta, include_usage
 
     async def continue_with(hit: OutputHit, head: dict[str, Any], finished: set[int]) -> AsyncIterator[bytes]:
         shape = meta.shape
-        if shape.end_of_stream == b"":  # a Responses stream: no continuation mid-response
+        if not shape.resumable:  # a Responses stream: no continuation mid-response
             yield shape.encode_event({"error": {"message": STOPPED_MESSAGE, "type": "output_screened",
                                                 "param": None, "code": "output_screened"}})
             return
         chunks = await guard.reanswer(hit)
-        first, rest = await pull_first(_skip_finished(chunks, finished))
+        first, rest = await pull_first(skip_finished(chunks, finished))
         async for frame in shaped_frames(continuation_meta(meta, head), include_usage, first, rest, resume=True):
             yield frame
 
     return continue_with
-
-
-async def _skip_finished(chunks: AsyncIterator[GenerationChunk], finished: set[int]) -> AsyncIterator[GenerationChunk]:
-    try:
-        async for chunk in chunks:
-            if chunk.index not in finished:
-                yield chunk
-    finally:
-        await aclose_quietly(chunks)
 
 
 async def screened_forwarded_json(guard: OutputGuard, meta: ResponseMeta, data: bytes) -> bytes | None:

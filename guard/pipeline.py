@@ -26,6 +26,7 @@ from classifiers.limits import LENGTH_PARAM
 from guard.engines.base import Engine
 from guard.errors import GuardError, InvalidRequest, ScreeningUnavailable
 from guard.interventions.base import Intervention
+from guard.interventions.refuse import Refuse
 from guard.interventions.registry import build_interventions
 from guard.output_screen import OutputScreener, build_output_screener
 from guard.policy import Policy, Target, empty_policy, load_policy
@@ -78,6 +79,11 @@ class Pipeline:
             worker.start()  # building a trained detector takes seconds: not on the first large request
         return cls(policy=policy, detector=detector, interventions=interventions, source=source,
                    worker=worker, output_screener=build_output_screener(policy, detector))
+
+    def refusal(self) -> Intervention:
+        """The policy's refusal (a flagged target's own ``refusal_message`` still wins in ``stream``):
+        what answers when a method cannot keep the client's contract or an answer leaks."""
+        return self.interventions.get("refuse") or Refuse(self.policy.refusal_message)
 
     def _screen_now(self, texts: list[str], deadline: Deadline) -> Verdict:
         """Runs in a worker thread: a large request in the screening process when it is up, the

@@ -96,6 +96,8 @@ class AnswerShape:
     object: str
     chunk_object: str
     end_of_stream: bytes = DONE  # what a stream ends with
+    # another generator's chunks may continue a stream already begun (no ids or sequence numbers tie them)
+    resumable: bool = True
 
     def new_id(self) -> str:
         return f"{self.id_prefix}-{uuid.uuid4().hex}"

@@ -123,6 +123,7 @@ def response_object(meta: ResponseMeta, choice: Choice | None, prompt_tokens: in
 class ResponsesShape(AnswerShape):
     id_prefix, object, chunk_object = "resp", "response", "response"
     end_of_stream = b""  # a Responses stream ends with its response.completed event
+    resumable = False  # its events carry item ids and sequence numbers
 
     def new_id(self) -> str:
         return f"resp_{uuid.uuid4().hex}"

@@ -26,16 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from guard.answer_stream import CLIENT_GONE, aclose_quietly, collect_answer, pull_first, shaped_frames
+from guard.answer_stream import CLIENT_GONE, aclose_quietly, collect_answer, method_answer, shaped_frames
 from guard.config import Settings
-from guard.engines.base import Engine, GenerationChunk
+from guard.engines.base import Engine
 from guard.engines.forwarding import ForwardedAnswer
 from guard.engines.openai_sampling import SamplingLimits
 from guard.engines.sse import DONE, encode_json, frame
 from guard.errors import ContextLengthExceeded, GuardError, NotFound, UpstreamError
-from guard.interventions.answers import finish_answer
-from guard.interventions.base import ContractUnsupported, GuardRequest
-from guard.interventions.refuse import Refuse
+from guard.interventions.base import GuardRequest, Intervention
 from guard.metrics import GuardMetrics
 from guard.output_guard import OutputGuard, screened_chunks
 from guard.output_response import OutputContext, forwarded_continuation, output_guard, screened_forwarded_json
@@ -154,7 +152,8 @@ class GenerationService:
                 answer = await self._forward(req, body, raw, params.max_tokens, started, guard, meta)
             else:
                 assert meta is not None
-                answer = await self._generated_answer(req, meta, request, decision, action, started, guard)
+                answer = await self._generated_answer(req, meta, request, decision, action, started, guard,
+                                                      pipeline.refusal())
             status = answer.status
             if isinstance(answer, StreamAnswer):  # counted when the stream ends
                 sent = str(answer.status)
@@ -271,9 +270,12 @@ class GenerationService:
 
     # -- generated answers: the intervention's chunks, shaped as vLLM shapes them ---------------------
     async def _generated_answer(self, req: ServedRequest, meta: ResponseMeta, request: GuardRequest,
-                                decision: Decision, action: str, started: float, guard: OutputGuard | None) -> Answer:
+                                decision: Decision, action: str, started: float, guard: OutputGuard | None,
+                                refusal: Intervention) -> Answer:
         headers = self._debug_headers(decision)
-        first, iterator = await self._first_chunk(request, decision, guard)
+        # pulled before a 200 is committed: an upstream that is down gets a 502
+        first, iterator = await method_answer(request, decision.intervention, decision.verdict, decision.target,
+                                              self.engine, refusal, lambda chunks: screened_chunks(chunks, guard))
         if not req.stream:
             try:
                 return JsonAnswer(encode_json(await collect_answer(meta, first, iterator)), 200, headers)
@@ -286,19 +288,3 @@ class GenerationService:
             await aclose_quietly(iterator)
 
         return StreamAnswer(shaped_frames(meta, req.include_usage, first, iterator), headers=headers, release=release)
-
-    async def _first_chunk(self, request: GuardRequest, decision: Decision, guard: OutputGuard | None
-                           ) -> tuple[GenerationChunk | None, AsyncIterator[GenerationChunk]]:
-        """The method's stream (tool calls read out of its text) and its first chunk, pulled before
-        a 200 is committed: an upstream that is down gets a 502. A method that cannot keep the
-        client's contract on this engine says so before its first chunk (``ContractUnsupported``):
-        the request is then refused in the client's shape (the documented default), never answered
-        with the contract silently dropped."""
-        try:
-            return await pull_first(screened_chunks(finish_answer(request, decision.intervention.stream(
-                request, decision.verdict, decision.target, self.engine)), guard))
-        except ContractUnsupported as exc:
-            log.info("%s cannot keep the client's contract (%s): refusing", exc.method, exc.param)
-            refuse = Refuse(self.pipelines.current.policy.refusal_message)  # the target's own message still wins
-            return await pull_first(finish_answer(request, refuse.stream(request, decision.verdict, decision.target,
-                                                                          self.engine)))

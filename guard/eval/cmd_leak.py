@@ -64,7 +64,8 @@ async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
     from classifiers.loader import build_detector
     from guard.engines.base import SamplingParams
     from guard.engines.local import LocalEngine
-    from guard.eval.leak import SYSTEMS, answer_probe, report_lines, results_json, summarise, write_json_atomic
+    from guard.atomic import write_json, write_text
+    from guard.eval.leak import SYSTEMS, answer_probe, report_lines, results_json, summarise
     from guard.eval.nameless_probes import nameless_probes
     from guard.models import resolve_model, served_name_for
     from guard.pipeline import Pipeline
@@ -91,9 +92,9 @@ async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
                 "samples": args.samples, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, "probes": len(probes), "command": command_line("guard-eval", "leak")}
     summary = summarise(results)
-    write_json_atomic(args.out / "results.json", results_json(results, summary, settings))
+    write_json(args.out / "results.json", results_json(results, summary, settings))
     report = "\n".join(report_lines(summary, settings)) + "\n"
-    (args.out / "report.md").write_text(report)
+    write_text(args.out / "report.md", report)
     print(report)
     return summary
 

@@ -20,12 +20,8 @@ guard acted.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 from classifiers.base import Verdict
@@ -94,14 +90,6 @@ def summarise(results: Sequence[ProbeResult]) -> dict[str, dict[str, Any]]:
                            "named": sum(any(r.named) for r in rows),
                            "rouge": sum(any(x >= LEAK_ROUGE for x in r.rouge) for r in rows)}
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 def report_lines(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list[str]:
