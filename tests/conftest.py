@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,14 +21,11 @@ from guard.engines.vllm import VllmEngine
 from guard.models import DEFAULT_SERVED_NAME, resolve_model
 from guard.paths import cache_dir, default_data_dir
 from tests.support.diagnostics import is_timeout, safe_hang_report
+from tests.support.ports import free_port
+from tests.support.selector_audit import catch_stale_reuse, drop_stale, stale_entries
+from tests.support.watchdog import HangWatch
 
 VLLM_STARTUP_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +98,35 @@ def start_vllm(model_path: Path, *, port: int, served_name: str, prompt_embeds: 
 SESSION_LOOP = pytest.StashKey[asyncio.AbstractEventLoop]()
 VLLM_LOGS = pytest.StashKey[list[Path]]()
 HANG_REPORTS = pytest.StashKey[list[str]]()
+HANG_WATCH = pytest.StashKey[HangWatch]()
+TEST_STARTED = pytest.StashKey[float]()
+STALE_SELECTOR = pytest.StashKey[list[str]]()
+STALE_REUSE = pytest.StashKey[list[str]]()
 
 
 @pytest_asyncio.fixture(scope="session", autouse=True)
-async def _remember_session_loop(request: pytest.FixtureRequest) -> None:
-    request.config.stash[SESSION_LOOP] = asyncio.get_running_loop()
+async def _remember_session_loop(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    request.config.stash[SESSION_LOOP] = loop
+    catch_stale_reuse(loop, request.config.stash.setdefault(STALE_REUSE, []))
+    watch = HangWatch(loop)
+    watch.start()
+    request.config.stash[HANG_WATCH] = watch
+    yield
+    watch.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    item.stash[TEST_STARTED] = time.monotonic()
+    yield
+    loop = item.config.stash.get(SESSION_LOOP, None)
+    stale = stale_entries(loop)
+    if stale and loop is not None:
+        # Named here, then forgotten: left in place, the next server given one of these numbers
+        # would listen without the loop ever hearing of a connection (the CI hang).
+        item.config.stash.setdefault(STALE_SELECTOR, []).append(f"{item.nodeid}\n" + "\n".join(stale.values()))
+        drop_stale(loop, list(stale))
 
 
 def vllm_log_path(request: pytest.FixtureRequest, folder: Path) -> Path:
@@ -123,6 +143,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = outcome.get_result()
     if report.failed and call.excinfo is not None and is_timeout(call.excinfo.value):
         text = safe_hang_report(item.config.stash.get(SESSION_LOOP, None), item.config.stash.get(VLLM_LOGS, []))
+        watch = item.config.stash.get(HANG_WATCH, None)
+        if watch is not None:
+            text = f"== stuck while the test ran (recorded then)\n{watch.report(item.stash.get(TEST_STARTED, 0.0))}\n{text}"
         report.sections.append(("hang diagnostics", text))
         item.config.stash.setdefault(HANG_REPORTS, []).append(f"{item.nodeid}\n{text}")
 
@@ -133,6 +156,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for text in config.stash.get(HANG_REPORTS, []):
         terminalreporter.write_sep("=", "hang diagnostics")
         terminalreporter.write_line(text[-12000:])
+    watch = config.stash.get(HANG_WATCH, None)
+    if watch is not None and watch.forks:
+        terminalreporter.write_sep("=", f"the test process forked {len(watch.forks)} time(s) without exec; first at")
+        terminalreporter.write_line(watch.forks[0])
+    for text in config.stash.get(STALE_SELECTOR, []):
+        terminalreporter.write_sep("=", "a test left closed descriptors registered with the event loop")
+        terminalreporter.write_line(text)
+    for text in config.stash.get(STALE_REUSE, []):
+        terminalreporter.write_sep("=", "a descriptor landed on a stale event-loop entry (repaired; it would have hung)")
+        terminalreporter.write_line(text)
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +212,7 @@ async def guard_server() -> AsyncIterator[GuardFactory]:
     async def start(engine: Any, *, detector_factory: Any = None, **overrides: Any) -> str:
         settings = load_settings(None, overrides, environ={})
         app = build_app(settings, engine=engine, detector_factory=detector_factory)
-        server = TestServer(app, host="127.0.0.1", port=free_port())
+        server = TestServer(app, host="127.0.0.1")  # port 0: bound by the kernel, no race
         await server.start_server()
         servers.append(server)
         return str(server.make_url("/v1"))

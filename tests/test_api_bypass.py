@@ -25,7 +25,6 @@ from guard.engines.vllm import VllmEngine
 from guard.eval.bypass import ATTACKS, split_point, tofu_probes
 from guard.models import DEFAULT_SERVED_NAME
 from guard.policy import load_policy
-from tests.conftest import free_port
 
 MODEL = DEFAULT_SERVED_NAME
 FORGET_Q = "What themes does Nikolai Abilov commonly explore in his works?"
@@ -35,7 +34,7 @@ OTHER_Q = "Who wrote the play 'Romeo and Juliet'?"
 @pytest.fixture
 async def guarded(default_model_path, guard_server, tofu01_detectors):
     policy_path, _ = tofu01_detectors
-    fake = TestServer(build_fake_app(tokens=4, delay_s=0), host="127.0.0.1", port=free_port())
+    fake = TestServer(build_fake_app(tokens=4, delay_s=0), host="127.0.0.1")
     await fake.start_server()
     engine = VllmEngine(str(fake.make_url("")), default_model_path, MODEL, upstream_model=MODEL)
     await engine.start()

@@ -17,14 +17,14 @@ from guard.engines.base import PromptInput, SamplingParams
 from guard.engines.vllm import VllmEngine
 from guard.errors import UpstreamError
 from guard.models import DEFAULT_SERVED_NAME
-from tests.conftest import free_port
+from tests.support.ports import RefusedPort
 
 MODEL = DEFAULT_SERVED_NAME
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 async def _serve(app: web.Application, port: int | None = None) -> TestServer:
-    server = TestServer(app, host="127.0.0.1", port=port or free_port())
+    server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     return server
 
@@ -55,7 +55,8 @@ async def guard_on(default_model_path, guard_server):
 
 
 async def test_upstream_down_is_502_and_health_says_so(default_model_path, guard_server, sdk):
-    engine = VllmEngine(f"http://127.0.0.1:{free_port()}", default_model_path, MODEL, upstream_model=MODEL)
+    down = RefusedPort()
+    engine = VllmEngine(down.url, default_model_path, MODEL, upstream_model=MODEL)
     await engine.start()
     try:
         base = await guard_server(engine)

@@ -15,7 +15,7 @@ from guard.engines.context import ContextWindow, max_chars_per_token
 from guard.engines.vllm import VllmEngine
 from guard.errors import ContextLengthExceeded
 from guard.models import DEFAULT_SERVED_NAME
-from tests.conftest import free_port
+from tests.support.ports import RefusedPort
 
 
 def _adversarial_texts() -> list[str]:
@@ -85,7 +85,7 @@ async def test_vllm_engine_learns_max_model_len_from_the_upstream(default_model_
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     engine = VllmEngine(str(server.make_url("")), default_model_path, None, upstream_model=DEFAULT_SERVED_NAME,
                         health_interval_s=3600)
@@ -103,7 +103,8 @@ async def test_vllm_engine_learns_max_model_len_from_the_upstream(default_model_
 
 async def test_vllm_engine_falls_back_to_the_model_config(default_model_path):
     """Upstream down at start-up: the local model's max_position_embeddings until it answers."""
-    engine = VllmEngine(f"http://127.0.0.1:{free_port()}", default_model_path, DEFAULT_SERVED_NAME,
+    down = RefusedPort()
+    engine = VllmEngine(down.url, default_model_path, DEFAULT_SERVED_NAME,
                         upstream_model=DEFAULT_SERVED_NAME, health_interval_s=3600)
     await engine.start()
     try:

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 from benchmarks.fake_upstream import StreamGate, build_fake_app
 from guard.engines.vllm import VllmEngine
 from guard.models import DEFAULT_SERVED_NAME
-from tests.conftest import free_port
+from tests.support.ports import RefusedPort
 
 MODEL = DEFAULT_SERVED_NAME
 ADMIN_KEY = "admin-key-for-tests"
@@ -19,7 +19,7 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 
 
 async def _fake(port: int | None = None, delay_s: float = 0.01) -> TestServer:
-    server = TestServer(build_fake_app(tokens=8, delay_s=delay_s), host="127.0.0.1", port=port or free_port())
+    server = TestServer(build_fake_app(tokens=8, delay_s=delay_s), host="127.0.0.1", port=port)
     await server.start_server()
     return server
 
@@ -52,8 +52,8 @@ async def test_least_outstanding_spreads_concurrent_load(default_model_path, gua
 
 async def test_failover_health_and_recovery(default_model_path, guard_server):
     alive = await _fake()
-    dead_port = free_port()
-    engine = VllmEngine([f"http://127.0.0.1:{dead_port}", str(alive.make_url(""))], default_model_path, MODEL,
+    closed_port = RefusedPort()
+    engine = VllmEngine([closed_port.url, str(alive.make_url(""))], default_model_path, MODEL,
                         upstream_model=MODEL, health_interval_s=0.2)
     await engine.start()
     revived = None
@@ -66,7 +66,7 @@ async def test_failover_health_and_recovery(default_model_path, guard_server):
             health = await r.json()
         assert r.status == 200 and [x["healthy"] for x in health["engine"]["replicas"]] == [False, True]
 
-        revived = await _fake(port=dead_port)
+        revived = await _fake(port=closed_port.release())
         for _ in range(300):  # polls every 0.1 s; the bound only ends a failing run
             if dead.healthy:
                 break
@@ -82,7 +82,8 @@ async def test_failover_health_and_recovery(default_model_path, guard_server):
 
 
 async def test_all_replicas_down_is_502(default_model_path, guard_server):
-    engine = VllmEngine([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"], default_model_path,
+    down_a, down_b = RefusedPort(), RefusedPort()
+    engine = VllmEngine([down_a.url, down_b.url], default_model_path,
                         MODEL, upstream_model=MODEL)
     await engine.start()
     try:

@@ -31,7 +31,7 @@ from guard.interventions.eco import EcoConfig, EcoIntervention, build_interventi
 from guard.interventions.token_selection import find_mentions, select_tokens
 from guard.models import DEFAULT_SERVED_NAME
 from guard.policy import load_policy, parse_policy
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 MODEL = DEFAULT_SERVED_NAME
 BASIL = "Basil Mahfouz Al-Kuwaiti"
@@ -434,7 +434,7 @@ async def fake_no_embeds_upstream():
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("")).rstrip("/")
     await server.close()
@@ -468,7 +468,7 @@ async def test_other_embedding_errors_are_not_blamed_on_the_flag(default_model_p
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     engine = VllmEngine(str(server.make_url("")).rstrip("/"), default_model_path, None)
     await engine.start()

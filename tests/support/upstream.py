@@ -15,7 +15,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from benchmarks.fake_upstream import MODEL, RecordedRequest, RequestLog, StreamGate, build_fake_app
-from tests.conftest import free_port
 
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
@@ -79,6 +78,6 @@ async def start_fake_upstream(*, tokens: int = 4, delay_s: float = 0.0, gate: St
     # handler_cancellation (TestServer's default, as in `guard serve`): a handler ends when its peer hangs up
     app = build_fake_app(tokens, delay_s, model, log=log, gate=gate)
     app.router.add_post("/v1/responses", _responses_handler(tokens, model))
-    server = TestServer(app, host="127.0.0.1", port=port or free_port())
+    server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     return FakeUpstream(server, log, gate)
