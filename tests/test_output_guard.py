@@ -98,3 +98,37 @@ def test_hold_all_releases_a_choice_only_once_it_is_finished_and_screened_whole(
     for i, text in enumerate(['{"name": ', '"Ann", ', '"age": ', "30", "}"]):
         assert screens.feed(i, [ChoicePart(0, text)]).release == []
     assert screens.feed(5, [ChoicePart(0, "", 0, True)]).release == [0, 1, 2, 3, 4, 5]
+
+
+def test_items_fed_in_batches_are_released_as_fed_one_by_one_by_the_batchs_end():
+    """Two interleaved choices, fed as one read's worth at a time: after each batch, the items
+    released so far are those one-by-one feeding had released after the batch's last item."""
+    items = []
+    for i, (a, b) in enumerate(zip(words("The sea is wide and deep and full of life in every part of it ."),
+                                   words("Mountains rise high above the plains where rivers run to the sea ."))):
+        items += [(2 * i, [ChoicePart(0, a)]), (2 * i + 1, [ChoicePart(1, b)])]
+    items += [(len(items), [ChoicePart(0, "", 0, True), ChoicePart(1, "", 0, True)]), (len(items) + 1, [])]
+    one = ChoiceScreens(screener(holdback=4))
+    after_each = []
+    released: list[int] = []
+    for item, parts in items:
+        released += one.feed(item, parts).release
+        after_each.append(list(released))
+    assert released == list(range(len(items)))
+    for size in (2, 5, 9):
+        batched = ChoiceScreens(screener(holdback=4))
+        got: list[int] = []
+        for first in range(0, len(items), size):
+            step = batched.feed_many(items[first:first + size])
+            assert step.hit is None
+            got += step.release
+            assert got == after_each[min(first + size, len(items)) - 1]
+        assert got + batched.finish().release == list(range(len(items)))
+
+
+def test_a_name_completed_within_a_batch_stops_the_batch_before_any_of_it_is_released():
+    screens = ChoiceScreens(screener(holdback=2))
+    assert screens.feed_many([(0, [ChoicePart(0, "Sure, ")]), (1, [ChoicePart(1, "Yes. ")])]).hit is None
+    step = screens.feed_many([(i, [ChoicePart(0, text)]) for i, text in
+                              enumerate(["it ", "is ", "Basil ", "Mahfouz ", "Al-Kuwaiti ", "indeed."], start=2)])
+    assert step.hit is not None and step.hit.leaked_chars == 0 and screens.feed(9, []).hit is step.hit

@@ -100,3 +100,70 @@ async def test_a_leaking_stream_is_cut_and_continued_under_the_upstreams_id():
     assert b"Basil" not in out and out.endswith(b"data: [DONE]\n\n") and out.count(b"[DONE]") == 1
     assert closed == [True] and len(hits) == 1 and hits[0].leaked_chars == 0
     assert seen == {"head": {"id": "chatcmpl-up", "created": 7, "model": "m"}, "finished": set()}
+
+
+async def test_events_coalesced_into_one_read_are_screened_together_and_released_unchanged():
+    """Under load one read carries several events: they are screened in one step, and an unflagged
+    stream still comes out byte for byte, whatever the reads' boundaries."""
+    text = "The sea covers most of the planet and holds most of its water, salt and life. " * 6
+    events = [chat_event(0, "", role="assistant")] + [chat_event(0, w + " ") for w in text.split()]
+    events += [chat_event(0, "", finish="stop"), b"data: [DONE]\n\n"]
+    stream = b"".join(events)
+
+    async def never(hit, head, finished):
+        raise AssertionError("no hit expected")
+        yield b""
+
+    for per_read in (1, 3, 16, len(events)):
+        reads = [b"".join(events[i:i + per_read]) for i in range(0, len(events), per_read)]
+        closed, hits = [], []
+        out = b"".join([b async for b in screened_events(_reads(reads, closed), _guard(hits), never)])
+        assert out == stream and closed == [True] and not hits
+    rng = random.Random(5)
+    cuts = sorted(rng.sample(range(1, len(stream)), 40))
+    reads = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    out = b"".join([b async for b in screened_events(_reads(reads, []), _guard([]), never)])
+    assert out == stream
+
+
+async def test_a_name_spread_over_the_events_of_one_read_is_cut_before_any_of_it_is_sent():
+    words = ["Sure", ", ", "the ", "author ", "is ", "B", "as", "il ", "Mah", "fo", "uz ", "Al", "-K", "uw", "ait", "i", "."]
+    events = [chat_event(0, w) for w in words] + [chat_event(0, "", finish="stop"), b"data: [DONE]\n\n"]
+    reads = [b"".join(events[:5]), b"".join(events[5:])]   # the name arrives whole in one read
+
+    async def continue_with(hit, head, finished):
+        yield b"data: [DONE]\n\n"
+
+    hits: list = []
+    out = b"".join([b async for b in screened_events(_reads(reads, []), _guard(hits), continue_with)])
+    assert b'"B"' not in out and b"Mah" not in out and len(hits) == 1 and hits[0].leaked_chars == 0
+
+
+async def test_a_line_separator_inside_an_events_json_does_not_hide_its_text():
+    """U+2028, U+0085 and the like are not SSE line ends (a JSON string may hold them raw, as vLLM
+    writes non-ASCII): the event's text is read and screened like any other."""
+    for separator in ("\u2028", "\u0085", "\x1c"):
+        obj = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 7, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": f"It is{separator}{NAME}."}, "finish_reason": None}]}
+        event = b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+        assert event_parts(event_json(event)) == [ChoicePart(0, f"It is{separator}{NAME}.")]
+        crlf = b"event: message\r\n" + event[:-2] + b"\r\n\r\n"   # the general path reads it too
+        assert event_parts(event_json(crlf)) == [ChoicePart(0, f"It is{separator}{NAME}.")]
+
+        async def continue_with(hit, head, finished):
+            yield b"data: [DONE]\n\n"
+
+        hits: list = []
+        out = b"".join([b async for b in screened_events(_reads([event, b"data: [DONE]\n\n"], []), _guard(hits),
+                                                         continue_with)])
+        assert NAME.encode() not in out and len(hits) == 1
+
+
+def test_event_json_reads_single_and_multi_line_data_alike():
+    obj = {"choices": [{"index": 0, "text": "caf\u00e9"}]}
+    one = b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    assert event_json(one) == obj
+    assert event_json(b'data: {"choices":\ndata: [{"index": 0, "text": "caf\xc3\xa9"}]}\n\n') == obj
+    assert event_json(b": keep-alive\n\n") is None and event_json(b"data: [DONE]\n\n") is None
+    assert event_json(b"data: [1, 2]\n\n") is None and event_json(b"data: {not json\n\n") is None
+    assert event_json(b'data: {"t": "\xff"}\n\n') == {"t": "\ufffd"}   # not UTF-8: read as a client's decoder reads it

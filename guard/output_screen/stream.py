@@ -16,7 +16,10 @@ the end of the sentence (capped at ``sentence_words`` words) the detector has ju
 Work per step is bounded: each step matches names/dates/titles in the text since the last screened
 word boundary plus ``context_chars`` of text before it (so a match that straddles the boundary is
 seen), and the semantic stage judges each sentence once. Total work is linear in the answer's
-length; memory holds the unreleased text plus the context.
+length; memory holds the unreleased text plus the context. Deltas that arrive together (one network
+read of several events) are fed with ``feed_many`` and screened in one step: what it releases had
+the whole batch behind it when screened, so it is screened at least as far ahead as feeding them one
+by one would have, and the matcher's fixed cost per step is paid once per batch.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from __future__ import annotations
 import bisect
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from classifiers.base import Deadline, Detector
 from guard.output_screen.matchers import SEMANTIC, NameFactMatcher
@@ -64,8 +67,7 @@ class ScreenStep:
     hit: OutputHit | None = None
 
 
-@dataclass(frozen=True)
-class _Chunk:
+class _Chunk(NamedTuple):   # a tuple: one is made per delta
     start: int
     end: int
     tokens: int
@@ -146,15 +148,28 @@ class AnswerScreen:
         with ``text=""`` and keeps its place). Returns the items now safe to send, or the hit."""
         if self.hit is not None:
             return ScreenStep(hit=self.hit)
+        self._add(text, tokens, item)
+        return self._step(final=False)
+
+    def feed_many(self, deltas: Iterable[tuple[str, int, Any]]) -> ScreenStep:
+        """Several deltas (``(text, tokens, item)``, as for ``feed``) that arrived together, screened in
+        one step: the same release and hit ``feed`` gives for the last of them, once."""
+        if self.hit is not None:
+            return ScreenStep(hit=self.hit)
+        for text, tokens, item in deltas:
+            self._add(text, tokens, item)
+        return self._step(final=False)
+
+    def _add(self, text: str, tokens: int, item: Any) -> None:
         if text or tokens or item is not None:
+            end = self._end + len(text)
             self._chunk_starts.append(self._end)
             self._chunk_tokens.append(self._tokens)
-            self._pending.append(_Chunk(self._end, self._end + len(text), tokens, text if item is None else item))
+            self._pending.append(_Chunk(self._end, end, tokens, text if item is None else item))
             self._pending_tokens += tokens
             self._tail += text
-            self._end += len(text)
+            self._end = end
             self._tokens += tokens
-        return self._step(final=False)
 
     def finish(self) -> ScreenStep:
         """The answer is complete: screen the held tail and release it, or the hit."""
@@ -185,14 +200,19 @@ class AnswerScreen:
         return ScreenStep(release=out)
 
     def _word_boundary(self) -> int:
-        """End of the last complete word fed (the offset after the last non-word character); the end
-        itself once more than ``context_chars`` have come without one (text without spaces: names in
-        it match inside running text, and the next window re-reads the end with its context)."""
-        lo = max(self._scanned_end, self._tail_start) - self._tail_start
-        for i in range(len(self._tail) - 1, lo - 1, -1):
-            if _NON_WORD.match(self._tail, i):
-                return self._tail_start + i + 1
-        return self._end if self._end - self._scanned_end > self._s.context_chars else self._scanned_end
+        """End of the last complete word fed (the offset after the last non-word character), or the
+        end itself when the last word is longer than ``context_chars`` (text without spaces: names in
+        it match inside running text, and the next window re-reads the end with its context). It
+        depends only on the text fed, not on how it was fed: a batch of deltas is screened to where
+        the last of them fed one by one would have been screened."""
+        reach = self._s.context_chars
+        tail, base = self._tail, self._tail_start
+        stop = max(0, len(tail) - reach - 1)
+        for i in range(len(tail) - 1, stop - 1, -1):
+            if _NON_WORD.match(tail, i):
+                return max(self._scanned_end, base + i + 1)
+        at_start = base + stop == 0   # searched back to the answer's start, which is a boundary
+        return max(self._scanned_end, 0 if at_start and self._end <= reach else self._end)
 
     def _match_names(self, scan_end: int) -> OutputHit | None:
         """Names/dates/titles in the text since the last boundary plus ``context_chars`` before it."""
@@ -271,7 +291,7 @@ class AnswerScreen:
 
     def _trim(self) -> None:
         """Drop text nothing will read again (keeps the window bounded)."""
-        keep_from = min(self._scanned_end - self._s.context_chars, self._unit_start,
+        keep_from = min(self._scanned_end - self._s.context_chars - 1, self._unit_start,
                         self._pending[0].start if self._pending else self._end)
         if keep_from > self._tail_start + 4096:
             self._tail = self._tail[keep_from - self._tail_start:]

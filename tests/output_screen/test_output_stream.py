@@ -173,3 +173,67 @@ def test_a_sentence_the_semantic_stage_cannot_judge_goes_to_the_fail_mode(screen
         assert (step.hit or done.hit) is not None and (step.hit or done.hit).reason == UNSCREENED
     else:
         assert done.hit is None and step.release + done.release == ["A plain sentence. "] and answer.unscreened_sentences == 1
+
+
+
+def _batches(screener: OutputScreener, deltas: Sequence[str], size: int, tokens: int = 1):
+    """Deltas fed ``size`` at a time (``feed_many``; ``size`` 1: ``feed``): per batch, the items released
+    so far, and the hit (or None) with the index of the batch it came at."""
+    answer = screener.start()
+    released: list[object] = []
+    progress: list[list[object]] = []
+    for b, first in enumerate(range(0, len(deltas), size)):
+        batch = [(d, tokens, i) for i, d in enumerate(deltas[first:first + size], first)]
+        step = answer.feed(*batch[0]) if size == 1 else answer.feed_many(batch)
+        released += step.release
+        progress.append(list(released))
+        if step.hit:
+            return progress, step.hit, b
+    step = answer.finish()
+    progress.append(released + step.release)
+    return progress, step.hit, None
+
+
+SPACELESS = "\u6d77\u6d0b\u662f\u5730\u7403\u4e0a\u6700\u5927\u7684\u6c34\u4f53" * 12   # no word boundary for 132 characters
+
+
+@pytest.mark.parametrize("text, piece", [
+    (PLAIN * 4, None),   # the tokenizer's deltas
+    (PLAIN * 4, 3),
+    (PLAIN + SPACELESS + " and then " + SPACELESS + ". " + PLAIN, 2),
+    (PLAIN + "https://example.org/" + "averyveryverylongpathsegment" * 6 + " is the link. " + PLAIN, 5),
+])
+@pytest.mark.parametrize("size", [2, 3, 7, 40])
+def test_deltas_screened_in_batches_release_what_one_by_one_feeding_released_by_the_batchs_end(screener, tokenizer, text,
+                                                                                                piece, size):
+    deltas = token_deltas(tokenizer, text) if piece is None else [text[i:i + piece] for i in range(0, len(text), piece)]
+    one_by_one, hit, _ = _batches(screener, deltas, 1)
+    assert hit is None and one_by_one[-1] == list(range(len(deltas)))   # unflagged: every item, in order
+    batched, hit, _ = _batches(screener, deltas, size)
+    assert hit is None
+    # after each batch: exactly what feeding its deltas one by one had released after the last of them
+    assert batched == [one_by_one[min(first + size, len(deltas)) - 1] for first in range(0, len(deltas), size)] + [one_by_one[-1]]
+
+
+@pytest.mark.parametrize("size", [1, 4, 16, 64])
+@pytest.mark.parametrize("piece, tokens", [(1, 1), (3, 1), (12, 5)])
+def test_a_name_in_many_small_deltas_or_big_batches_is_caught_before_any_of_it_is_released(screener, size, piece, tokens):
+    """Deltas of ``piece`` characters, each counted as ``tokens`` tokens (one character per token: the
+    name spreads over 24 deltas, more than the hold-back), fed ``size`` at a time."""
+    text = PLAIN + "Its author is Basil Mahfouz Al-Kuwaiti, a novelist. " + PLAIN
+    deltas = [text[i:i + piece] for i in range(0, len(text), piece)]
+    progress, hit, _ = _batches(screener, deltas, size, tokens)
+    released = "".join(deltas[i] for i in progress[-1])
+    assert hit is not None and hit.reason == NAME and hit.leaked_chars == 0
+    assert "Basil" not in released and text.startswith(released) and len(released) <= hit.char_offset
+
+
+def test_a_batch_that_completes_a_name_releases_nothing_of_it(screener, tokenizer):
+    """The batch's release is judged with all of it fed: text the batch's first delta would have
+    released is held when the batch's later deltas complete a name starting in it."""
+    short = OutputScreener(screener.matcher, screener.actions, holdback_tokens=2)
+    answer = short.start()
+    for d in token_deltas(tokenizer, PLAIN):
+        assert answer.feed(d, 1).hit is None
+    step = answer.feed_many([(d, 1, None) for d in token_deltas(tokenizer, "Then Basil Mahfouz Al-Kuwaiti wrote.")])
+    assert step.hit is not None and step.hit.leaked_chars == 0 and not any("Basil" in r for r in step.release)
