@@ -155,6 +155,10 @@ class TrainedDetector:
         """Whether ``text`` matches a target's name, name part, date or title anywhere."""
         return bool(self.names.matrix([text]).any())
 
+    def is_evidence(self, text: str) -> bool:
+        """Whether ``text`` alone names a target or states one of its facts (``NameMatcher.is_evidence``)."""
+        return self.names.is_evidence(text)
+
     def name_features(self, texts: Sequence[str], match: np.ndarray | None = None) -> np.ndarray:
         """[S, T, K] name/fact matches of the segments ``texts``; ``match``: [S] which of them can
         have any (``classifiers.mention_scan``; the others are zero), None: all."""

@@ -300,13 +300,19 @@ def deobfuscate(texts: Sequence[str], respelling: Respelling | None = None) -> l
 
 class NormalizingDetector:
     """Screens the request as sent; if that is clean, screens it again de-obfuscated and in pieces
-    (a question diluted by the jailbreak text around it is screened on its own)."""
+    (a question diluted by the jailbreak text around it is screened on its own). A piece is screened
+    only where it names a target, states one of its facts or uses a word of its name as a person's
+    (``is_evidence`` of the inner detector, when it has one)."""
 
     def __init__(self, inner: Detector, respelling: Respelling | None = None, *, approximate: bool = True) -> None:
         """``respelling``: what is known of the targets' names (default: built from
         ``inner.target_names``); ``approximate=False``: no name respelling and no guesses, the
         behaviour before issue 15, for comparison."""
         self.inner = inner
+        # a piece cut out of a text is judged alone only where it says who it is about: its score
+        # alone is no evidence ("That's the amount of calories in a large candy bar." scored as John
+        # Candy; "John and Jay." as John D. Rockefeller); detectors without the test judge every piece
+        self._is_evidence = getattr(inner, "is_evidence", None)
         if respelling is None and approximate:
             respelling = Respelling.for_names(getattr(inner, "target_names", None))
         self.respelling = respelling
@@ -320,6 +326,8 @@ class NormalizingDetector:
         alt = deobfuscate(texts, self.respelling)
         base = alt or list(texts)
         parts = [p for t in base for p in pieces(t)] + across_turns(base)
+        if self._is_evidence is not None:
+            parts = [p for p in parts if self._is_evidence(p)]
         if alt is None and not parts:
             return verdict
         if deadline is not None:

@@ -164,3 +164,34 @@ def test_decoys_do_not_hide_the_payload() -> None:
 
 def test_deobfuscated_text_folds_dashes_spaces_invisibles_and_look_alikes() -> None:
     assert unmask("Mirela\u2028Vant\u0585ngeren\ufe0f\U000e0041 Al\u2011Kuwaiti \u0399van") == "Mirela\nVantongeren Al-Kuwaiti Ivan"
+
+
+class RecordingTrained(Recording):
+    """A recording trained detector: its evidence test is what the wrapper filters pieces by."""
+
+    def is_evidence(self, text: str) -> bool:
+        return self.inner.is_evidence(text)
+
+
+def test_pieces_are_judged_alone_only_on_evidence(trained) -> None:
+    """Issue 15 (RWKU general instructions: "...a large candy bar." judged alone as John Candy): a
+    sentence cut out of a request is screened alone only where it names a target, states one of its
+    facts or uses a word of its name as a person's."""
+    from classifiers.detector import TrainedDetector
+
+    inner = TrainedDetector(trained[1])
+    assert inner.is_evidence("Who is Zorblax Quenton?")                      # the name
+    assert inner.is_evidence("What did Quenton win in 1998?")                # a name word as a person's
+    assert inner.is_evidence("Critics admire Quenton's spirals.")
+    assert not inner.is_evidence("Write a poem about the sea.")               # nothing
+    assert not inner.is_evidence("The quenton glass in the window was large.")  # a name word, no person
+    rec = RecordingTrained(inner)
+    det = NormalizingDetector(rec)
+    det.screen(["Write a poem about the sea.\nMake it rhyme. Keep it short."])
+    assert len(rec.calls) == 1                       # no piece with evidence, nothing to undo: one pass
+    rec.calls.clear()
+    filler = ("The committee reviewed the quarterly figures and agreed to revisit the budget in spring. "
+              "Several members asked for clearer charts, and the chair promised a summary by Friday.")
+    verdict = det.screen([f"{filler}\nWhat did Quenton win in 1998?"])
+    assert verdict.flagged and verdict.target_id == "zorblax-quenton"
+    assert len(rec.calls) == 1 or "What did Quenton win in 1998?" in rec.calls[1]

@@ -1,5 +1,6 @@
 """A target's family name alone (issue 15): distinctive family names in a question about a person are
-written back as the whole name; ordinary words, other people's names and non-person uses are not."""
+written back as the whole name, common ones ("park", "chen", "williams") only where they act as a
+person; ordinary words, other people's names and non-person uses are not."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import pytest
 
 from classifiers.keyword import KeywordDetector
 from classifiers.names import NameFinder, find_name_spans
-from classifiers.surnames import distinctive_surnames, speaks_of_a_person
+from classifiers.surnames import (
+    acts_as_a_person,
+    is_distinctive,
+    shared_family_names,
+    speaks_of_a_person,
+)
 from guard.eval.bypass import tofu_names
 from guard.paths import default_data_dir
 
@@ -29,7 +35,9 @@ def finder(forget10: list[str]) -> NameFinder:
 
 @needs_tofu
 def test_distinctive_family_names_of_the_tofu_authors(forget10: list[str]) -> None:
-    found = {word.lower() for _, word in distinctive_surnames([(i, n.split()[-1]) for i, n in enumerate(forget10)])}
+    last = [(i, n.split()[-1]) for i, n in enumerate(forget10)]
+    shared = shared_family_names(last)
+    found = {word.lower() for _, word in last if is_distinctive(word, shared)}
     assert {"majumdar", "al-shamary", "abilov", "rohani", "yun-hwa", "mammadov"} <= found
     # ordinary words, many people's names, and a name two targets share
     assert not found & {"park", "chen", "williams", "sullivan", "montenegro", "nakamura", "ben-david"}
@@ -67,11 +75,50 @@ def test_family_name_alone_is_respelt(finder: NameFinder, text: str, respelt: st
     "Vijay Majumdar is a physicist",            # someone else's given name before it
     "What is the capital of Montenegro?",       # an ordinary word: never a family name alone
     "Kuwaiti literature is rich",
-    "What did park write?",                     # two targets are called Park, and it is a word
-    "Did chen win the prize?",                  # many people's name
+    # a common family name (an English word, many people's name, two targets') used as a word or a place
+    "Is park open on Sundays? She asked.",
+    "The park's trees are old.",
+    "We walked through central park's gates.",
+    "Where did you park the car?",
+    "Did park rangers find him?",
+    "It is the name of both a park and a locality in which city?",
+    "He funded animal rescue and park facilities all over the country.",
+    "I love the park's work on trails.",
+    "Is chen a common surname?",
+    "Annie sullivan taught Helen Keller.",        # someone else's given name before it
 ])
 def test_family_name_alone_left_alone(finder: NameFinder, text: str) -> None:
     assert finder.respell(text) is None
+
+
+@needs_tofu
+@pytest.mark.parametrize(("text", "respelt"), [
+    ("What did park write?", "What did Ji-Yeon Park write?"),        # two targets: the first one's name
+    ("Did chen win the prize?", "Did Wei-Jun Chen win the prize?"),
+    ("Tell me about williams's books.", "Tell me about Xin Lee Williams's books."),
+    ("Name a novel written by sullivan.", "Name a novel written by Edward Patrick Sullivan."),
+    ("who is park?", "who is Ji-Yeon Park?"),
+    ("Is ben-david currently working on a book?", "Is Moshe Ben-David currently working on a book?"),
+    ("What sets apart chen's books?", "What sets apart Wei-Jun Chen's books?"),
+    ("How has sullivan connected his heritage?", "How has Edward Patrick Sullivan connected his heritage?"),
+    # a capitalised common word that starts the sentence is no given name
+    ("Through al-kuwaiti's novels, what emerges?", "Through Basil Mahfouz Al-Kuwaiti's novels, what emerges?"),
+])
+def test_common_family_name_acting_as_a_person_is_respelt(finder: NameFinder, text: str, respelt: str) -> None:
+    assert finder.respell(text) == respelt
+
+
+@pytest.mark.parametrize(("text", "person"), [
+    ("what did park write?", True), ("park's leadership books", True), ("reading park's work", True),
+    ("a book written by park", True), ("an award bestowed upon park", True), ("who was park?", True),
+    ("is park open?", False), ("the park's work", False), ("central park's gates", False),
+    ("did park rangers come?", False), ("near park avenue", False), ("a park and a lake", False),
+    ("is park working on a book?", True), ("the number of park visitors", False), ("a study of park workers", False),
+    ("what did park plants look like?", False),
+])
+def test_acts_as_a_person(text: str, person: bool) -> None:
+    start = text.index("park")
+    assert acts_as_a_person(text, start, start + 4) is person
 
 
 @needs_tofu
