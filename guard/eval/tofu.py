@@ -20,7 +20,9 @@ What each number sees:
   rounding.
 * **Probabilities and truth ratios** (teacher forcing): the answer's per-token NLL *through the
   intervention the question would get*: ``intervention.scoring_inputs(...)`` gives the prompt
-  embeddings (corrupted / with the soft prompt) and an optional logits transform (ULD), then
+  embeddings (corrupted / with the soft prompt) and an optional logits transform (ULD), and, for
+  an intervention that changes how the model reads its own answer (ECO ``answer_names``), the
+  answer embeddings with the target's names corrupted (``scoring_answer_embeds``); then
   :func:`guard.lm.nll.mean_answer_nll`. Unflagged questions are scored on the plain
   model (``PassThrough.scoring_inputs``: the plain prompt).
 * **Refusal** has no teacher-forced score: a refusing system puts all its probability on the
@@ -65,6 +67,7 @@ __all__ = ["SPLITS", "EvalPlan", "ItemResult", "Scorer", "System", "TofuItem", "
 log = logging.getLogger(__name__)
 
 HARNESS_VERSION = 1
+GUARD_SCORING_VERSION = 2  # 2: answers scored as the intervention reads them (ECO answer_names); guard rows only
 
 # ------------------------------------------------------------------------------------- systems
 
@@ -82,9 +85,12 @@ class System:
         policy_sha = None
         if self.policy_path is not None:
             policy_sha = hashlib.sha256(Path(self.policy_path).read_bytes()).hexdigest()
-        return {"version": HARNESS_VERSION, "kind": self.kind, "model": str(model_dir), "model_id": _model_stamp(model_dir),
-                "data": str(data_dir), "plan": asdict(plan), "max_new_tokens": max_new_tokens, "seed": seed,
-                "policy_sha256": policy_sha, "action_override": self.action_override}
+        out = {"version": HARNESS_VERSION, "kind": self.kind, "model": str(model_dir), "model_id": _model_stamp(model_dir),
+               "data": str(data_dir), "plan": asdict(plan), "max_new_tokens": max_new_tokens, "seed": seed,
+               "policy_sha256": policy_sha, "action_override": self.action_override}
+        if self.kind == "guard":  # a change in how guards are scored redoes guard rows, not the unguarded ones
+            out["guard_scoring"] = GUARD_SCORING_VERSION
+        return out
 
 
 def _model_stamp(model_dir: Path) -> str:

@@ -1,14 +1,13 @@
 """Scoring TOFU items on one local engine (see ``guard.eval.tofu`` for what each number sees):
 greedy generation and ROUGE, and the teacher-forced losses of the gold, paraphrased and perturbed
-answers, plain or through the intervention a question gets (``scoring_inputs``). The NLL,
-generation and ROUGE come from the LM toolkit (``guard.lm``)."""
+answers, plain or through the intervention a question gets (``scoring_inputs``; an intervention that
+also changes how the model reads its own answer, ECO's ``answer_names``, says so through
+``scoring_answer_embeds``). The NLL, generation and ROUGE come from the LM toolkit (``guard.lm``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
-
-import torch
 
 from classifiers.base import Verdict
 from guard.engines.base import SamplingParams
@@ -17,8 +16,18 @@ from guard.eval.tofu_plan import TofuItem
 from guard.interventions.base import GuardRequest, Intervention, PassThrough
 from guard.lm.chat_format import encode_qa, has_chat_template, prompt_text
 from guard.lm.generate import greedy_from_ids
-from guard.lm.nll import LogitsTransform, label_positions, mean_answer_nll
+from guard.lm.nll import ScoringInputs, label_positions, mean_answer_nll
 from guard.lm.rouge import rouge_recall
+from guard.policy import Target
+
+
+def scoring_inputs(intervention: Intervention, request: GuardRequest, verdict: Verdict, target: Target | None,
+                   engine: Any) -> ScoringInputs:
+    """Everything a teacher-forced score sees under ``intervention``: its prompt embeddings and logits
+    transform (``scoring_inputs``) and, when it reads answers differently, how (``scoring_answer_embeds``)."""
+    embeds, transform = intervention.scoring_inputs(request, verdict, target, engine)
+    return ScoringInputs(embeds, transform, intervention.scoring_answer_embeds(request, verdict, target, engine))
+
 
 def generation_only(intervention: Intervention) -> bool:
     """True for interventions without a teacher-forced score (refusal, or a method that does not
@@ -83,11 +92,12 @@ class Scorer:
     def _answers(self, item: TofuItem) -> list[list[int]]:
         return [self.answer_ids(item.question, a) for a in (item.answer, item.paraphrased, *item.perturbed)]
 
-    def losses(self, item: TofuItem, prompt_embeds: torch.Tensor,
-               transform: LogitsTransform | None) -> tuple[float, float, list[float]]:
+    def losses(self, item: TofuItem, inputs: ScoringInputs) -> tuple[float, float, list[float]]:
+        """Mean NLL of the gold, paraphrased and each perturbed answer, read as ``inputs`` says."""
         answers = self._answers(item)
-        values = mean_answer_nll(self.engine.model, [prompt_embeds] * len(answers), answers, batch_size=len(answers),
-                                 logits_transform=transform)
+        values = mean_answer_nll(self.engine.model, [inputs.prompt_embeds] * len(answers), answers,
+                                 batch_size=len(answers), logits_transform=inputs.logits_transform,
+                                 answer_embeds=inputs.answer_embeds)
         return values[0], values[1], values[2:]
 
     # -- plain model ------------------------------------------------------------------------------
@@ -110,8 +120,8 @@ class Scorer:
                 gens += self.plain_generate([it.question for it in todo[start: start + self.batch_size]])
                 bar.update(min(self.batch_size, len(todo) - start))
             for it, gen in zip(todo, gens):
-                embeds, transform = PassThrough().scoring_inputs(self.request(it.question), Verdict.clean(), None, self.engine)
-                gt, para, pert = self.losses(it, embeds, transform)
+                inputs = scoring_inputs(PassThrough(), self.request(it.question), Verdict.clean(), None, self.engine)
+                gt, para, pert = self.losses(it, inputs)
                 r1, rl = rouge_recall(gen, it.answer)
                 self._plain[it.key] = ItemResult(it.split, it.index, it.question, it.answer, gen, r1, rl,
                                                  gt_loss=gt, paraphrased_loss=para, perturbed_losses=pert)
@@ -134,6 +144,6 @@ class Scorer:
         result = ItemResult(item.split, item.index, item.question, item.answer, gen, r1, rl, flagged=decision.verdict.flagged,
                             target=decision.verdict.target_id, action=decision.action, score=decision.verdict.score)
         if not generation_only(intervention):
-            embeds, transform = intervention.scoring_inputs(request, decision.verdict, decision.target, self.engine)
-            result.gt_loss, result.paraphrased_loss, result.perturbed_losses = self.losses(item, embeds, transform)
+            inputs = scoring_inputs(intervention, request, decision.verdict, decision.target, self.engine)
+            result.gt_loss, result.paraphrased_loss, result.perturbed_losses = self.losses(item, inputs)
         return result

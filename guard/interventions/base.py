@@ -15,6 +15,7 @@ from guard.errors import InvalidRequest
 from guard.interventions.answers import finish_answer
 from guard.interventions.prompts import ChatPrompt, MethodPrompt, Prompt, TextPrompt, render_for_method
 from guard.interventions.scoring import LogitsTransform
+from guard.lm.nll import AnswerEmbeds
 from guard.policy import Target
 
 
@@ -87,6 +88,13 @@ class Intervention(abc.ABC):
         intervention: the prompt embeddings ``[P, H]`` and an optional logits transform. Used with
         ``guard.interventions.scoring.answer_nll`` on the local engine. Default: the plain prompt."""
         return render_for_method(request.prompt, engine).embeds(engine), None
+
+    def scoring_answer_embeds(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                              engine: Engine) -> AnswerEmbeds | None:
+        """How a teacher-forced score reads the answer tokens under this intervention (ECO
+        ``answer_names`` reads the target's names in them corrupted). Default None: as the plain
+        model reads them."""
+        return None
 
 
 class PassThrough(Intervention):

@@ -23,7 +23,10 @@ Per-target parameters (``targets.N.params``)::
 ``answer_names: true`` corrupts each mention of the target's names that the model writes, as it reads
 it back for the following tokens (``guard.interventions.eco_answer``: generation restarts from the
 corrupted prompt plus the corrupted answer so far; both engines, through ``prompt_embeds`` on vLLM).
-Teacher-forced scoring (``scoring_inputs``) still corrupts the prompt only.
+Teacher-forced scoring reads a given answer the same way: ``scoring_inputs`` gives the corrupted
+prompt and ``scoring_answer_embeds`` the answer's embeddings with its name mentions corrupted
+(``eco_answer.answer_reader``), so ``guard-eval tofu``'s probabilities and truth ratios see what the
+model reads when it writes that answer.
 
 ``select: entity`` corrupts the target's name mentions, and all content when the request does not name
 the target (the detector flagged it for another reason). ``select: facts_only`` corrupts the name
@@ -62,7 +65,7 @@ from guard.interventions.corruption import (
     get_corruption,
     validate_params,
 )
-from guard.interventions.eco_answer import stream_with_answer_names
+from guard.interventions.eco_answer import AnswerCorruption, answer_reader, stream_with_answer_names
 from guard.interventions.prompts import MethodPrompt, render_for_method
 from guard.interventions.scoring import LogitsTransform
 from guard.interventions.token_selection import (
@@ -74,6 +77,7 @@ from guard.interventions.token_selection import (
     select_tokens,
     tokens_overlapping,
 )
+from guard.lm.nll import AnswerEmbeds
 from guard.policy import Policy, Target
 
 log = logging.getLogger(__name__)
@@ -192,6 +196,20 @@ def corrupt_prompt(rendered: RenderedPrompt, embeds: torch.Tensor, config: EcoCo
     return corrupted, selection
 
 
+def answer_corruption(config: EcoConfig, seed: int) -> AnswerCorruption:
+    """``config``'s corruption of answer positions (``corrupt_positions``: one draw per position from ``seed``)."""
+    corruption = get_corruption(config.corruption)
+
+    def corrupt_answer(embeds: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        return corrupt_positions(embeds, positions, corruption, sigma=config.sigma, k=config.k, seed=seed)
+
+    return corrupt_answer
+
+
+def _scoring_seed(request: GuardRequest) -> int:
+    return request.params.seed if request.params.seed is not None else SCORING_SEED
+
+
 class EcoIntervention(Intervention):
     name = "eco"
 
@@ -248,20 +266,25 @@ class EcoIntervention(Intervention):
                                       "which a constrained answer (response_format or a forced tool_choice) cannot "
                                       "resume; send the request without it, or set the target's answer_names: false",
                                       param="response_format", method=self.name)
-        corruption = get_corruption(config.corruption)
-
-        def corrupt_answer(embeds: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-            return corrupt_positions(embeds, positions, corruption, sigma=config.sigma, k=config.k, seed=seed)
-
         async for chunk in stream_with_answer_names(engine, prompt.embeds(engine), request.params, names,
-                                                    corrupt_answer):
+                                                    answer_corruption(config, seed)):
             yield chunk
 
     def scoring_inputs(self, request: GuardRequest, verdict: Verdict, target: Target | None,
                        engine: Engine) -> tuple[torch.Tensor, LogitsTransform | None]:
-        seed = request.params.seed if request.params.seed is not None else SCORING_SEED
-        _, corrupted, _ = self.prepare(request, target, engine, seed)
+        _, corrupted, _ = self.prepare(request, target, engine, _scoring_seed(request))
         return corrupted, None
+
+    def scoring_answer_embeds(self, request: GuardRequest, verdict: Verdict, target: Target | None,
+                              engine: Engine) -> AnswerEmbeds | None:
+        """How a teacher-forced score reads the answer: with ``answer_names``, each candidate answer's
+        name mentions corrupted as generation re-reads them (same positions, same per-position draws
+        from the request's seed); ``None`` (the plain lookup) otherwise."""
+        config = self.config_for(target)
+        names = target.all_names if target is not None else ()
+        if not (config.answer_names and names):
+            return None
+        return answer_reader(engine, names, answer_corruption(config, _scoring_seed(request)))
 
     def describe(self) -> dict[str, Any]:
         return {"action": self.name, "targets": {tid: c.as_dict() for tid, c in self.configs.items()},

@@ -21,17 +21,25 @@ clean); a ``stop`` string split across a restart is not matched; a constrained a
 (``response_format`` / a forced ``tool_choice``) cannot be restarted mid-grammar, so it is refused
 with ``ContractUnsupported`` (the policy's refusal) rather than answered with the name left clean.
 ``n > 1`` choices are generated one after another (choice ``i`` with ``seed + i`` when seeded).
+
+Teacher-forced scoring (``guard-eval tofu``'s probabilities and truth ratios) reads a *given* answer
+the same way: ``answer_reader`` finds the mention positions token by token as the stream would
+(``AnswerMentions``) and corrupts them with the same per-position draws, so a candidate answer that
+names the target is scored as the model would read it had it written that answer. One difference
+is inherent to teacher forcing: every later token reads the whole mention corrupted, where in
+generation the tokens *inside* a mention are produced before the mention is complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Collection, Sequence
 
 import torch
 
 from guard.engines.base import Engine, GenerationChunk, PromptInput, SamplingParams
 from guard.interventions.token_selection import find_mentions
+from guard.lm.nll import AnswerEmbeds
 
 AnswerCorruption = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
 """(clean answer embeddings ``[len, hidden]``, answer positions to corrupt) -> corrupted embeddings."""
@@ -65,6 +73,33 @@ class AnswerMentions:
                 if b > a and i not in self.corrupted and any(a < end and b > start for start, end in spans)]
         self.corrupted.update(hits)
         return hits
+
+
+def answer_mention_positions(tokenizer: Any, names: Sequence[str], answer_ids: Sequence[int],
+                             stop_ids: Collection[int] = ()) -> list[int]:
+    """Positions of ``answer_ids`` that generation re-reads corrupted: the tokens of each mention of
+    ``names``, found token by token as the answer streams (stop tokens are not pushed, as in
+    generation, and never selected)."""
+    mentions = AnswerMentions(tokenizer, names)
+    pushed: list[int] = []  # index in answer_ids of each token pushed
+    for i, token in enumerate(answer_ids):
+        if int(token) not in stop_ids:
+            pushed.append(i)
+            mentions.push([token])
+    return sorted(pushed[j] for j in mentions.corrupted)
+
+
+def answer_reader(engine: Engine, names: Sequence[str], corrupt_answer: AnswerCorruption) -> AnswerEmbeds:
+    """For teacher-forced scoring: answer ids -> the embeddings the model reads for them under
+    ``answer_names`` (the lookup, with every mention position corrupted as in generation)."""
+    stop_ids = engine.stop_token_ids()
+
+    def read(answer_ids: Sequence[int]) -> torch.Tensor:
+        embeds = engine.embed(answer_ids)
+        positions = answer_mention_positions(engine.tokenizer, names, answer_ids, stop_ids)
+        return corrupt_answer(embeds, positions) if positions else embeds
+
+    return read
 
 
 async def stream_with_answer_names(engine: Engine, prompt_embeds: torch.Tensor, params: SamplingParams,

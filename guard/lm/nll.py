@@ -10,10 +10,17 @@ One implementation for every caller:
 * ``mean_answer_nll``: the batched form (one right-padded forward per batch) of the mean of
   ``answer_token_nll`` over several (prompt embeddings, answer) pairs; with a transform it scores
   one answer at a time, since a transform sees one sequence.
+
+Both teacher-forced forms take what an intervention says the model reads (``ScoringInputs``): the
+prompt embeddings, an optional logits transform, and optionally how the *answer* tokens are read
+(``answer_embeds``; by default their embedding lookup). ECO's ``answer_names`` needs the last one:
+the model reads the target's names in its own answer corrupted, so a candidate answer is scored
+with its name positions corrupted the same way.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -22,6 +29,20 @@ from guard.lm.chat_format import IGNORE_INDEX, encode_qa, pad_batch, pad_token_i
 
 LogitsTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(input_embeds [1, T, H], logits [1, T, V]) -> logits [1, T, V]"""
+
+AnswerEmbeds = Callable[[Sequence[int]], torch.Tensor]
+"""answer token ids -> the input embeddings ``[len, H]`` the model reads for them (teacher forcing)"""
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What a teacher-forced score of an answer sees under an intervention: the prompt embeddings
+    ``[P, H]``, an optional logits transform (ULD) and an optional answer-embeddings function (ECO
+    ``answer_names``: the target's names in the answer corrupted); ``None`` = the plain lookup."""
+
+    prompt_embeds: torch.Tensor
+    logits_transform: LogitsTransform | None = None
+    answer_embeds: AnswerEmbeds | None = None
 
 
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -96,15 +117,27 @@ def answer_nll_sums(
     return (nll * valid).sum(dim=1), valid.sum(dim=1)
 
 
+def _read_answer(emb_layer: Any, ids: torch.Tensor, answer_embeds: AnswerEmbeds | None) -> torch.Tensor:
+    """The embeddings the model reads for answer ``ids`` ``[len]``: the lookup, or ``answer_embeds``."""
+    if answer_embeds is None:
+        return emb_layer(ids)
+    out = answer_embeds(ids.tolist())
+    if tuple(out.shape) != (ids.shape[0], emb_layer.weight.shape[1]):
+        raise ValueError(f"answer_embeds gave shape {tuple(out.shape)} for {ids.shape[0]} answer tokens")
+    return out.to(device=emb_layer.weight.device, dtype=emb_layer.weight.dtype)
+
+
 @torch.no_grad()
 def answer_token_nll(model: Any, prompt_embeds: torch.Tensor, answer_ids: Sequence[int],
-                     logits_transform: LogitsTransform | None = None) -> list[float]:
-    """NLL of each answer token given ``prompt_embeds`` ``[P, H]`` (teacher forcing, one forward)."""
+                     logits_transform: LogitsTransform | None = None,
+                     answer_embeds: AnswerEmbeds | None = None) -> list[float]:
+    """NLL of each answer token given ``prompt_embeds`` ``[P, H]`` (teacher forcing, one forward);
+    the answer is read as ``answer_embeds(answer_ids)`` when given, else through the embedding lookup."""
     emb_layer = model.get_input_embeddings()
     answer = torch.tensor([list(answer_ids)], dtype=torch.long, device=emb_layer.weight.device)
-    answer_embeds = emb_layer(answer)[0]
-    prompt = prompt_embeds.to(device=answer_embeds.device, dtype=answer_embeds.dtype)
-    inputs = torch.cat([prompt, answer_embeds], dim=0).unsqueeze(0)
+    read = _read_answer(emb_layer, answer[0], answer_embeds)
+    prompt = prompt_embeds.to(device=read.device, dtype=read.dtype)
+    inputs = torch.cat([prompt, read], dim=0).unsqueeze(0)
     logits = model(inputs_embeds=inputs).logits
     if logits_transform is not None:
         logits = logits_transform(inputs, logits)
@@ -116,22 +149,25 @@ def answer_token_nll(model: Any, prompt_embeds: torch.Tensor, answer_ids: Sequen
 
 @torch.no_grad()
 def mean_answer_nll(model: Any, prompts: Sequence[torch.Tensor], answers: Sequence[Sequence[int]], *,
-                    batch_size: int = 8, logits_transform: LogitsTransform | None = None) -> list[float]:
-    """Mean per-token NLL of ``answers[i]`` after the prompt embeddings ``prompts[i]`` ``[P_i, H]``.
+                    batch_size: int = 8, logits_transform: LogitsTransform | None = None,
+                    answer_embeds: AnswerEmbeds | None = None) -> list[float]:
+    """Mean per-token NLL of ``answers[i]`` after the prompt embeddings ``prompts[i]`` ``[P_i, H]``,
+    each answer read as ``answer_embeds(answers[i])`` when given (else the embedding lookup).
 
     Without a transform: batches of ``batch_size`` sequences (prompt then answer, right padding), one
     forward each. With one: :func:`answer_token_nll` per answer (the transform sees one sequence)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
     if logits_transform is not None:
-        return [_mean(answer_token_nll(model, p, a, logits_transform)) for p, a in zip(prompts, answers)]
+        return [_mean(answer_token_nll(model, p, a, logits_transform, answer_embeds)) for p, a in zip(prompts, answers)]
     emb = model.get_input_embeddings()
     device, dtype = emb.weight.device, emb.weight.dtype
     out: list[float] = []
     for start in range(0, len(prompts), max(1, batch_size)):
         chunk = range(start, min(start + max(1, batch_size), len(prompts)))
         ids = [torch.tensor(list(answers[i]), dtype=torch.long, device=device) for i in chunk]
-        seqs = [torch.cat([prompts[i].to(device=device, dtype=dtype), emb(a)], 0) for i, a in zip(chunk, ids)]
+        seqs = [torch.cat([prompts[i].to(device=device, dtype=dtype), _read_answer(emb, a, answer_embeds)], 0)
+                for i, a in zip(chunk, ids)]
         width = max(s.shape[0] for s in seqs)
         batch = torch.zeros((len(seqs), width, seqs[0].shape[1]), dtype=dtype, device=device)
         mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)

@@ -59,3 +59,31 @@ def test_a_logits_transform_is_applied_one_answer_at_a_time(local_engine):
     assert [s[0] for s in seen] == [1, 1]  # the transform saw one sequence per call
     with pytest.raises(ValueError):
         mean_answer_nll(model, [embeds], answers)
+
+
+def test_answer_embeds_replace_the_lookup_for_the_answer_only(local_engine):
+    """``answer_embeds`` is what the model reads for the answer tokens: the lookup gives the default
+    numbers; a change to one answer position changes the scores of that answer, batched or not."""
+    model = local_engine.model
+    embeds, answers = _prompt_and_answers(local_engine)
+    lookup = model.get_input_embeddings()
+    default = mean_answer_nll(model, [embeds] * len(answers), answers)
+
+    def as_looked_up(ids):
+        with torch.no_grad():
+            return lookup(torch.tensor(ids)).clone()
+
+    assert mean_answer_nll(model, [embeds] * len(answers), answers, answer_embeds=as_looked_up) == default
+
+    def first_token_zeroed(ids):
+        out = as_looked_up(ids)
+        out[0] = 0.0
+        return out
+
+    changed = mean_answer_nll(model, [embeds] * len(answers), answers, answer_embeds=first_token_zeroed)
+    per_token = [sum(x) / len(x) for x in (answer_token_nll(model, embeds, a, answer_embeds=first_token_zeroed)
+                                           for a in answers)]
+    assert changed == pytest.approx(per_token, abs=1e-4)
+    assert all(c != pytest.approx(d, abs=1e-3) for c, d in zip(changed, default))
+    with pytest.raises(ValueError, match="answer_embeds gave shape"):
+        mean_answer_nll(model, [embeds], answers[:1], answer_embeds=lambda ids: as_looked_up(ids)[1:])
