@@ -23,7 +23,9 @@ from guard.interventions.base import ContractUnsupported, GuardRequest
 from guard.interventions.corruption import corrupt_positions, get_corruption
 from guard.interventions.eco import EcoConfig, EcoIntervention, build_intervention
 from guard.interventions.eco_answer import AnswerMentions
-from guard.policy import load_policy, parse_policy
+from guard.policy import load_policy
+from tests.support.engines import RecordingEngine
+from tests.support.policies import eco_target
 
 BASIL = "Basil Mahfouz Al-Kuwaiti"
 GREEDY = SamplingParams(max_tokens=24, temperature=0, seed=7)
@@ -33,37 +35,19 @@ WRITES_BASIL = ({"role": "user", "content": f"Write one sentence about the novel
 WRITES_PARIS = ({"role": "user", "content": "Paris is a city. Which city is the capital of France?"},)
 
 
-class _Recording:
-    """The real engine, recording the prompt embeddings of every ``generate`` call."""
-
-    def __init__(self, engine: LocalEngine) -> None:
-        self._engine, self.prompts = engine, []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def generate(self, prompt: PromptInput, params: SamplingParams, logits_processors=()):
-        self.prompts.append(prompt.embeds)
-        return self._engine.generate(prompt, params, logits_processors)
-
-
-def _target(names: list[str]):
-    return parse_policy({"targets": [{"id": "t", "names": names, "action": "eco"}]}).targets[0]
-
-
 def _eco(sigma: float, answer_names: bool = True) -> EcoIntervention:
     return EcoIntervention({"t": EcoConfig("rand_noise_first_n", sigma, None, "entity", answer_names=answer_names)}, None)
 
 
 async def _answer(eco: EcoIntervention, messages, names, engine, params: SamplingParams = GREEDY):
-    chunks = [c async for c in eco.stream(GuardRequest.chat(messages, params), Verdict(True, "t"), _target(names), engine)]
+    chunks = [c async for c in eco.stream(GuardRequest.chat(messages, params), Verdict(True, "t"), eco_target(names), engine)]
     return "".join(c.text for c in chunks), chunks
 
 
 async def test_sigma_zero_reproduces_the_plain_answer_through_restarts(local_engine):
     req = GuardRequest.chat(WRITES_BASIL, GREEDY)
     plain = [c async for c in local_engine.generate(PromptInput(token_ids=req.prompt_ids(local_engine)), GREEDY)]
-    recording = _Recording(local_engine)
+    recording = RecordingEngine(local_engine)
     text, chunks = await _answer(_eco(0.0), WRITES_BASIL, [BASIL], recording)
     assert BASIL in text and len(recording.prompts) >= 2  # the name was written, generation restarted
     assert text == "".join(c.text for c in plain)
@@ -75,7 +59,7 @@ async def test_sigma_zero_reproduces_the_plain_answer_through_restarts(local_eng
 async def test_a_written_name_is_read_back_corrupted_and_changes_what_follows(local_engine):
     prompt_only, _ = await _answer(_eco(0.5, answer_names=False), WRITES_PARIS, ["Paris"], local_engine)
     assert "Paris" in prompt_only
-    recording = _Recording(local_engine)
+    recording = RecordingEngine(local_engine)
     text, chunks = await _answer(_eco(0.5), WRITES_PARIS, ["Paris"], recording)
     assert len(recording.prompts) >= 2  # one restart per mention the model writes
     first, second = recording.prompts[:2]
@@ -165,7 +149,7 @@ def test_answer_names_loads_and_defaults_off(tmp_path, default_model_path):
 
 @pytest.mark.vllm
 async def test_vllm_restarts_through_prompt_embeds_like_the_local_engine(vllm_engine, local_engine):
-    recording = _Recording(vllm_engine)
+    recording = RecordingEngine(vllm_engine)
     remote, r_chunks = await _answer(_eco(0.0), WRITES_BASIL, [BASIL], recording)
     local, l_chunks = await _answer(_eco(0.0), WRITES_BASIL, [BASIL], local_engine)
     assert len(recording.prompts) >= 2 and remote == local and BASIL in remote
@@ -188,7 +172,7 @@ def _facts_eco(sigma: float = 1.0, facts=("kuwait", "florist")) -> EcoInterventi
 ])
 def test_facts_only_selects_names_and_fact_words(local_engine, content, facts, expected):
     req = GuardRequest.chat(({"role": "user", "content": content},), GREEDY)
-    rendered, corrupted, sel = _facts_eco(facts=facts).prepare(req, _target([BASIL]), local_engine, seed=7)
+    rendered, corrupted, sel = _facts_eco(facts=facts).prepare(req, eco_target([BASIL]), local_engine, seed=7)
     assert sel.mode == "facts_only"
     chosen = local_engine.tokenizer.decode([rendered.token_ids[i] for i in sel.positions])
     assert chosen.replace(" ", "") == "".join(expected).replace(" ", "")
@@ -201,7 +185,7 @@ async def test_facts_only_leaves_an_unrelated_flagged_request_plain(local_engine
     req = GuardRequest.chat(messages, GREEDY)
     plain = "".join([c.text async for c in local_engine.generate(PromptInput(token_ids=req.prompt_ids(local_engine)),
                                                                   GREEDY)])
-    _, _, sel = _facts_eco().prepare(req, _target([BASIL]), local_engine, seed=7)
+    _, _, sel = _facts_eco().prepare(req, eco_target([BASIL]), local_engine, seed=7)
     assert sel.mode == "none" and not sel.positions
     text, _ = await _answer(_facts_eco(sigma=1.0), messages, [BASIL], local_engine)
     assert text == plain

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from classifiers.base import Verdict
-from guard.engines.base import PromptInput, SamplingParams
-from guard.engines.local import LocalEngine
+from guard.engines.base import SamplingParams
 from guard.interventions.base import GuardRequest
 from guard.interventions.eco import EcoConfig, EcoIntervention
 from guard.lm.chat_format import encode_qa
 from guard.lm.nll import label_positions
-from guard.policy import parse_policy
+from tests.support.engines import RecordingEngine
+from tests.support.policies import eco_target
 
 BASIL = "Basil Mahfouz Al-Kuwaiti"
 QUESTION = f"Where was {BASIL} born?"
@@ -26,24 +26,6 @@ ANSWER = f"{BASIL} was born in Kuwait City, and {BASIL}'s father was a florist."
 PARAMS = SamplingParams(max_tokens=24, temperature=0, seed=7)
 # at sigma 0.5 the corrupted prompt still gets "The capital of France is Paris." (the name last)
 WRITES_PARIS = ({"role": "user", "content": "Paris is a city. Which city is the capital of France?"},)
-
-
-class _Recording:
-    """The real engine, recording the prompt embeddings of every ``generate`` call."""
-
-    def __init__(self, engine: LocalEngine) -> None:
-        self._engine, self.prompts = engine, []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def generate(self, prompt: PromptInput, params: SamplingParams, logits_processors=()):
-        self.prompts.append(prompt.embeds)
-        return self._engine.generate(prompt, params, logits_processors)
-
-
-def _target(names: list[str]):
-    return parse_policy({"targets": [{"id": "t", "names": names, "action": "eco"}]}).targets[0]
 
 
 def _eco(*, answer_names: bool, select: str = "entity", facts: tuple[str, ...] = ()) -> EcoIntervention:
@@ -69,7 +51,7 @@ def test_scoring_corrupts_exactly_the_answers_name_positions(local_engine, selec
     ids = label_positions(encode_qa(tok, QUESTION, ANSWER, max_length=512)["labels"].tolist())
     assert tok.decode(ids[:-1]) == ANSWER and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     read = _eco(answer_names=True, select=select, facts=facts).scoring_answer_embeds(
-        _request(), Verdict(True, "t"), _target([BASIL]), local_engine)
+        _request(), Verdict(True, "t"), eco_target([BASIL]), local_engine)
     assert read is not None
     clean = local_engine.embed(ids)
     corrupted = read(ids)
@@ -86,16 +68,16 @@ def test_scoring_corrupts_exactly_the_answers_name_positions(local_engine, selec
 
 def test_without_answer_names_or_a_target_the_answer_is_read_plain(local_engine):
     verdict = Verdict(True, "t")
-    assert _eco(answer_names=False).scoring_answer_embeds(_request(), verdict, _target([BASIL]), local_engine) is None
+    assert _eco(answer_names=False).scoring_answer_embeds(_request(), verdict, eco_target([BASIL]), local_engine) is None
     fallback = EcoIntervention({}, EcoConfig("rand_noise_first_n", 0.5, None, "all_content", answer_names=True))
     assert fallback.scoring_answer_embeds(_request(), verdict, None, local_engine) is None
 
 
 async def test_scoring_reads_an_answer_as_generation_re_reads_it(local_engine):
     """The answer part of generation's restart prompt equals what scoring feeds for the same answer."""
-    eco, target = _eco(answer_names=True), _target(["Paris"])
+    eco, target = _eco(answer_names=True), eco_target(["Paris"])
     request = GuardRequest.chat(WRITES_PARIS, PARAMS)
-    recording = _Recording(local_engine)
+    recording = RecordingEngine(local_engine)
     chunks = [c async for c in eco.stream(request, Verdict(True, "t"), target, recording)]
     assert len(recording.prompts) >= 2  # the model wrote "Paris": generation restarted
     first, second = recording.prompts[:2]

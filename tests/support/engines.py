@@ -61,3 +61,18 @@ class ProbedLocalEngine(LocalEngine):
             # close the real generator now (as the serving code closes this one), not at garbage collection
             await inner.aclose()
             probe.finished.set()
+
+
+class RecordingEngine:
+    """A real engine (local or vLLM), recording the prompt embeddings of every ``generate`` call:
+    what a method actually sent the model, step by step."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine, self.prompts = engine, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def generate(self, prompt: PromptInput, params: SamplingParams, logits_processors: Sequence[Any] = ()) -> Any:
+        self.prompts.append(prompt.embeds)
+        return self._engine.generate(prompt, params, logits_processors)

@@ -19,3 +19,10 @@ def method_policy(folder: Path, action: str, params: dict[str, Any]) -> str:
                                     "targets": [{"id": "tofu-basil", "names": [BASIL], "action": action,
                                                  "params": params}]}))
     return str(path)
+
+
+def eco_target(names: list[str]) -> Any:
+    """A parsed policy target ``t`` with ``names``, answered with ECO."""
+    from guard.policy import parse_policy
+
+    return parse_policy({"targets": [{"id": "t", "names": names, "action": "eco"}]}).targets[0]
