@@ -56,7 +56,7 @@ from classifiers.name_forms import (
     tokens,
 )
 from classifiers.name_neighbours import NEIGHBOUR_CHARS, someone_else, uses_capitals
-from classifiers.text import SPACELESS, name_alternation
+from classifiers.text import SPACELESS, name_alternation, prefix_trie
 from classifiers.unicode_fold import match_fold, match_fold_with_map
 
 __all__ = [
@@ -141,6 +141,8 @@ class NameFinder:
             for kind, first, src in sorted(forms):
                 self._by_key.setdefault(first[:_KEY], []).append(_Form(j, kind, re.compile(src)))
         self._key_lengths = sorted({len(k) for k in self._by_key}, reverse=True)
+        # where a word starts with some form's key: the only places a form can match
+        self._form_start = re.compile(f"(?<![^\\W_{SPACELESS}])(?:{prefix_trie(self._by_key)})") if self._by_key else None
         self._spaceless = spaceless
         alternation = name_alternation(spaceless)
         self._spaceless_re = None if alternation is None else re.compile(f"(?=({alternation}))")
@@ -247,13 +249,10 @@ class NameFinder:
     def folded_mentions(self, folded: str) -> list[tuple[int, str, int, int]]:
         """(target, kind, start, end) in ``folded`` (a ``match_fold`` text), sorted, overlaps included."""
         found: list[tuple[int, str, int, int]] = []
-        # the distinct words some form starts with (usually none): the scan below visits only those
-        starting = {w for w in set(WORD.findall(folded)) if self._starts_a_form(w)} if self._by_key else set()
-        if starting:
-            for m in WORD.finditer(folded):
-                pos, word = m.start(), m.group(0)
-                if word not in starting:
-                    continue
+        if self._form_start is not None:
+            for start in self._form_start.finditer(folded):   # usually none: few words start like a name
+                pos = start.start()
+                word = m.group(0) if (m := WORD.match(folded, pos)) is not None else ""
                 for n in self._key_lengths:
                     for form in self._by_key.get(word[:n], ()) if n <= len(word) else ():
                         hit = form.pattern.match(folded, pos)
@@ -265,9 +264,6 @@ class NameFinder:
                     found.append((j, kind, m.start(), m.start() + len(m.group(1))))
         found.sort(key=lambda f: (f[2], f[3], f[0]))
         return found
-
-    def _starts_a_form(self, word: str) -> bool:
-        return any(word[:n] in self._by_key for n in self._key_lengths if n <= len(word))
 
     def mentions(self, text: str, kinds: Sequence[str] = KINDS, *, separate_texts: bool = False) -> list[Mention]:
         """Mentions in ``text`` (original-text spans); ``given`` ones only where they stand for the target.

@@ -66,6 +66,26 @@ def name_alternation(names: Iterable[str]) -> str | None:
     return "|".join(f"{left}(?:{'|'.join(re.escape(a) for a in group)}){right}" for left, right, group in runs)
 
 
+def prefix_trie(prefixes: Iterable[str]) -> str:
+    """Regex source matching any of ``prefixes`` (literal strings) as a trie, one branch per next
+    character: at a position where none can start, the match fails on the first character instead
+    of trying each prefix in turn (an alternation of ~150 short prefixes was slower than a Python
+    loop over a text's words; the trie is 1.5-2x faster, ``classifiers.names.NameFinder``)."""
+    following: dict[str, list[str]] = {}
+    ends_here = False
+    for p in prefixes:
+        if p:
+            following.setdefault(p[0], []).append(p[1:])
+        else:
+            ends_here = True
+    branches = [re.escape(ch) + prefix_trie(rest) for ch, rest in sorted(following.items())]
+    if not branches:
+        return ""
+    if len(branches) == 1 and not ends_here:
+        return branches[0]
+    return "(?:" + "|".join(branches) + ")" + ("?" if ends_here else "")
+
+
 def clean(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()
 
