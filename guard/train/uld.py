@@ -13,9 +13,12 @@ Ji et al. (NeurIPS 2024) reverse the usual unlearning objectives: the *assistant
 * a held-out share of the forget and retain QA (split by item: a question and its paraphrases stay
   together) gives the early-stopping signal ``forget CE + retain_weight x retain KL``; the best
   epoch's adapter is kept. The evaluation split is never used for it;
+* with ``AlphaSearch`` (``--holdout``), alpha is chosen after training (``guard.train.uld_alpha``):
+  the forget answers' truth ratios through ULD should look like the target's on QA about people it
+  never saw, while flagged retain answers keep their greedy tokens; otherwise alpha is ``--alpha``;
 * the artifact (written atomically): ``DIR/manifest.json`` (kind ``uld-assistant``, base-model
-  identity, K, alpha, plausibility filter, LoRA, data, hyperparameters, per-epoch metrics) and
-  ``DIR/adapter/`` (PEFT format, ``adapter_model.safetensors``).
+  identity, K, alpha, plausibility filter, LoRA, data, hyperparameters, per-epoch metrics, the alpha
+  search and its trace) and ``DIR/adapter/`` (PEFT format, ``adapter_model.safetensors``).
 
 This module holds ULD's configuration, its loop and the run; the data is ``guard.train.uld_data``,
 the objective ``guard.train.uld_objective``, the optional report ``guard.train.uld_report`` and the
@@ -30,7 +33,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,7 +43,7 @@ from guard.train.method_data import SourceRef
 from guard.train.uld_data import Item, UldData, _split, collect_data, encode_items, load_source
 from guard.train.uld_objective import evaluate, losses
 
-__all__ = ["ADAPTER_DIR", "KIND", "MANIFEST", "METHOD", "Item", "UldConfig", "UldData", "_split", "collect_data",
+__all__ = ["ADAPTER_DIR", "AlphaSearch", "KIND", "MANIFEST", "METHOD", "Item", "UldConfig", "UldData", "_split", "collect_data",
            "load_source", "minimal_manifest", "train_assistant", "train_uld", "write_artifact"]
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,39 @@ class UldConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21)) + (1.2, 1.5, 2.0, 3.0)
+
+
+@dataclass
+class AlphaSearch:
+    """Choosing ``alpha`` after training (``guard.train.uld_alpha``), from the policy's data and
+    never-seen QA only. ``holdout``: QA about people the served model never saw, with TOFU's
+    paraphrased and perturbed answers (the level the forget answers' truth ratios should reach);
+    ``forget_every``: the search reads every n-th forget item (the rest stay held out from the choice);
+    ``retain_items``: at most this many of the assistant's held-out retain items are the flagged-retain
+    answers; ``min_retain_agreement``: share of their answer positions whose top token ULD must keep
+    (greedy answers unchanged); ``max_retain_shift`` / ``max_retain_nll_rise``: optional bounds on their
+    mean |change of log truth ratio| and mean gold-NLL rise (nats/token) vs alpha 0."""
+
+    holdout: SourceRef
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    forget_every: int = 2
+    retain_items: int = 20
+    min_retain_agreement: float = 0.98
+    max_retain_shift: float | None = None
+    max_retain_nll_rise: float | None = None
+
+    def validate(self) -> None:
+        if not self.alphas or any(not 0 <= a <= 10 for a in self.alphas):
+            raise ConfigError("--alphas must be numbers in [0, 10]", param="alphas")
+        if self.forget_every < 1:
+            raise ConfigError("--search-forget-every must be >= 1", param="search_forget_every")
+        if self.retain_items < 1:
+            raise ConfigError("--search-retain-items must be >= 1", param="search_retain_items")
+        if not 0 <= self.min_retain_agreement <= 1:
+            raise ConfigError("--min-retain-agreement must be in [0, 1]", param="min_retain_agreement")
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -215,8 +251,9 @@ def train_assistant(peft_model: Any, tokenizer: Any, data: UldData, cfg: UldConf
 
 def train_uld(policy_path: Path, out: Path, cfg: UldConfig | None = None, *, model_name: str = "default",
               targets: Sequence[str] | None = None, retain: Sequence[SourceRef] | None = None,
-              threads: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train the assistant for the policy's targets and write the artifact to ``out``; returns its manifest."""
+              threads: int | None = None, progress: bool = True, alpha_search: AlphaSearch | None = None) -> dict[str, Any]:
+    """Train the assistant for the policy's targets and write the artifact to ``out``; returns its manifest.
+    With ``alpha_search`` the artifact's ``decoding.alpha`` is chosen after training (else ``cfg.alpha``)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -234,6 +271,8 @@ def train_uld(policy_path: Path, out: Path, cfg: UldConfig | None = None, *, mod
 
     cfg = cfg or UldConfig()
     cfg.validate()
+    if alpha_search is not None:
+        alpha_search.validate()
     policy_path = Path(policy_path)
     policy = load_policy(policy_path)
     if threads is not None:
@@ -247,6 +286,10 @@ def train_uld(policy_path: Path, out: Path, cfg: UldConfig | None = None, *, mod
     if k > n_layers:
         raise ConfigError(f"--layers {k} exceeds the served model's {n_layers} layers", param="layers")
     data = collect_data(policy, cfg, targets=targets, retain=retain)
+    if alpha_search is not None:
+        from guard.train.uld_alpha import search_items
+
+        search_items(data, alpha_search)  # the search's data is checked before training, not after
     identity = model_identity(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     torch.manual_seed(cfg.seed)
@@ -259,6 +302,13 @@ def train_uld(policy_path: Path, out: Path, cfg: UldConfig | None = None, *, mod
              data.sources["n_forget_val"], data.sources["n_forget_examples"], cfg.paraphrases, data.sources["n_retain"],
              data.sources["n_retain_val"], torch.get_num_threads())
     result = train_assistant(model, tokenizer, data, cfg, progress=progress)
+    search = None
+    if alpha_search is not None:
+        from guard.train.uld_alpha import run_alpha_search
+
+        merged = copy.deepcopy(model).merge_and_unload().eval()
+        search = run_alpha_search(model_dir, tokenizer, merged, data, cfg, alpha_search, progress=progress)
+        cfg = replace(cfg, alpha=float(search["chosen"]["alpha"]))
     report = None
     if cfg.eval_items:
         t0 = time.perf_counter()
@@ -277,7 +327,9 @@ def train_uld(policy_path: Path, out: Path, cfg: UldConfig | None = None, *, mod
                       "dropout": cfg.lora_dropout, "target_modules": "all-linear"},
                       "trainable_parameters": trainable_parameters(model), "adapter": ADAPTER_DIR},
         "decoding": {"alpha": cfg.alpha, "top_k": cfg.top_k, "min_prob_ratio": cfg.min_prob_ratio,
-                     "plausibility": "top_k tokens by target probability, then p >= min_prob_ratio * p_max"},
+                     "plausibility": "top_k tokens by target probability, then p >= min_prob_ratio * p_max",
+                     "alpha_from": "alpha_search" if search else "--alpha"},
+        "alpha_search": search,
         "policy": policy_stamp(policy_path),
         "data": data.sources,
         "hyperparameters": cfg.to_dict(),

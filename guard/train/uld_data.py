@@ -91,6 +91,10 @@ def collect_data(policy: Any, cfg: Any, *, targets: Sequence[str] | None = None,
         sources["retain"].append(_source_entry(ref, len(got)))
     forget_questions = {it.question for it in forget if it.question}
     retain_items = [it for it in retain_items if it.question not in forget_questions or it.question is None]
+    # targets often share their keep data: one copy of each row, so a held-out retain item (the early stop's
+    # and the alpha search's flagged-retain answers) is never also a training item
+    seen: set[tuple[str, int]] = set()
+    retain_items = [it for it in retain_items if not ((it.source, it.row) in seen or seen.add((it.source, it.row)))]
     rng = random.Random(cfg.seed)
     if cfg.max_retain and len(retain_items) > cfg.max_retain:
         retain_items = rng.sample(retain_items, cfg.max_retain)

@@ -86,3 +86,16 @@ async def test_guard_train_uld_end_to_end(tmp_path: Path, data_dir: Path, local_
     uld = build_intervention(load_policy(policy), local_engine)
     _, settings = uld._for(load_policy(policy).targets[0])
     assert (settings.alpha, settings.top_k) == (0.7, 12)
+
+
+def test_shared_keep_data_is_read_once(tmp_path: Path, data_dir: Path):
+    """Two targets with the same keep_data: one copy of each row, so no held-out retain item is also trained on."""
+    path = tofu_policy(tmp_path / "p.yaml", data_dir, forget_rows="0:8")
+    raw = yaml.safe_load(path.read_text())
+    second = dict(raw["targets"][0], id="tofu-basil-2", forget_data=[dict(raw["targets"][0]["forget_data"][0], rows="8:16")])
+    raw["targets"].append(second)
+    path.write_text(yaml.safe_dump(raw))
+    data = collect_data(load_policy(path), UldConfig(val_fraction=0.5))
+    rows = [(it.source, it.row) for it in data.retain_train + data.retain_val]
+    assert sorted(r for _, r in rows) == list(range(40, 46))  # 6 rows, not 12
+    assert not {(it.source, it.row) for it in data.retain_val} & {(it.source, it.row) for it in data.retain_train}
