@@ -10,6 +10,11 @@ Examples::
     guard-eval tofu --model tofu-mini-target --retain-model tofu-mini-retain \\
         --guard spul=policies/examples/spul_tofu_mini.yaml --guard uld=policies/examples/uld_tofu_mini.yaml --out results/tofu-mini
 
+    # model utility when the detector is wrong: every retain / real-author / world-fact question through the
+    # method as if flagged (rows labelled <label>@worst-case), next to the served rows
+    guard-eval tofu --model tofu-mini-target --retain-model tofu-mini-retain \
+        --guard eco=policies/tofu/forget01.eco-answer-names.trained.yaml --regime served,worst-case --out results/tofu-mini
+
     # the full benchmark (GPU): forget10, retain90 twin, 200 new tokens, all items
     guard-eval tofu --model tofu-full-target --retain-model tofu-full-retain --preset full --out results/tofu-full
 """
@@ -26,6 +31,7 @@ from typing import Any
 from guard.cli_common import command_line
 from guard.errors import ConfigError
 from guard.eval.tofu import EvalPlan, System, TofuRun, plan_for_preset, preset_of, run_tofu
+from guard.eval.tofu_regime import DEFAULT_REGIME, parse_regimes, regime_label
 from guard.paths import default_data_dir
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -50,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluate the target behind POLICY (repeatable); the policy names actions and artifacts")
     p.add_argument("--policy", type=Path, help="a policy to run once per --actions entry, every target's action replaced")
     p.add_argument("--actions", help="comma-separated actions for --policy (e.g. refuse,eco,spul,uld)")
+    p.add_argument("--regime", default=DEFAULT_REGIME,
+                   help="served (the detector decides, default), worst-case (every retain/real/world question through "
+                        "the method as if flagged; rows labelled LABEL@worst-case), or served,worst-case for both")
     p.add_argument("--limit", type=int, help="at most N items per split, evenly spread (CPU runs)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="generation length (TOFU: 200)")
     p.add_argument("--batch-size", type=int, default=8, help="batch for plain-model generation (default %(default)s)")
@@ -95,7 +104,7 @@ def build_plan(args: argparse.Namespace, model_dir: Path) -> tuple[EvalPlan, str
 def build_guards(args: argparse.Namespace, target_model: str) -> list[System]:
     from guard.interventions.registry import available_actions
 
-    guards: list[System] = []
+    policies: list[tuple[str, Path, str | None]] = []
     for spec in args.guard:
         label, sep, path = spec.partition("=")
         if not sep:
@@ -104,7 +113,7 @@ def build_guards(args: argparse.Namespace, target_model: str) -> list[System]:
             raise ConfigError(f"guard label {label!r}: letters, digits, '.', '_', '-', not {'/'.join(_RESERVED)}", param="guard")
         if not Path(path).is_file():
             raise ConfigError(f"policy file {path} not found", param="guard")
-        guards.append(System(label, "guard", target_model, Path(path)))
+        policies.append((label, Path(path), None))
     if args.actions and not args.policy:
         raise ConfigError("--actions needs --policy (the policy whose targets get each action)", param="actions")
     if args.policy:
@@ -118,8 +127,10 @@ def build_guards(args: argparse.Namespace, target_model: str) -> list[System]:
             if action not in available:
                 raise ConfigError(f"action {action!r} is not available (available: {', '.join(sorted(available))})",
                                   param="actions")
-            guards.append(System(f"guard-{action}", "guard", target_model, args.policy, action))
-    return guards
+            policies.append((f"guard-{action}", args.policy, action))
+    regimes = parse_regimes(args.regime)
+    return [System(regime_label(label, regime), "guard", target_model, path, action, regime)
+            for label, path, action in policies for regime in regimes]
 
 
 def run_cli(args: argparse.Namespace) -> int:

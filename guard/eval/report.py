@@ -295,10 +295,15 @@ def tofu_markdown(results: dict[str, Any], command: str | None = None, plots: Se
         "model when the detector does not flag it); refused questions are scored by generation only (ROUGE, refusal "
         "rate) and left out of Prob / truth ratio / KS (see `n scored`).",
         "",
+        "`regime`: `served`, the detector decides which questions the method answers (as the server does); "
+        "`worst-case`, every retain / real-author / world-fact question goes through the method as if flagged "
+        "(the policy's targets in turn), so its model utility is the method's at a 100 % false-positive rate.",
+        "",
         "## Summary",
         "",
-        md_table(["system", "model", "actions", *[n for _, n in TOFU_SUMMARY_COLS]],
-                 [[s["label"], s["model"], ", ".join(s["actions"]), *[s["metrics"].get(k) for k, _ in TOFU_SUMMARY_COLS]]
+        md_table(["system", "regime", "model", "actions", *[n for _, n in TOFU_SUMMARY_COLS]],
+                 [[s["label"], s.get("regime") or "–", s["model"], ", ".join(s["actions"]),
+                   *[s["metrics"].get(k) for k, _ in TOFU_SUMMARY_COLS]]
                   for s in systems], digits=4),
         "",
         "## Model utility breakdown",
@@ -308,10 +313,13 @@ def tofu_markdown(results: dict[str, Any], command: str | None = None, plots: Se
         "",
         "## Screening and scoring per split",
         "",
-        "`flagged`: share of questions the detector flagged; `n scored`: questions with teacher-forced scores.",
+        "`flagged`: share of questions the detector flagged; `via method`: share answered by the method (flagged, "
+        "or routed by the worst-case regime); `n scored`: questions with teacher-forced scores.",
         "",
-        md_table(["system", *[f"{t} flagged" for _, t in _TOFU_SPLITS], *[f"{t} n scored / n" for _, t in _TOFU_SPLITS]],
+        md_table(["system", *[f"{t} flagged" for _, t in _TOFU_SPLITS], *[f"{t} via method" for _, t in _TOFU_SPLITS],
+                  *[f"{t} n scored / n" for _, t in _TOFU_SPLITS]],
                  [[s["label"], *[s["metrics"].get(f"{k}_flag_rate") for k, _ in _TOFU_SPLITS],
+                   *[s["metrics"].get(f"{k}_intervened_rate") for k, _ in _TOFU_SPLITS],
                    *[f"{s['metrics'].get(f'{k}_n_scored')} / {s['metrics'].get(f'{k}_n')}" for k, _ in _TOFU_SPLITS]]
                   for s in systems]),
         "",

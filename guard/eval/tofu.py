@@ -8,7 +8,10 @@ Systems measured (each one a row of the report):
 * ``guard:<label>``: the target behind a policy. Each question goes through the real pipeline
   (``Pipeline.build(policy, engine, build_detector)`` then ``decide([question])``), exactly as the
   server screens a chat request's user turn. Unflagged questions are answered by the plain model;
-  flagged ones by the target's intervention.
+  flagged ones by the target's intervention. That is the ``served`` regime; in the ``worst-case``
+  regime every retain / real-author / world-fact question goes through the method as if flagged
+  (:mod:`guard.eval.tofu_regime`: which target, and why). A row's regime is in its fingerprint, so
+  a cached row of one regime is never reused for the other.
 
 What each number sees:
 
@@ -58,6 +61,7 @@ from guard.errors import ConfigError
 from guard.eval.metrics import get_metric
 from guard.eval.tofu_metrics import TOFU_CONFIG, SplitScores, truth_ratios
 from guard.eval.tofu_plan import SPLITS, EvalPlan, TofuItem, plan_for_preset, preset_of, spread
+from guard.eval.tofu_regime import DEFAULT_REGIME, route
 from guard.eval.tofu_scoring import ItemResult, Scorer, generation_only
 from guard.interventions.base import PassThrough
 
@@ -80,6 +84,7 @@ class System:
     model: str
     policy_path: Path | None = None
     action_override: str | None = None
+    regime: str = DEFAULT_REGIME     # guard rows: served | worst-case (guard.eval.tofu_regime)
 
     def fingerprint(self, plan: EvalPlan, max_new_tokens: int, seed: int, data_dir: Path, model_dir: Path) -> dict[str, Any]:
         policy_sha = None
@@ -90,7 +95,13 @@ class System:
                "policy_sha256": policy_sha, "action_override": self.action_override}
         if self.kind == "guard":  # a change in how guards are scored redoes guard rows, not the unguarded ones
             out["guard_scoring"] = GUARD_SCORING_VERSION
+            if self.regime != DEFAULT_REGIME:  # served rows keep the fingerprint they had before regimes existed
+                out["regime"] = self.regime
         return out
+
+
+def _regime(system: System) -> str | None:
+    return system.regime if system.kind == "guard" else None
 
 
 def _model_stamp(model_dir: Path) -> str:
@@ -120,7 +131,9 @@ async def evaluate_system(system: System, scorer: Scorer, items: dict[str, list[
         if pipeline is None:
             out[split] = scorer.plain(split_items, desc=f"{system.label}/{split}")
             continue
-        decisions = [await pipeline.decide([it.question]) for it in split_items]
+        served = [await pipeline.decide([it.question]) for it in split_items]
+        decisions = route(pipeline, split, served, system.regime)
+        routed = {it.index for it, s, d in zip(split_items, served, decisions) if d is not s}
         plain_items = [it for it, d in zip(split_items, decisions) if isinstance(d.intervention, PassThrough)]
         plain = {r.index: r for r in scorer.plain(plain_items, desc=f"{system.label}/{split} unflagged")}
         results: list[ItemResult] = []
@@ -128,7 +141,10 @@ async def evaluate_system(system: System, scorer: Scorer, items: dict[str, list[
         bar = tqdm(total=len(flagged), desc=f"{system.label}/{split} flagged", leave=False, disable=not scorer.progress)
         by_index: dict[int, ItemResult] = {}
         for it, d in flagged:
-            by_index[it.index] = await scorer.intervened(it, d)
+            result = await scorer.intervened(it, d)
+            if it.index in routed:   # the detector passed it; the regime sent it to the method
+                result.flagged, result.routed = False, True
+            by_index[it.index] = result
             bar.update(1)
         bar.close()
         for it, d in zip(split_items, decisions):
@@ -136,8 +152,9 @@ async def evaluate_system(system: System, scorer: Scorer, items: dict[str, list[
                 results.append(by_index[it.index])
             else:
                 base = plain[it.index]
-                results.append(ItemResult(**{**base.to_dict(), "flagged": d.verdict.flagged, "target": d.verdict.target_id,
-                                             "action": d.action, "score": d.verdict.score}))
+                results.append(ItemResult(**{**base.to_dict(), "flagged": d.verdict.flagged and it.index not in routed,
+                                             "target": d.verdict.target_id, "action": d.action,
+                                             "score": d.verdict.score, "routed": it.index in routed}))
         out[split] = results
     return out
 
@@ -185,6 +202,7 @@ def aggregate(results: dict[str, Sequence[ItemResult]], reference_forget: SplitS
         out[f"{split}_n_scored"] = sum(r.scored for r in rows)
         out[f"{split}_flag_rate"] = sum(r.flagged for r in rows) / n if n else None
         out[f"{split}_intervened_rate"] = sum(r.action != "pass" for r in rows) / n if n else None
+        out[f"{split}_routed_rate"] = sum(r.routed for r in rows) / n if n else None
     return out
 
 
@@ -299,7 +317,8 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
             write_json(system_path(run.out_dir, system), {
                 "label": system.label, "kind": system.kind, "model": system.model,
                 "policy": str(system.policy_path) if system.policy_path else None,
-                "action_override": system.action_override, "settings": fp, "elapsed_s": timings[system.label],
+                "action_override": system.action_override, "regime": _regime(system), "settings": fp,
+                "elapsed_s": timings[system.label],
                 "items": {split: [r.to_dict() for r in rows] for split, rows in res.items()}})
     finally:
         for engine in engines.values():
@@ -314,7 +333,7 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
         out_systems.append({
             "label": system.label, "kind": system.kind, "model": system.model,
             "policy": str(system.policy_path) if system.policy_path else None, "action_override": system.action_override,
-            "actions": sorted({r.action for rows in res.values() for r in rows}),
+            "regime": _regime(system), "actions": sorted({r.action for rows in res.values() for r in rows}),
             "metrics": metrics, "elapsed_s": timings.get(system.label),
             "forget_truth_ratios": truth_ratio_values(split_scores(res["forget"])),
         })

@@ -53,6 +53,7 @@ class ItemResult:
     gt_loss: float | None = None
     paraphrased_loss: float | None = None
     perturbed_losses: list[float] | None = None
+    routed: bool = False   # worst-case regime: sent to the method though the detector passed it (``flagged`` false)
 
     @property
     def scored(self) -> bool:
