@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, str] = {
     "tofu": "guard.eval.cmd_tofu",
     "rwku": "guard.eval.cmd_rwku",
     "leak": "guard.eval.cmd_leak",
+    "false-stops": "guard.eval.cmd_false_stops",
 }
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from guard.cli_common import command_line
 from guard.errors import ConfigError
@@ -58,27 +59,35 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"policy file {args.policy} not found", param="policy")
 
 
-async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+@asynccontextmanager
+async def guard_on_local_engine(model: str, policy: Path, threads: int | None) -> AsyncIterator[tuple[Any, Any]]:
+    """(engine, pipeline): the guard as ``guard-serve`` builds it for ``policy``, on a local engine
+    serving ``model`` (one request at a time, ``threads`` torch threads); the engine is closed after."""
     from classifiers.loader import build_detector
-    from guard.engines.base import SamplingParams
     from guard.engines.local import LocalEngine
-    from guard.atomic import write_json, write_text
-    from guard.eval.leak import SYSTEMS, answer_probe, report_lines, results_json, summarise
-    from guard.eval.nameless_probes import nameless_probes
     from guard.models import resolve_model, served_name_for
     from guard.pipeline import Pipeline
     from guard.policy import load_policy
 
-    probes = nameless_probes(args.data or default_data_dir(), args.split, half=args.half)
-    if args.limit is not None and len(probes) > args.limit:
-        step = len(probes) / args.limit
-        probes = [probes[int(i * step)] for i in range(args.limit)]
-    engine = LocalEngine(Path(resolve_model(args.model)), served_name_for(args.model), max_concurrency=1, threads=args.threads)
+    engine = LocalEngine(Path(resolve_model(model)), served_name_for(model), max_concurrency=1, threads=threads)
     await engine.start()
     try:
-        pipeline = Pipeline.build(load_policy(args.policy), engine, build_detector, source=args.policy)
+        yield engine, Pipeline.build(load_policy(policy), engine, build_detector, source=policy)
+    finally:
+        await engine.close()
+
+
+async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from guard.engines.base import SamplingParams
+    from guard.atomic import write_json, write_text
+    from guard.eval.leak import SYSTEMS, answer_probe, evenly_spread, report_lines, results_json, summarise
+    from guard.eval.nameless_probes import nameless_probes
+
+    probes = nameless_probes(args.data or default_data_dir(), args.split, half=args.half)
+    probes = evenly_spread(probes, args.limit)
+    async with guard_on_local_engine(args.model, args.policy, args.threads) as (engine, pipeline):
         params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, n=args.samples)
         results = []
         with tqdm(total=len(probes) * len(SYSTEMS), desc="probes x systems", disable=args.no_progress) as bar:
@@ -86,8 +95,6 @@ async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
                 for system in SYSTEMS:
                     results.append(await answer_probe(probe, system, engine, pipeline, params))
                     bar.update(1)
-    finally:
-        await engine.close()
     settings = {"model": args.model, "policy": str(args.policy), "split": args.split, "half": args.half,
                 "samples": args.samples, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, "probes": len(probes), "command": command_line("guard-eval", "leak")}
