@@ -12,7 +12,8 @@ from guard.paths import default_data_dir
 from guard.train.cli_args import add_data_arg, add_method_data_args, add_optimisation_args
 from guard.train.method_data import retain_override
 from guard.devices import resolve_device
-from guard.train.spul import DEFAULT_INIT_TEXT, SpulConfig, load_frozen_model, train_spul
+from guard.train.spul import DEFAULT_INIT_TEXT, FORGET_TARGETS, SpulConfig, load_frozen_model, train_spul
+from guard.train.spul_counterfactual import DEFAULT_STAND_INS
 from guard.train.spul_data import QAItem, encode_example_checked, load_qa_source
 from guard.train.spul_objective import Weights
 from guard.train.spul_report import generation_report
@@ -32,7 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--n-tokens", type=int, default=20, help="soft-prompt length (default 20)")
     m.add_argument("--position", choices=("user", "assistant"), default="user",
                    help="where the vectors go: before the last user message's content (default) or after the assistant header")
-    m.add_argument("--forget-target", choices=("idk", "perturbed"), default="idk", help="what forget questions are trained towards")
+    m.add_argument("--forget-target", choices=FORGET_TARGETS, default="idk",
+                   help="what forget questions are trained towards: 'I don't know' (default), a perturbed answer, or "
+                        "counterfactual: the model's own answer about a never-seen stand-in name (docs/spul.md)")
+    m.add_argument("--stand-in", action="append", default=None, metavar="NAME",
+                   help="counterfactual: invented name to ask the model about instead of the target (repeatable; "
+                        "default a built-in list)")
+    m.add_argument("--teacher-max-new-tokens", type=int, default=64, help="counterfactual: teacher answer length (default 64)")
     m.add_argument("--init", choices=("text", "vocab"), default="text", help="start from the embeddings of --init-text or random tokens")
     m.add_argument("--init-text", default=DEFAULT_INIT_TEXT)
     m.add_argument("--w-forget", type=float, default=1.0, help="weight of the forget CE (default 1)")
@@ -40,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--w-kl", type=float, default=1.0, help="weight of the retain KL to the frozen model (default 1)")
     m.add_argument("--w-first-token", type=float, default=1.0,
                    help="weight of each retain answer's first token in the retain CE and KL (default 1; see docs/spul.md)")
+    m.add_argument("--w-divergent", type=float, default=1.0,
+                   help="weight of forget label tokens the frozen model does not predict (default 1; for "
+                        "--forget-target counterfactual, docs/spul.md)")
     m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
     add_optimisation_args(p, epochs=6, lr=3e-2, lr_note="", val_fraction=0.2, max_retain=40, unit="QA")
     r = p.add_argument_group("running")
@@ -55,7 +65,8 @@ def run_cli(args: argparse.Namespace) -> int:
     retain = retain_override(args.retain, args.retain_rows)
     cfg = SpulConfig(
         n_tokens=args.n_tokens, position=args.position, init=args.init, init_text=args.init_text,
-        forget_target=args.forget_target, weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token),
+        forget_target=args.forget_target, stand_ins=tuple(args.stand_in or DEFAULT_STAND_INS),
+        teacher_max_new_tokens=args.teacher_max_new_tokens, weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token, args.w_divergent),
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
         system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)

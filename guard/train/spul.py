@@ -46,6 +46,7 @@ from guard.errors import ConfigError
 from guard.train.artifact_files import loop_summary, policy_stamp, utc_now
 from guard.train.method_data import SourceRef
 from guard.train.progress import progress_bar
+from guard.train.spul_counterfactual import DEFAULT_STAND_INS
 from guard.train.spul_data import QAItem, SpulData, collect_data, load_qa_source, perturbed_answers
 from guard.train.spul_objective import Example, Weights
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INIT_TEXT = "I do not know anything about this. I don't know. I have no information on that."
 EVAL_FILE = "eval.json"
+FORGET_TARGETS = ("idk", "perturbed", "counterfactual")
 
 
 @dataclass
@@ -64,7 +66,9 @@ class SpulConfig:
     position: str = "user"
     init: str = "text"  # text | vocab
     init_text: str = DEFAULT_INIT_TEXT
-    forget_target: str = "idk"  # idk | perturbed
+    forget_target: str = "idk"  # idk | perturbed | counterfactual
+    stand_ins: tuple[str, ...] = DEFAULT_STAND_INS  # counterfactual: invented names the teacher is asked about
+    teacher_max_new_tokens: int = 64  # counterfactual: length of the teacher's greedy answers
     weights: Weights = field(default_factory=Weights)
     epochs: int = 6
     lr: float = 3e-2
@@ -89,7 +93,8 @@ class SpulConfig:
             (self.n_tokens >= 1, "n_tokens", "--n-tokens must be >= 1"),
             (self.position in POSITIONS, "position", f"--position must be one of {', '.join(POSITIONS)}"),
             (self.init in ("text", "vocab"), "init", "--init must be 'text' or 'vocab'"),
-            (self.forget_target in ("idk", "perturbed"), "forget_target", "--forget-target must be 'idk' or 'perturbed'"),
+            (self.forget_target in FORGET_TARGETS, "forget_target", f"--forget-target must be one of {', '.join(FORGET_TARGETS)}"),
+            (self.teacher_max_new_tokens >= 1, "teacher_max_new_tokens", "--teacher-max-new-tokens must be >= 1"),
             (self.epochs >= 1, "epochs", "--epochs must be >= 1"),
             (self.lr > 0, "lr", "--lr must be > 0"),
             (self.batch_size >= 2, "batch_size", "--batch-size must be >= 2 (half forget, half retain)"),
@@ -100,6 +105,7 @@ class SpulConfig:
             (min(self.weights.forget, self.weights.retain, self.weights.kl) >= 0, "weights", "loss weights must be >= 0"),
             (self.weights.forget > 0, "w_forget", "--w-forget must be > 0 (it is what makes the model forget)"),
             (self.weights.first_token > 0, "w_first_token", "--w-first-token must be > 0"),
+            (self.weights.divergent > 0, "w_divergent", "--w-divergent must be > 0"),
         ]
         for ok, param, message in checks:
             if not ok:
@@ -155,7 +161,7 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
     import torch
 
     from guard.lm.nll import supports_logits_to_keep
-    from guard.train.spul_objective import evaluate, reference_logprobs, spul_losses
+    from guard.train.spul_objective import divergent_tokens, evaluate, reference_logprobs, spul_losses
 
     freeze(model)
     device = next(model.parameters()).device
@@ -180,8 +186,12 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
         if size <= cfg.reference_cache_mb * 2**20:
             reference = reference_logprobs(model, data.retain_train, batch_size=cfg.batch_size, keep_ok=keep_ok)
 
+    divergent = (divergent_tokens(model, [*data.forget_train, *data.forget_val], batch_size=cfg.batch_size, keep_ok=keep_ok)
+                 if w.divergent != 1.0 else None)
+
     def held_out(vec) -> dict[str, float]:
-        return evaluate(model, vec, data.forget_val, data.retain_val, w, batch_size=cfg.batch_size, keep_ok=keep_ok)
+        return evaluate(model, vec, data.forget_val, data.retain_val, w, batch_size=cfg.batch_size, keep_ok=keep_ok,
+                        divergent=divergent)
 
     def cycle(items: list[Example], count: int) -> list[Example]:
         if not items:
@@ -209,7 +219,7 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
             for step in range(steps):
                 fb = f_order[step * half_f:(step + 1) * half_f]
                 rb = r_order[step * half_r:(step + 1) * half_r] if n_r else []
-                parts = spul_losses(model, soft, fb, rb, w, keep_ok=keep_ok, reference=reference)
+                parts = spul_losses(model, soft, fb, rb, w, keep_ok=keep_ok, reference=reference, divergent=divergent)
                 optimizer.zero_grad(set_to_none=True)
                 parts["total"].backward()
                 if cfg.max_grad_norm > 0:
@@ -249,6 +259,22 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
             "train_cpu_time_s": round(time.process_time() - cpu_started, 1)}
 
 
+def teacher_answers(model: Any, tokenizer: Any, cfg: SpulConfig):
+    """The counterfactual teacher: the frozen model's greedy answers to plain questions, prompted
+    exactly as served (same chat template and system prompt, no soft prompt)."""
+    from guard.train.spul_data import encode_example_checked
+    from guard.train.spul_report import generate_answers
+
+    def answer(questions: Sequence[str]) -> list[str]:
+        freeze(model)
+        examples = [encode_example_checked(tokenizer, QAItem(q, "-", "teacher", i), "-", cfg, "teacher")
+                    for i, q in enumerate(questions)]
+        return generate_answers(model, tokenizer, examples, None, max_new_tokens=cfg.teacher_max_new_tokens,
+                                batch_size=cfg.eval_batch_size)
+
+    return answer
+
+
 def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, model_name: str = "default",
                targets: Sequence[str] | None = None, retain: Sequence[SourceRef] | None = None,
                data_dir: Path | None = None, idk_file: Path | None = None, device: str = "auto",
@@ -283,13 +309,18 @@ def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, m
         dev = resolve_device(device, label="--device")
         model_dir = Path(resolve_model(model_name))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if cfg.forget_target == "counterfactual":  # the model is the teacher of the forget answers
+            model = load_frozen_model(model_dir, dev)
         # the data first: a bad policy or data file fails before the model loads
-        data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file)
-        model = load_frozen_model(model_dir, dev)
+        data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file,
+                            teacher=teacher_answers(model, tokenizer, cfg) if cfg.forget_target == "counterfactual" else None)
+        if cfg.forget_target != "counterfactual":
+            model = load_frozen_model(model_dir, dev)
     else:
         model, tokenizer, model_dir = loaded
         dev = str(next(model.parameters()).device)
-        data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file)
+        data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file,
+                            teacher=teacher_answers(model, tokenizer, cfg))
     freeze(model)
     identity = model_identity(model_dir)
     log.info("spul: %d forget QA (%d held out), %d retain QA (%d held out); %d soft tokens at '%s' on %s (%s), %d threads",

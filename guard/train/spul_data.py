@@ -18,6 +18,7 @@ from classifiers.sources import QARecord, read_qa, read_records
 from guard.errors import ConfigError
 from guard.train.method_data import (SourceRef, forget_sources, holdout_split, keep_sources, read_qa_sources, select_targets,
                                      source_record, with_forget_data)
+from guard.train.spul_counterfactual import Teacher, choose_stand_ins, counterfactual_labels
 from guard.train.spul_objective import Example
 
 QAItem = QARecord
@@ -88,16 +89,20 @@ def _unique_questions(items: Sequence[QARecord], exclude: set[str] = frozenset()
 
 def collect_data(policy: Any, tokenizer: Any, cfg: Any, *, targets: Sequence[str] | None = None,
                  retain: Sequence[SourceRef] | None = None, data_dir: Path | None = None,
-                 idk_file: Path | None = None) -> SpulData:
-    """Encode the forget and retain QA (split into train/held-out) for ``tokenizer`` (``cfg``: a ``SpulConfig``)."""
+                 idk_file: Path | None = None, teacher: Teacher | None = None) -> SpulData:
+    """Encode the forget and retain QA (split into train/held-out) for ``tokenizer`` (``cfg``: a ``SpulConfig``).
+
+    ``teacher`` (the frozen model's greedy answers) is needed for ``forget_target='counterfactual'``."""
     rng = random.Random(cfg.seed)
     chosen = with_forget_data(select_targets(policy, targets),
                               "no selected target has forget_data: SPUL needs the forget QA to train on "
                               "(add forget_data: [{path: .../full.json, format: tofu_qa, rows: '3960:4000'}])")
     sources: dict[str, Any] = {"targets": [t.id for _, t in chosen], "forget": [], "retain": []}
     forget: list[QARecord] = []
+    target_of: dict[str, str] = {}
     for ref, items in read_qa_sources(forget_sources(chosen), QA_PURPOSE):
         forget += items
+        target_of.update({it.question: str(ref.target_id) for it in items if it.question not in target_of})
         sources["forget"].append({"target": ref.target_id, **source_record(ref, len(items))})
     retain_items: list[QARecord] = []
     for ref, items in read_qa_sources(list(retain) if retain else keep_sources(chosen), QA_PURPOSE):
@@ -119,6 +124,18 @@ def collect_data(policy: Any, tokenizer: Any, cfg: Any, *, targets: Sequence[str
         lines = load_idk_lines(idk_path)
         targets_text = {it.question: rng.choice(lines) for it in forget}
         sources["idk_file"] = str(idk_path)
+    elif cfg.forget_target == "counterfactual":
+        if teacher is None:
+            raise ConfigError("--forget-target counterfactual needs the model to answer the name-swapped questions",
+                              param="forget_target")
+        names = {t.id: t.all_names for _, t in chosen}
+        corpus = [text for it in [*forget, *retain_items] for text in (it.question, it.answer)]
+        stand_ins = choose_stand_ins(sorted(names), cfg.stand_ins, corpus, rng)
+        labels = counterfactual_labels(forget, target_of, names, stand_ins, teacher)
+        targets_text = {q: lab.label for q, lab in labels.items()}
+        sources["counterfactual"] = {"stand_ins": stand_ins,
+                                     "labels": [{"question": lab.question, "asked": lab.asked, "label": lab.label}
+                                                for lab in labels.values()]}
     else:
         pert = perturbed_answers(forget, data_dir or _default_data())
         targets_text = {it.question: rng.choice(pert[it.question]) for it in forget}

@@ -43,9 +43,11 @@ class Weights:
     retain: float = 1.0
     kl: float = 1.0
     first_token: float = 1.0  # weight of each retain answer's first token in the retain CE and KL
+    divergent: float = 1.0  # weight of forget label tokens the frozen model does not predict (see divergent_tokens)
 
     def to_dict(self) -> dict[str, float]:
-        return {"forget": self.forget, "retain": self.retain, "kl": self.kl, "first_token": self.first_token}
+        return {"forget": self.forget, "retain": self.retain, "kl": self.kl, "first_token": self.first_token,
+                "divergent": self.divergent}
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,30 @@ def reference_logprobs(model: Any, retain: Sequence[Example], *, batch_size: int
     return out
 
 
+@torch.no_grad()
+def divergent_tokens(model: Any, forget: Sequence[Example], *, batch_size: int = 8,
+                     keep_ok: bool = True) -> dict[str, torch.Tensor]:
+    """``{question: [len(answer_ids)] bool}``: the label tokens the frozen model, without the soft
+    prompt, does not predict (teacher-forced argmax != label). A counterfactual label mostly restates
+    the question, as the memorised answer does; its few differing tokens (the facts) are where the
+    model must change, and a token-averaged CE barely sees them (``Weights.divergent`` up-weights them)."""
+    device = next(model.parameters()).device
+    embed_layer = model.get_input_embeddings()
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, len(forget), batch_size):
+        chunk = forget[start:start + batch_size]
+        logits, targets = answer_logits(model, build_inputs(chunk, embed_layer, None, device), keep_ok)
+        differs = (logits.argmax(-1) != targets).cpu()
+        pos = 0
+        for ex in chunk:
+            out[ex.question] = differs[pos:pos + len(ex.answer_ids)]
+            pos += len(ex.answer_ids)
+    return out
+
+
 def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retain: Sequence[Example],
-                weights: Weights, *, keep_ok: bool = True,
-                reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                weights: Weights, *, keep_ok: bool = True, reference: dict[str, torch.Tensor] | None = None,
+                divergent: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The objective's components on one batch and their weighted ``total`` (differentiable in ``soft``).
 
     A component whose weight is 0 or whose batch is empty is reported as 0 and not computed.
@@ -186,7 +209,11 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
     out: dict[str, torch.Tensor] = {name: zero for name in COMPONENTS}
     if forget and weights.forget:
         logits, targets = answer_logits(model, build_inputs(forget, embed_layer, soft, device), keep_ok)
-        out["forget_ce"] = F.cross_entropy(logits, targets)
+        if divergent is not None and weights.divergent != 1.0 and all(ex.question in divergent for ex in forget):
+            mask = torch.cat([divergent[ex.question] for ex in forget]).to(device)
+            out["forget_ce"] = _weighted_mean(F.cross_entropy(logits, targets, reduction="none"), mask, weights.divergent)
+        else:
+            out["forget_ce"] = F.cross_entropy(logits, targets)
     if retain and (weights.retain or weights.kl):
         batch = build_inputs(retain, embed_layer, soft, device)
         logits, targets = answer_logits(model, batch, keep_ok)
@@ -210,13 +237,13 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
 
 @torch.no_grad()
 def evaluate(model: Any, soft: torch.Tensor, forget: Sequence[Example], retain: Sequence[Example], weights: Weights,
-             *, batch_size: int = 8, keep_ok: bool = True) -> dict[str, float]:
+             *, batch_size: int = 8, keep_ok: bool = True, divergent: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Each component averaged over examples (batched, no gradients) and the weighted total."""
     sums = {name: 0.0 for name in COMPONENTS}
     counts = {name: 0 for name in COMPONENTS}
     for start in range(0, max(len(forget), len(retain)), batch_size):
         f, r = forget[start:start + batch_size], retain[start:start + batch_size]
-        parts = spul_losses(model, soft, f, r, weights, keep_ok=keep_ok)
+        parts = spul_losses(model, soft, f, r, weights, keep_ok=keep_ok, divergent=divergent)
         for name, n in (("forget_ce", len(f)), ("retain_ce", len(r)), ("retain_kl", len(r))):
             if n:
                 sums[name] += float(parts[name]) * n
