@@ -59,21 +59,17 @@ def _sets(args: argparse.Namespace) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> list[str]:
-    if args.max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be >= 1", param="max_new_tokens")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be >= 1", param="limit")
-    if not args.policy.is_file():
-        raise ConfigError(f"policy file {args.policy} not found", param="policy")
+    from guard.eval.cmd_leak import check_local_run
+
+    check_local_run(args)
     return _sets(args)
 
 
 async def run_false_stops(args: argparse.Namespace, sets: list[str]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from guard.atomic import write_json, write_text
     from guard.engines.base import SamplingParams
-    from guard.eval.cmd_leak import guard_on_local_engine
+    from guard.eval.cmd_leak import guard_on_local_engine, write_outputs
     from guard.eval.false_stops import answer_benign, benign_questions, report_lines, results_json, summarise
     from guard.eval.leak import evenly_spread
     from guard.metrics import GuardMetrics
@@ -106,10 +102,7 @@ async def run_false_stops(args: argparse.Namespace, sets: list[str]) -> dict[str
                 "max_new_tokens": args.max_new_tokens, "answers": len(results),
                 "command": command_line("guard-eval", "false-stops")}
     summary = summarise(results)
-    write_json(args.out / "results.json", results_json(results, summary, settings))
-    report = "\n".join(report_lines(summary, settings)) + "\n"
-    write_text(args.out / "report.md", report)
-    print(report)
+    write_outputs(args.out, results_json(results, summary, settings), report_lines(summary, settings))
     return summary
 
 

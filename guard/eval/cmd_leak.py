@@ -46,11 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cli)
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.samples < 1:
-        raise ConfigError("--samples must be >= 1", param="samples")
-    if args.samples > 1 and args.temperature <= 0:
-        raise ConfigError("--samples > 1 needs --temperature > 0 (greedy answers are all the same)", param="temperature")
+def check_local_run(args: argparse.Namespace) -> None:
+    """The arguments ``guard-eval leak`` and ``false-stops`` share: answer length, limit, policy file."""
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be >= 1", param="max_new_tokens")
     if args.limit is not None and args.limit < 1:
@@ -59,10 +56,28 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"policy file {args.policy} not found", param="policy")
 
 
+def _check(args: argparse.Namespace) -> None:
+    if args.samples < 1:
+        raise ConfigError("--samples must be >= 1", param="samples")
+    if args.samples > 1 and args.temperature <= 0:
+        raise ConfigError("--samples > 1 needs --temperature > 0 (greedy answers are all the same)", param="temperature")
+    check_local_run(args)
+
+
+def write_outputs(out: Path, results: dict[str, Any], report_lines: list[str]) -> None:
+    """``results.json`` and ``report.md`` in ``out`` (atomically), and the report on stdout."""
+    from guard.atomic import write_json, write_text
+
+    write_json(out / "results.json", results)
+    report = "\n".join(report_lines) + "\n"
+    write_text(out / "report.md", report)
+    print(report)
+
+
 @asynccontextmanager
 async def guard_on_local_engine(model: str, policy: Path, threads: int | None) -> AsyncIterator[tuple[Any, Any]]:
     """(engine, pipeline): the guard as ``guard-serve`` builds it for ``policy``, on a local engine
-    serving ``model`` (one request at a time, ``threads`` torch threads); the engine is closed after."""
+    serving ``model`` (one request at a time, ``threads`` torch threads); both are closed after."""
     from classifiers.loader import build_detector
     from guard.engines.local import LocalEngine
     from guard.models import resolve_model, served_name_for
@@ -72,7 +87,11 @@ async def guard_on_local_engine(model: str, policy: Path, threads: int | None) -
     engine = LocalEngine(Path(resolve_model(model)), served_name_for(model), max_concurrency=1, threads=threads)
     await engine.start()
     try:
-        yield engine, Pipeline.build(load_policy(policy), engine, build_detector, source=policy)
+        pipeline = Pipeline.build(load_policy(policy), engine, build_detector, source=policy)
+        try:
+            yield engine, pipeline
+        finally:
+            pipeline.close()  # its screening process and the methods' models
     finally:
         await engine.close()
 
@@ -81,7 +100,6 @@ async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from guard.engines.base import SamplingParams
-    from guard.atomic import write_json, write_text
     from guard.eval.leak import SYSTEMS, answer_probe, evenly_spread, report_lines, results_json, summarise
     from guard.eval.nameless_probes import nameless_probes
 
@@ -99,10 +117,7 @@ async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
                 "samples": args.samples, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, "probes": len(probes), "command": command_line("guard-eval", "leak")}
     summary = summarise(results)
-    write_json(args.out / "results.json", results_json(results, summary, settings))
-    report = "\n".join(report_lines(summary, settings)) + "\n"
-    write_text(args.out / "report.md", report)
-    print(report)
+    write_outputs(args.out, results_json(results, summary, settings), report_lines(summary, settings))
     return summary
 
 
