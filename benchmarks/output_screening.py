@@ -5,6 +5,8 @@
         --answers runs/output-screen/answers-default.jsonl=policies/tofu/forget10.yaml \
         --answers runs/output-screen/answers-micro-target.jsonl=policies/tofu/forget01.yaml \
         --out runs/output-screen/report.json
+    OMP_NUM_THREADS=1 python benchmarks/output_screening.py --data ../shared/data --holdout-authors --no-semantic \
+        --out runs/output-screen/holdback-holdout.json     # held-out check: 20 retain authors as targets
 
 ``--answers FILE=POLICY`` (from ``benchmarks/output_answers.py``): each answer is screened against
 that policy's targets, as a whole text and streamed token by token (the default model's tokenizer
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -233,10 +236,32 @@ def measure(policy_path: Path, answer_files: Sequence[Path], data: Path, tokeniz
     return report
 
 
+def holdout_authors_policy(data: Path, out_dir: Path, n: int = 20) -> Path:
+    """A keyword policy naming ``n`` TOFU retain authors (every 9th from the 5th; none of forget10's):
+    authors nothing in the screener was built or tuned on, for a held-out check of the hold-back."""
+    import yaml
+
+    from classifiers.policygen import tofu_author_name
+
+    full = _jsonl(data / "tofu" / "full.json")
+    targets = []
+    for a in range(4, 4 + 9 * n, 9):
+        block = full[a * 20:(a + 1) * 20]
+        targets.append({"id": f"holdout-{a}", "names": [tofu_author_name(block)],
+                        "forget_data": [{"path": str((data / "tofu" / "full.json").resolve()), "format": "tofu_qa",
+                                         "rows": f"{a * 20}:{(a + 1) * 20}"}]})
+    path = out_dir / "holdout-authors.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "detector": {"kind": "keyword"}, "default_action": "refuse",
+                                    "targets": targets}, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--answers", action="append", required=True, help="FILE=POLICY (repeatable)")
+    ap.add_argument("--answers", action="append", default=[], help="FILE=POLICY (repeatable)")
+    ap.add_argument("--holdout-authors", action="store_true",
+                    help="also measure the gold answers of 20 TOFU retain authors as targets (a held-out check)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-semantic", action="store_true")
     args = ap.parse_args()
@@ -252,7 +277,12 @@ def main() -> None:
     for spec in args.answers:
         f, _, p = spec.partition("=")
         by_policy[Path(p)].append(Path(f))
-    reports = [measure(p, files, args.data, tokenizer, not args.no_semantic) for p, files in by_policy.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.holdout_authors:
+            by_policy[holdout_authors_policy(args.data, Path(tmp))] = []
+        if not by_policy:
+            ap.error("give --answers FILE=POLICY and/or --holdout-authors")
+        reports = [measure(p, files, args.data, tokenizer, not args.no_semantic) for p, files in by_policy.items()]
     write_json(args.out, {"reports": reports, "load": os.getloadavg()})
     print(f"wrote {args.out}")
 
