@@ -22,7 +22,7 @@ from guard.models import DEFAULT_SERVED_NAME, resolve_model
 from guard.paths import cache_dir, default_data_dir
 from tests.support.diagnostics import is_timeout, safe_hang_report
 from tests.support.ports import free_port
-from tests.support.selector_audit import catch_stale_reuse, drop_stale, stale_entries
+from tests.support.selector_audit import catch_stale_removal, catch_stale_reuse, drop_stale, stale_entries
 from tests.support.watchdog import HangWatch
 
 VLLM_STARTUP_TIMEOUT_S = 600
@@ -109,6 +109,7 @@ async def _remember_session_loop(request: pytest.FixtureRequest) -> AsyncIterato
     loop = asyncio.get_running_loop()
     request.config.stash[SESSION_LOOP] = loop
     catch_stale_reuse(loop, request.config.stash.setdefault(STALE_REUSE, []))
+    catch_stale_removal(loop, request.config.stash.setdefault(STALE_REUSE, []))
     watch = HangWatch(loop)
     watch.start()
     request.config.stash[HANG_WATCH] = watch
@@ -164,7 +165,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_sep("=", "a test left closed descriptors registered with the event loop")
         terminalreporter.write_line(text)
     for text in config.stash.get(STALE_REUSE, []):
-        terminalreporter.write_sep("=", "a descriptor landed on a stale event-loop entry (repaired; it would have hung)")
+        terminalreporter.write_sep("=", "a stale event-loop entry met a new descriptor (repaired; it would have hung)")
         terminalreporter.write_line(text)
 
 
@@ -222,15 +223,30 @@ async def guard_server() -> AsyncIterator[GuardFactory]:
         await server.close()
 
 
-@pytest.fixture
-def sdk() -> Callable[..., Any]:
-    """An ``openai.AsyncOpenAI`` client for a base URL, no retries (errors must surface)."""
+@pytest_asyncio.fixture
+async def sdk() -> AsyncIterator[Callable[..., Any]]:
+    """An ``openai.AsyncOpenAI`` client for a base URL, no retries (errors must surface); every
+    client made is closed when the test ends.
+
+    Closed, not dropped: a dropped client is what hung the suite on CI. When the garbage collector
+    takes an unclosed client, its connections' sockets are closed by their finalizers (the event
+    loop still lists their descriptors), and the SDK's own finalizer schedules ``aclose()``, which
+    later calls ``remove_reader`` on those *numbers*. If a new test server was given one of the
+    numbers in between, that call unregisters the server's listening socket: it listens, the kernel
+    queues the connection, and the loop never hears of it (caught by tests/support/selector_audit
+    diagnostics: "in the loop's selector False, in its epoll set False")."""
     import openai
 
-    def make(base_url: str, api_key: str = "unused", **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+    clients: list[openai.AsyncOpenAI] = []
 
-    return make
+    def make(base_url: str, api_key: str = "unused", **kwargs: Any) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
 
 
 @pytest.fixture(scope="session")

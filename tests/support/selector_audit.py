@@ -12,11 +12,22 @@ connection, and the loop is never told.
 ``/proc/self/fdinfo``; the suite runs it after each test so the test that leaves one is named.
 ``catch_stale_reuse(loop, found)`` catches the moment a new descriptor lands on a stale entry (the
 hang itself), records who registered it and what the stale entry was, and registers it for real.
+
+The same hang has a second form, caught on 2026-12-04: the stale owner *removes* the new
+registration. An ``openai.AsyncOpenAI`` client dropped unclosed is collected together with its
+connections; their transports' finalizers close the sockets (the loop still lists them), and the
+SDK's finalizer schedules ``aclose()``, which aborts those transports and calls
+``remove_reader(fd)`` on their old numbers. A test server that was given one of the numbers in
+between loses its listening socket's registration ("in the loop's selector False, in its epoll
+set False"). The cure is to close clients (the ``sdk`` fixture does); ``catch_stale_removal``
+refuses such a removal (the calling transport's socket no longer has that number, and the
+registration is someone else's) and records it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -81,3 +92,37 @@ def catch_stale_reuse(loop: asyncio.AbstractEventLoop, found: list[str]) -> None
         return selector.register(fileobj, events, data)
 
     selector.modify = checked_modify
+
+
+def _owner(handle: Any) -> Any:
+    callback = getattr(handle, "_callback", None)
+    return getattr(callback, "__self__", None)
+
+
+def catch_stale_removal(loop: asyncio.AbstractEventLoop, found: list[str]) -> None:
+    """Wrap the loop's ``_remove_reader``/``_remove_writer`` so that a transport whose socket was
+    closed behind its back cannot unregister whatever now holds its old descriptor number; each such
+    call is skipped and appended to ``found`` with the stack that made it."""
+    if getattr(loop, "_selector", None) is None or epoll_targets(loop) is None:
+        return
+
+    def guarded(remove: Any, slot: int) -> Any:
+        def checked(fd: Any) -> Any:
+            caller = sys._getframe(1).f_locals.get("self")
+            sock = getattr(caller, "_sock", None)
+            if isinstance(fd, int) and sock is not None and getattr(caller, "_sock_fd", None) == fd:
+                try:
+                    key = loop._selector.get_key(fd)  # type: ignore[attr-defined]
+                except (KeyError, ValueError):
+                    key = None
+                handles = key.data if key is not None and isinstance(key.data, tuple) else (None, None)
+                holder = handles[slot]
+                if sock.fileno() != fd and holder is not None and _owner(holder) is not caller:
+                    found.append(f"{caller!r} (socket closed, was fd {fd}) tried to unregister fd {fd}, now "
+                                 f"registered for {holder!r}, at\n" + "".join(traceback.format_stack(limit=16)[:-1]))
+                    return False
+            return remove(fd)
+        return checked
+
+    loop._remove_reader = guarded(loop._remove_reader, 0)  # type: ignore[attr-defined]
+    loop._remove_writer = guarded(loop._remove_writer, 1)  # type: ignore[attr-defined]
