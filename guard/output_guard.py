@@ -21,12 +21,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from guard.answer_stream import aclose_quietly
 from guard.engines.base import GenerationChunk
 from guard.output_screen import AnswerScreen, OutputHit, OutputScreener, ScreenStep
+
+
+CUT_SEPARATOR = "\n\n"
+"""Put between the text a client already received of a choice and the replacement answer that
+continues it, so the cut prefix and the new answer do not run together ("The leaderI'm sorry")."""
+
+
+@dataclass
+class Released:
+    """What the client has received of each choice so far: the choices that finished and those
+    with some text, so a replacement answer skips the first and separates itself from the second."""
+
+    finished: set[int] = field(default_factory=set)
+    spoke: set[int] = field(default_factory=set)
+
+    def note(self, parts: Iterable[ChoicePart]) -> None:
+        for part in parts:
+            if part.text:
+                self.spoke.add(part.index)
+            if part.finished:
+                self.finished.add(part.index)
 
 
 @dataclass(frozen=True)
@@ -193,14 +214,13 @@ async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputG
             yield chunk
         return
     screens = guard.screens()
-    released_done: set[int] = set()
+    released = Released()
     hit: OutputHit | None = None
     try:
         async for chunk in chunks:
             step = await guard.step(screens, chunk, chunk_parts(chunk))
             for item in step.release:
-                if item.finish_reason is not None:
-                    released_done.add(item.index)
+                released.note(chunk_parts(item))
                 yield item
             if step.hit is not None:
                 hit = step.hit
@@ -215,15 +235,22 @@ async def screened_chunks(chunks: AsyncIterator[GenerationChunk], guard: OutputG
     if hit is None:
         return
     guard.on_hit(hit)
-    async for chunk in skip_finished(await guard.reanswer(hit), released_done):
+    async for chunk in continuation(await guard.reanswer(hit), released):
         yield chunk
 
 
-async def skip_finished(chunks: AsyncIterator[GenerationChunk], finished: set[int]) -> AsyncIterator[GenerationChunk]:
-    """A replacement answer without the choices the client already saw finish (closed when done)."""
+async def continuation(chunks: AsyncIterator[GenerationChunk], released: Released) -> AsyncIterator[GenerationChunk]:
+    """A replacement answer as the rest of what the client received: without the choices it already
+    saw finish, and with ``CUT_SEPARATOR`` before the first text of a choice it saw begin (closed
+    when done)."""
+    separate = set(released.spoke - released.finished)
     try:
         async for chunk in chunks:
-            if chunk.index not in finished:
-                yield chunk
+            if chunk.index in released.finished:
+                continue
+            if chunk.index in separate and (chunk.text or chunk.finish_reason is not None):
+                separate.discard(chunk.index)
+                chunk = replace(chunk, text=CUT_SEPARATOR + chunk.text)
+            yield chunk
     finally:
         await aclose_quietly(chunks)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator
 
 from classifiers.base import Verdict
@@ -27,7 +27,7 @@ from guard.engines.sse import encode_json
 from guard.interventions.answers import finish_answer
 from guard.interventions.base import GuardRequest
 from guard.metrics import GuardMetrics
-from guard.output_guard import OutputGuard, screened_chunks, skip_finished
+from guard.output_guard import OutputGuard, Released, continuation, screened_chunks
 from guard.output_screen import OutputHit
 from guard.output_wire import answer_texts
 from guard.pipeline import Pipeline
@@ -49,6 +49,10 @@ class OutputContext:
     request_id: str | None = None
     key_name: str | None = None
     audit_text: bool = False
+    whole: bool = False   # the answer is returned whole (not streamed): a hit replaces all of it
+    # this request's output-screen hits, in order (``on_hit`` appends): the service's debug header
+    # on a whole answer reads them once the answer is made (a method re-answer's hit is the second)
+    hits: list[OutputHit] = field(default_factory=list, compare=False)
 
 
 def output_guard(ctx: OutputContext, action: str) -> OutputGuard | None:
@@ -57,10 +61,12 @@ def output_guard(ctx: OutputContext, action: str) -> OutputGuard | None:
     if screener is None or not screener.active or action == "refuse":
         return None
     return OutputGuard(screener, lambda hit: _reanswer(ctx, hit, may_use_method=action == "pass"),
-                       lambda hit: _record(ctx, hit, action), hold_all=ctx.request.params.constraint is not None)
+                       lambda hit: _record(ctx, hit, action),
+                       hold_all=ctx.whole or ctx.request.params.constraint is not None)
 
 
 def _record(ctx: OutputContext, hit: OutputHit, action: str) -> None:
+    ctx.hits.append(hit)
     ctx.metrics.output_flagged.labels(reason=hit.reason, action=hit.action).inc()
     record: dict[str, Any] = {"event": "output_flagged", "request_id": ctx.request_id, "key": ctx.key_name,
                               "target": hit.target_id, "reason": hit.reason, "answered_by": action,
@@ -111,16 +117,17 @@ def continuation_meta(meta: ResponseMeta, head: dict[str, Any]) -> ResponseMeta:
 
 def forwarded_continuation(guard: OutputGuard, meta: ResponseMeta, include_usage: bool):
     """``continue_with`` for ``guard.output_wire.screened_events``: the replacement's frames, as the
-    rest of the forwarded stream (same id, no second role chunk, choices already finished skipped)."""
+    rest of the forwarded stream (same id, no second role chunk, choices already finished skipped,
+    a cut choice's new text after ``CUT_SEPARATOR``)."""
 
-    async def continue_with(hit: OutputHit, head: dict[str, Any], finished: set[int]) -> AsyncIterator[bytes]:
+    async def continue_with(hit: OutputHit, head: dict[str, Any], released: Released) -> AsyncIterator[bytes]:
         shape = meta.shape
         if not shape.resumable:  # a Responses stream: no continuation mid-response
             yield shape.encode_event({"error": {"message": STOPPED_MESSAGE, "type": "output_screened",
                                                 "param": None, "code": "output_screened"}})
             return
         chunks = await guard.reanswer(hit)
-        first, rest = await pull_first(skip_finished(chunks, finished))
+        first, rest = await pull_first(continuation(chunks, released))
         async for frame in shaped_frames(continuation_meta(meta, head), include_usage, first, rest, resume=True):
             yield frame
 

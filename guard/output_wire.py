@@ -15,10 +15,10 @@ import re
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from guard.answer_stream import aclose_quietly
-from guard.output_guard import ChoicePart, OutputGuard
+from guard.output_guard import ChoicePart, OutputGuard, Released
 from guard.output_screen import OutputHit
 
-Continuation = Callable[[OutputHit, dict[str, Any], set[int]], AsyncIterator[bytes]]
+Continuation = Callable[[OutputHit, dict[str, Any], Released], AsyncIterator[bytes]]
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n")
 _SSE_LINE_END = re.compile(r"\r\n|\r|\n")
@@ -151,17 +151,17 @@ def stream_head(obj: dict[str, Any] | None) -> dict[str, Any]:
 async def screened_events(reads: AsyncIterator[bytes], guard: OutputGuard, continue_with: Continuation
                           ) -> AsyncIterator[bytes]:
     """A forwarded stream's bytes, released whole event by whole event once screened; on a hit the
-    upstream is closed (vLLM aborts the request) and ``continue_with(hit, head, finished)`` streams
-    the rest (``head``: the first chunk's id/created/model; ``finished``: choices already ended)."""
+    upstream is closed (vLLM aborts the request) and ``continue_with(hit, head, released)`` streams
+    the rest (``head``: the first chunk's id/created/model; ``released``: what the client has of each choice)."""
     splitter = SseSplitter()
     screens = guard.screens()
     head: dict[str, Any] = {}
-    finished: set[int] = set()
+    released = Released()
     hit: OutputHit | None = None
 
     def sent(release: list[Any]) -> bytes:
         for _, parts in release:
-            finished.update(p.index for p in parts if p.finished)
+            released.note(parts)
         return b"".join(event for event, _ in release)
 
     try:
@@ -189,5 +189,5 @@ async def screened_events(reads: AsyncIterator[bytes], guard: OutputGuard, conti
         await aclose_quietly(reads)
     if hit is not None:
         guard.on_hit(hit)
-        async for frame in continue_with(hit, head, finished):
+        async for frame in continue_with(hit, head, released):
             yield frame

@@ -37,6 +37,7 @@ from guard.interventions.base import GuardRequest, Intervention
 from guard.metrics import GuardMetrics
 from guard.output_guard import OutputGuard, screened_chunks
 from guard.output_response import OutputContext, forwarded_continuation, output_guard, screened_forwarded_json
+from guard.output_screen import OutputHit
 from guard.output_wire import screened_events
 from guard.pipeline import Decision, Pipeline, PipelineHolder
 from guard.protocol import GenerationRequest, parse_request, sampling_params
@@ -139,8 +140,9 @@ class GenerationService:
             action = decision.action
             self._record_decision(caller, decision, texts)
             request = GuardRequest(prompt, params)
-            guard = output_guard(OutputContext(pipeline, self.engine, request, self.metrics, caller.request_id,
-                                               caller.key_name, self.settings.audit_prompts), action)
+            output = OutputContext(pipeline, self.engine, request, self.metrics, caller.request_id,
+                                   caller.key_name, self.settings.audit_prompts, whole=not req.stream)
+            guard = output_guard(output, action)
             forward = action == "pass" and self.engine.capabilities.forwarding
             # the model name and fingerprint a passed answer would carry: flagged ones look the same
             meta = (ResponseMeta(shape=req.answer_shape, model=self.engine.answer_model_name,
@@ -155,6 +157,8 @@ class GenerationService:
                 answer = await self._generated_answer(req, meta, request, decision, action, started, guard,
                                                       pipeline.refusal())
             status = answer.status
+            if guard is not None and isinstance(answer, JsonAnswer) and answer.status == 200:
+                answer.headers.update(self._output_debug_headers(output.hits))  # screened whole by now
             if isinstance(answer, StreamAnswer):  # counted when the stream ends
                 sent = str(answer.status)
                 answer.when_closed(lambda finished: self._count(route, sent if finished else "499", action, started))
@@ -219,6 +223,17 @@ class GenerationService:
             return {}
         return {"X-Guard-Action": decision.action, "X-Guard-Target": decision.verdict.target_id or "",
                 "X-Guard-Score": f"{decision.verdict.score:.4f}"}
+
+    def _output_debug_headers(self, hits: list[OutputHit]) -> dict[str, str]:
+        """What the output screen did to a whole (non-streamed) answer, with ``debug`` only:
+        ``X-Guard-Output: pass`` (screened, nothing hit) or ``flagged`` with the first hit's target
+        and reason (a streamed answer's headers leave before its text is screened: none there)."""
+        if not self.settings.debug:
+            return {}
+        if not hits:
+            return {"X-Guard-Output": "pass"}
+        return {"X-Guard-Output": "flagged", "X-Guard-Output-Target": hits[0].target_id or "",
+                "X-Guard-Output-Reason": hits[0].reason}
 
     # -- the pass path: the upstream's bytes -------------------------------------------------------
     async def _forward(self, req: ServedRequest, body: dict[str, Any], raw: bytes, max_tokens: int,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from guard.engines.base import GenerationChunk
-from guard.output_guard import ChoicePart, ChoiceScreens, OutputGuard, screened_chunks
+from guard.output_guard import CUT_SEPARATOR, ChoicePart, ChoiceScreens, OutputGuard, screened_chunks
 from guard.output_screen import NameFactMatcher, OutputScreener
 
 NAME = "Basil Mahfouz Al-Kuwaiti"
@@ -83,6 +83,32 @@ async def test_a_hit_closes_the_stream_and_the_replacement_continues(holdback):
     assert NAME not in text and "Basil" not in text and text.endswith("I can't.")
     assert closed == [True] and len(hits) == 1
     assert [c.finish_reason for c in got if c.finish_reason] == ["stop"]  # one finish: the replacement's
+
+
+PREFIX = words("Sure, here is what I know about the writer you asked me about today. ")[:-1]
+
+
+async def test_a_cut_answer_and_its_replacement_are_separated():
+    """The client saw the screened prefix; the replacement follows after a paragraph break, not
+    glued to the cut word ("The writerI can't.")."""
+    guard = OutputGuard(screener(4), _refusal, [].append)
+    got = [c async for c in screened_chunks(_chunks(PREFIX + ["Basil ", "Mahfouz ", "Al-Kuwaiti."]), guard)]
+    text = "".join(c.text for c in got)
+    sent, _, rest = text.partition(CUT_SEPARATOR)
+    assert sent and "".join(PREFIX).startswith(sent) and rest == "I can't."
+
+
+async def test_a_replacement_before_anything_was_released_has_no_separator():
+    guard = OutputGuard(screener(16), _refusal, [].append)
+    got = [c async for c in screened_chunks(_chunks(["Basil ", "Mahfouz ", "Al-Kuwaiti."]), guard)]
+    assert "".join(c.text for c in got) == "I can't."
+
+
+async def test_a_whole_answer_hit_is_only_the_replacement():
+    """``hold_all`` (a non-streamed or structured answer): nothing of the cut answer is kept."""
+    guard = OutputGuard(screener(4), _refusal, [].append, hold_all=True)
+    got = [c async for c in screened_chunks(_chunks(PREFIX + ["Basil ", "Mahfouz ", "Al-Kuwaiti."]), guard)]
+    assert "".join(c.text for c in got) == "I can't."
 
 
 async def test_an_answer_without_the_target_is_unchanged():

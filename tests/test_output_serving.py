@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from guard.output_guard import CUT_SEPARATOR
+
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 OTHER = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -73,7 +75,8 @@ async def test_a_passed_question_whose_answer_names_the_target_is_refused(local_
     # streamed: the client's bytes never contain the name, and the stream ends properly
     raw = await sse_bytes(base, {**kwargs, "messages": QUESTION, "stream": True})
     assert b"Paris" not in raw and raw.endswith(b"data: [DONE]\n\n")
-    assert REFUSAL in sse_text(raw)
+    streamed = sse_text(raw)  # the refusal alone, or after the screened prefix and a paragraph break
+    assert streamed == REFUSAL or (streamed.endswith(CUT_SEPARATOR + REFUSAL) and len(streamed) > len(REFUSAL) + 2)
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "guard.audit"]
     hits = [r for r in records if r["event"] == "output_flagged"]
     assert len(hits) == 2 and {h["target"] for h in hits} == {"place"} and all(h["leaked_chars"] == 0 for h in hits)
@@ -82,6 +85,19 @@ async def test_a_passed_question_whose_answer_names_the_target_is_refused(local_
         async with s.get(base.removesuffix("/v1") + "/metrics", headers={"Authorization": "Bearer metrics-key"}) as r:
             metrics = await r.text()
     assert 'guard_output_flagged_total{action="refuse",reason="name"} 2.0' in metrics
+
+
+async def test_a_cut_stream_keeps_its_screened_prefix_apart_from_the_refusal(local_engine, guard_server, sdk, kwargs,
+                                                                            tmp_path):
+    """A short hold-back releases "The capital of France is" before "Paris" arrives: the client's
+    stream is that prefix, a paragraph break, the refusal; the same question not streamed is the
+    refusal alone (a whole answer is screened whole)."""
+    base = await guard_server(local_engine, policy=write_policy(tmp_path, holdback=2))
+    streamed = sse_text(await sse_bytes(base, {**kwargs, "messages": QUESTION, "stream": True}))
+    prefix, sep, rest = streamed.partition(CUT_SEPARATOR)
+    assert sep and rest == REFUSAL and prefix and "The capital of France is".startswith(prefix.rstrip())
+    whole = await sdk(base).chat.completions.create(messages=QUESTION, **kwargs)
+    assert whole.choices[0].message.content == REFUSAL
 
 
 async def test_unflagged_answers_are_identical_only_delayed(local_engine, guard_server, sdk, kwargs, tmp_path):
@@ -109,6 +125,36 @@ async def test_a_hit_is_re_answered_through_the_targets_method(local_engine, gua
     assert first["answered_by"] == "pass" and first["then"] == "method"
     raw_stream = await sse_bytes(base, {**kwargs, "messages": QUESTION, "stream": True})
     assert b"Paris" not in raw_stream and raw_stream.endswith(b"data: [DONE]\n\n")
+
+
+async def test_debug_headers_tell_a_whole_answers_output_stop(local_engine, guard_server, sdk, kwargs, tmp_path):
+    """With ``debug``, a whole answer says what the output screen did (``X-Guard-Output``: flagged
+    with the target and reason, or pass); a stream's headers leave before its text is screened, so
+    it has none; without ``debug`` no answer names a target."""
+    policy = write_policy(tmp_path)
+    client = sdk(await guard_server(local_engine, policy=policy, debug=True))
+    raw = await client.chat.completions.with_raw_response.create(messages=QUESTION, **kwargs)
+    assert raw.parse().choices[0].message.content == REFUSAL
+    assert raw.headers["X-Guard-Action"] == "pass"   # the request passed: the answer was stopped
+    assert (raw.headers["X-Guard-Output"], raw.headers["X-Guard-Output-Target"],
+            raw.headers["X-Guard-Output-Reason"]) == ("flagged", "place", "name")
+    raw = await client.chat.completions.with_raw_response.create(messages=OTHER, **kwargs)
+    assert raw.headers["X-Guard-Output"] == "pass" and "X-Guard-Output-Target" not in raw.headers
+    done = await client.completions.with_raw_response.create(model=MODEL, prompt="The capital of France is the city of",
+                                                             max_tokens=8, temperature=0)
+    assert done.headers["X-Guard-Output"] == "flagged" and done.headers["X-Guard-Output-Target"] == "place"
+    stream = await client.chat.completions.with_raw_response.create(messages=QUESTION, stream=True, **kwargs)
+    assert stream.headers["X-Guard-Action"] == "pass" and "X-Guard-Output" not in stream.headers
+    async for _ in stream.parse():
+        pass
+    quiet = sdk(await guard_server(local_engine, policy=policy))
+    raw = await quiet.chat.completions.with_raw_response.create(messages=QUESTION, **kwargs)
+    assert raw.parse().choices[0].message.content == REFUSAL
+    assert not any(h.lower().startswith("x-guard") for h in raw.headers)
+    # a request the request screen refuses is not output-screened (the refusal is the guard's own)
+    raw = await client.chat.completions.with_raw_response.create(
+        messages=[{"role": "user", "content": "Tell me about Paris."}], **kwargs)
+    assert raw.headers["X-Guard-Action"] == "refuse" and "X-Guard-Output" not in raw.headers
 
 
 async def test_n_choices_and_completions_are_screened(local_engine, guard_server, sdk, kwargs, tmp_path):
@@ -176,3 +222,21 @@ async def test_on_vllm_unflagged_streams_are_byte_identical_to_plain_forwarding(
         return re.sub(rb'"(id|created)":("[^"]*"|\d+)', b"", raw)
 
     assert without_ids(await sse_bytes(guarded, payload)) == without_ids(await sse_bytes(plain, payload))
+
+
+@pytest.mark.vllm
+async def test_on_vllm_a_forwarded_whole_answer_carries_the_output_debug_header(vllm_engine, guard_server, sdk,
+                                                                               kwargs, tmp_path):
+    """The pass path (the upstream's JSON body, screened whole): the same ``X-Guard-Output`` headers
+    with ``debug``, none without."""
+    policy = write_policy(tmp_path)
+    client = sdk(await guard_server(vllm_engine, policy=policy, debug=True))
+    raw = await client.chat.completions.with_raw_response.create(messages=QUESTION, **kwargs)
+    assert raw.parse().choices[0].message.content == REFUSAL
+    assert (raw.headers["X-Guard-Output"], raw.headers["X-Guard-Output-Target"],
+            raw.headers["X-Guard-Output-Reason"]) == ("flagged", "place", "name")
+    raw = await client.chat.completions.with_raw_response.create(messages=OTHER, **kwargs)
+    assert raw.headers["X-Guard-Output"] == "pass" and "Paris" not in raw.parse().choices[0].message.content
+    quiet = sdk(await guard_server(vllm_engine, policy=policy))
+    raw = await quiet.chat.completions.with_raw_response.create(messages=QUESTION, **kwargs)
+    assert raw.parse().choices[0].message.content == REFUSAL and "X-Guard-Output" not in raw.headers

@@ -77,7 +77,7 @@ async def test_an_unflagged_stream_is_byte_identical():
     stream = b"".join(events)
     closed, hits = [], []
 
-    async def never(hit, head, finished):
+    async def never(hit, head, released):
         raise AssertionError("no hit expected")
         yield b""
 
@@ -92,14 +92,31 @@ async def test_a_leaking_stream_is_cut_and_continued_under_the_upstreams_id():
                                                                                        b"data: [DONE]\n\n"]
     closed, hits, seen = [], [], {}
 
-    async def continue_with(hit, head, finished):
-        seen.update(head=head, finished=finished)
+    async def continue_with(hit, head, released):
+        seen.update(head=head, finished=released.finished, spoke=released.spoke)
         yield b"data: {\"replacement\": true}\n\ndata: [DONE]\n\n"
 
     out = b"".join([b async for b in screened_events(_reads(events, closed), _guard(hits), continue_with)])
     assert b"Basil" not in out and out.endswith(b"data: [DONE]\n\n") and out.count(b"[DONE]") == 1
     assert closed == [True] and len(hits) == 1 and hits[0].leaked_chars == 0
-    assert seen == {"head": {"id": "chatcmpl-up", "created": 7, "model": "m"}, "finished": set()}
+    assert seen == {"head": {"id": "chatcmpl-up", "created": 7, "model": "m"}, "finished": set(), "spoke": set()}
+
+
+async def test_a_continuation_knows_which_choices_the_client_saw_begin():
+    """What was released before the cut (a choice's first words) is what the continuation must
+    separate itself from (``Released.spoke``)."""
+    words = "Here is a short summary of what I know about the writer you asked me about . The author is".split()
+    words += ["Basil", "Mahfouz", "Al-Kuwaiti", "."]
+    events = [chat_event(0, "", role="assistant")] + [chat_event(0, w + " ") for w in words]
+    events += [chat_event(0, "", finish="stop"), b"data: [DONE]\n\n"]
+    seen = {}
+
+    async def continue_with(hit, head, released):
+        seen.update(finished=released.finished, spoke=released.spoke)
+        yield b"data: [DONE]\n\n"
+
+    out = b"".join([b async for b in screened_events(_reads(events, []), _guard([]), continue_with)])
+    assert b"Here " in out and b"Basil" not in out and seen == {"finished": set(), "spoke": {0}}
 
 
 async def test_events_coalesced_into_one_read_are_screened_together_and_released_unchanged():
@@ -110,7 +127,7 @@ async def test_events_coalesced_into_one_read_are_screened_together_and_released
     events += [chat_event(0, "", finish="stop"), b"data: [DONE]\n\n"]
     stream = b"".join(events)
 
-    async def never(hit, head, finished):
+    async def never(hit, head, released):
         raise AssertionError("no hit expected")
         yield b""
 
