@@ -32,8 +32,13 @@ word in lower case), a template family generated from every target's family name
 alternate templates tuned / held-out) and, as negatives, every sentence of the data (RWKU passages
 and instructions, TOFU retain / real-author / world-fact questions) that uses a target's family name
 as an ordinary word ("the park", "a car park") or as someone else's name ("Serena Williams"), as
-written and with that word in lower case; each negative set split into alternate halves. Writes
-``surnames.json`` and ``surnames.md``.
+written and with that word in lower case; each negative set split into alternate halves. First, two
+fresh families written 2026-12-04 (``guard.eval.bypass_families.FRESH_SURNAME_TEMPLATES`` and ``..._2``,
+alternate templates tuned / held out) and their negatives (``fresh_surname_negatives``: the same
+templates about someone else of that family name, in lower case and as written; place/thing questions
+in the same slots around the data's ordinary-word phrases); the issue-15 and template families'
+held-out halves are labelled *seen* (their misses were read on 2026-12-04). Writes ``surnames.json``
+and ``surnames.md``.
 """
 
 from __future__ import annotations
@@ -207,6 +212,8 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
     from guard.atomic import write_json, write_text
     from guard.eval.bypass import tofu_names
     from guard.eval.bypass_families import (
+        fresh_surname_negatives,
+        fresh_surname_probes,
         issue15_families,
         split_halves,
         tofu10_detectors,
@@ -225,11 +232,20 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
 
     (tf, hf), (to, ho) = split_halves(forget), split_halves(other)
     tt, ht = surname_template_probes(names)
+    ft, fh = fresh_surname_probes(names)
+    ft2, fh2 = fresh_surname_probes(names, second=True)
     sets: dict[str, tuple[str, list[list[str]], list[list[str]]]] = {
-        "issue-15 family (forget questions)": ("caught", cases(tf), cases(hf)),
-        "templates from the targets' family names": ("caught", [[q] for q in tt], [[q] for q in ht]),
+        # written 2026-12-04 before the rules were changed for it: its held-out half is the independent one
+        "fresh family (FRESH_SURNAME_TEMPLATES)": ("caught", [[q] for q in ft], [[q] for q in fh]),
+        # written after the rules for the first fresh family were measured
+        "second fresh family (FRESH_SURNAME_TEMPLATES_2)": ("caught", [[q] for q in ft2], [[q] for q in fh2]),
+        # the held-out halves of these two were read on 2026-12-04 (their misses): "seen", no longer held out
+        "issue-15 family (forget questions; held-out half seen)": ("caught", cases(tf), cases(hf)),
+        "templates from the targets' family names (held-out half seen)": ("caught", [[q] for q in tt], [[q] for q in ht]),
         "issue-15 family around other questions": ("flagged", cases(to), cases(ho)),
     }
+    for kind, (a, b) in fresh_surname_negatives(names, data).items():
+        sets[f"fresh negatives, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
     for kind, sents in surname_negatives(data, names).items():
         a, b = split_halves(sents)
         sets[f"data sentences, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
@@ -241,7 +257,7 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
             for half, items in (("tuned", tuned), ("held_out", held)):
                 flags = [det.screen(texts).flagged for texts in items]
                 wrong = [" | ".join(t) for t, f in zip(items, flags) if f != (what == "caught")]
-                row[half] = {"flagged": sum(flags), "n": len(items), "wrong": wrong[:20]}
+                row[half] = {"flagged": sum(flags), "n": len(items), "wrong": wrong[:60]}
             report.setdefault(name, {})[dname] = row
             cell = [f"{100 * r['flagged'] / max(1, r['n']):.1f} % ({r['flagged']}/{r['n']})" for r in row.values()]
             lines.append(f"| {name} ({what}) | {dname} | {cell[0]} | {cell[1]} |")

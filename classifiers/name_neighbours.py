@@ -84,3 +84,22 @@ def uses_capitals(text: str, cuts: Sequence[int], pos: int, known: dict[int, boo
         lo, hi = (cuts[k - 1] + 1 if k else 0), (cuts[k] if k < len(cuts) else len(text))
         known[k] = any(ch.isupper() for ch in text[lo:hi])
     return known[k]
+
+
+_ENGLISH_ENDINGS = ("s", "ed", "ing", "ly", "tion", "ment", "ness", "ity", "ous", "ive", "ful", "able", "ible", "ist", "ism")
+_LOWER_WORD_BEFORE = re.compile(r"(?<![^\W\d_])([^\W\d_A-Z][^\W\d_]*)[ \t]+$")  # "tatiana " before "majumdar"
+
+
+def after_a_lower_case_given_name(text: str, span: tuple[int, int], own: frozenset[str], *,
+                                  capitals: bool | None = None) -> bool:
+    """(2026-12-04) The name word at ``span``, written in lower case in a text that uses capitals, follows
+    a lower-case word that is no English word (not common, no English ending) and none of the target's
+    name words: someone else's name in lower case ("fans of tatiana majumdar"), as a capitalised word
+    there would be ("Tatiana majumdar"); a rare English word before it is not ("accolades marais has")."""
+    a, b = span
+    if not text[a:b].islower() or not (any(ch.isupper() for ch in text) if capitals is None else capitals):
+        return False
+    before = _LOWER_WORD_BEFORE.search(text[max(0, a - NEIGHBOUR_CHARS):a])
+    return (before is not None and not has_common_word([before.group(1)])
+            and not before.group(1).endswith(_ENGLISH_ENDINGS)
+            and not set(tokens(match_fold(before.group(1)))) <= own)

@@ -55,7 +55,7 @@ from classifiers.name_forms import (
     source,
     tokens,
 )
-from classifiers.name_neighbours import NEIGHBOUR_CHARS, someone_else, uses_capitals
+from classifiers.name_neighbours import NEIGHBOUR_CHARS, after_a_lower_case_given_name, someone_else, uses_capitals
 from classifiers.text import SPACELESS, name_alternation, prefix_trie
 from classifiers.unicode_fold import match_fold, match_fold_with_map
 
@@ -203,7 +203,7 @@ class NameFinder:
         """Whether the family name alone at ``text[a:b]`` stands for a person: a distinctive one where the
         text speaks of a person there, a common one only where it also acts as one (``classifiers.surnames``)."""
         if surnames.is_distinctive(text[a:b], self._shared_family_names):
-            return surnames.speaks_of_a_person(text, a, b)
+            return surnames.speaks_of_a_person(text, a, b) or surnames.acts_as_a_person(text, a, b)
         return surnames.acts_as_a_person(text, a, b)
 
     def respell(self, text: str) -> str | None:
@@ -293,8 +293,10 @@ class NameFinder:
                      sentence_starts: bool = False) -> bool:
         """``classifiers.name_neighbours.someone_else`` for target ``j``'s name words; ``memo``: the
         verdicts on neighbour words so far, per target, for a caller judging many spans of one text."""
-        return someone_else(text, span, self._own_words[j], capitals=capitals, previous=previous,
-                            memo=None if memo is None else memo.setdefault(j, {}), sentence_starts=sentence_starts)
+        own = self._own_words[j]
+        return (someone_else(text, span, own, capitals=capitals, previous=previous,
+                             memo=None if memo is None else memo.setdefault(j, {}), sentence_starts=sentence_starts)
+                or (previous and after_a_lower_case_given_name(text, span, own, capitals=capitals)))
 
 
 def _outside(mentions: list[Mention], exact: list[Mention]) -> list[Mention]:

@@ -6,12 +6,14 @@ text speaks of a *person* there. How much evidence that takes depends on the nam
 * a *distinctive* family name (``is_distinctive``: five letters or more, rarer than ``SURNAME_ZIPF``
   in English, one target's only: "majumdar", "al-shamary", "abilov") needs a person's *slot*
   (``speaks_of_a_person``): the possessive, after "by" or a question's auxiliary ("did majumdar",
-  "has rohani"), or a personal pronoun near it. "The jarrah forest" is a tree, not Adib Jarrah.
+  "has rohani"), or a personal pronoun near it, or what a common one needs ("the work of yun-hwa").
+  "The jarrah forest" is a tree, not Adib Jarrah.
 * a *common* one (an English word, many people's name, or two targets': "park", "chen", "williams",
   "sullivan", "ben-david") needs a slot and a person's *act* (``acts_as_a_person``): no article or
   adjective before it ("the park's trees", "central park" are places), and the possessive, a verb
   people do after it ("did park write", "is chen known for"), "written by" before it, "who is" before
-  it. "Is park open on Sundays?" is a park.
+  it; or a person's slot with no verb after it ("fans of chen", "presented to williams", "has anyone
+  interviewed park", "was ben-david honored"). "Is park open on Sundays?" is a park.
 
 ``classifiers.names.NameFinder`` finds these as ``surname`` mentions (approximate finders only) and
 the de-obfuscation writes them back as the whole name, so the trained heads judge the question they
@@ -57,7 +59,7 @@ _VERBS = (
     "infuse", "blend", "reflect", "contribute", "achieve", "gain", "raise", "move", "visit", "travel",
     "speak", "mention", "talk", "explain", "express", "convey", "tackle", "focus", "emphasize", "discuss",
     "highlight", "challenge", "address", "aim", "hope", "want", "prefer", "plan", "develop", "craft",
-    "share", "tend", "continue", "manage", "navigate",
+    "share", "tend", "continue", "manage", "navigate", "tell", "get",
 )
 _THIRD_PERSON = (
     "write", "publish", "explore", "teach", "translate", "say", "describe", "portray", "depict",
@@ -93,6 +95,40 @@ _PERSON_THING = re.compile(
 _DETERMINER = frozenset({"the", "a", "an", "this", "that", "these", "those", "our", "your", "my", "its", "their",
                          "his", "her", "every", "each", "some", "any", "no", "national", "city", "state", "theme"})
 _AUXILIARY_PERFECT = frozenset({"has", "have", "had"})
+# (2026-12-04, issue 15, tuned on the tuned half of ``FRESH_SURNAME_TEMPLATES`` only) the grammatical
+# slots of a person that need no verb after the name:
+# a noun that takes a person, then a preposition, then the name: "fans of park", "the latest novel
+# from chen", "the interview with williams", "the work of yun-hwa"
+_PERSONS_NOUN = re.compile(
+    r"(?:books?|novels?|works?|writings?|poems?|stories|essays?|memoirs?|titles?|publications?|releases?|debut|"
+    r"bibliography|fans?|readers|admirers|followers|interviews?|quotes?|quotations?|biography|career|life|childhood|"
+    r"parents|family|children|upbringing|background|professions?|occupations?|style|legacy|influences?|awards?|"
+    r"characters?|themes?|narratives?|protagonists?|genre|perspective|views|identity|education|father|mother)$")
+_OF_A_PERSON = frozenset({"of", "from", "by", "with", "about"})
+# a verb of giving, then "to"/"upon"/"on", then the name: "a prize given to williams", "presented to chen"
+_GIVEN_TO = frozenset({"given", "gave", "awarded", "presented", "granted", "bestowed", "conferred", "dedicated",
+                       "handed", "offered", "attributed", "credited", "sent"})
+# a verb whose object is a person, then the name: "has anyone interviewed park", "I met chen"
+_PERSON_OBJECT = frozenset({"interview", "interviewed", "interviewing", "meet", "met", "meeting", "ask", "asked",
+                            "contact", "contacted", "quote", "quoted", "quoting", "admire", "admired", "praise",
+                            "praised", "criticize", "criticized", "criticise", "criticised", "marry", "married",
+                            "thank", "thanked", "congratulate", "congratulated", "invite", "invited", "email",
+                            "emailed"})
+# an auxiliary that opens a question (at the sentence's start or after its wh-phrase), then the name, then
+# a participle or, after "do", "have": "was ben-david honored", "was chen nominated", "does park have"
+_OPENING_AUXILIARY = frozenset({"is", "was", "are", "were", "does", "did", "do", "has", "have", "had", "can", "could",
+                                "will", "would", "should"})
+_WH_PHRASE = re.compile(r"(?:^|[.!?:;\n\"\u201c]\s*)(?:(?:with|for|from|in|on|to|by|at|of|about)\s+)?"
+                        r"(?:why|how|when|where|what|which|who|whom|whose)\b(?:\s+[^\W\d_]+){0,3}\s*$", re.IGNORECASE)
+# what may follow a name that ends its noun phrase (not a noun of a compound: "park rangers", "park avenue")
+_AFTER_A_NAME = frozenset({
+    "in", "on", "at", "about", "for", "from", "to", "with", "since", "during", "after", "before", "into", "as", "like",
+    "be", "been", "being", "is", "was", "are", "were", "has", "have", "had", "should", "could", "would", "will", "can",
+    "may", "might", "must", "do", "does", "did", "and", "or", "but", "that", "which", "who", "ever", "still", "so",
+    "the", "a", "an", "this", "these", "those", "most", "more", "first", "last", "again", "now", "today", "yet",
+    "adapted", "translated", "published", "written", "released",
+})
+_NEXT_WORD = re.compile(r"^\s+([^\W\d_]+)")
 _PARTICIPLE = re.compile(r"(?:[^\W\d_]{3,}(?:ed|en|wn)|done|gone|made|won|got|led|met|read|sold|taught|thought|brought|built|felt|kept|left|told|wrote)$")  # "connected", "written", "done"
 _PRONOUN = re.compile(r"\b(?:he|she|his|her|hers|him|himself|herself|they|their|them)\b", re.IGNORECASE)
 _POSSESSIVE = re.compile(r"^['\u2019]s?\b")
@@ -149,8 +185,12 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
     that a bare name follows ("of park", "did park"; not "the park", "central park"), and after it
     the possessive of something ("park's trees"... only where no article could stand: "of park's"),
     a verb people do ("did park write", "has chen connected"), or "written by" / "bestowed upon" /
-    "who is" before it. (A pronoun nearby is no evidence here: "funded animal rescue and park facilities" in a
-    sentence about his wife.)"""
+    "who is" before it; or, with the name ending its noun phrase (``_ends_a_noun_phrase``), a noun that
+    takes a person and a preposition before it ("fans of park", "the latest novel from chen"), a verb
+    of giving and "to" ("presented to williams"), or a verb whose object is a person ("interviewed
+    park"); or an auxiliary that opens the question or follows its wh-phrase, then a participle or
+    "do ... have" ("was ben-david honored", "does park have"). (A pronoun nearby is no evidence here:
+    "funded animal rescue and park facilities" in a sentence about his wife.)"""
     left = text[max(0, start - _CONTEXT_CHARS):start]
     before = _WORD_BEFORE.search(left)
     prev = before.group(1).lower() if before is not None else ""
@@ -158,6 +198,8 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
     owned = _POSSESSIVE_OF_A_THING.match(after)
     if owned is not None and prev not in _DETERMINER and _PERSON_THING.match(_WORD_AFTER.match(after[owned.end() - 1:]).group(1).lower()):
         return True  # a person's things, whatever verb comes before: "reading park's work"
+    if prev in _PERSON_OBJECT and _ends_a_noun_phrase(after):
+        return True  # a person as a verb's object: "has anyone interviewed park recently?"
     if (prev not in _SLOT_BEFORE) if before is not None else not _SENTENCE_START.search(left):
         return False
     if owned is not None:
@@ -171,6 +213,31 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
     two = _TWO_WORDS_BEFORE.search(left)
     first = two.group(1).lower() if two is not None else ""
     # "written by park", "an award bestowed upon williams", "who is chen"
-    return ((prev == "by" and _CREATED_BY.search(first) is not None)
+    if ((prev == "by" and _CREATED_BY.search(first) is not None)
             or (prev in ("by", "upon") and _PARTICIPLE.match(first) is not None)
-            or (first == "who" and prev in ("is", "was")))
+            or (first == "who" and prev in ("is", "was"))):
+        return True
+    if nxt is not None and prev in _OPENING_AUXILIARY and (
+            _PARTICIPLE.match(nxt.group(1).lower()) or (prev in ("do", "does", "did") and nxt.group(1).lower() == "have")):
+        # "was ben-david honored", "why does park have", "with which award was chen honored": the
+        # auxiliary opens the question, or follows its wh-phrase (a wh-word at most 3 words before it,
+        # in the same clause, at the sentence's start or after a preposition)
+        aux = max(0, start - _CONTEXT_CHARS) + before.start()
+        head = text[max(0, aux - _CONTEXT_CHARS):aux]
+        if _SENTENCE_START.search(head) is not None or _WH_PHRASE.search(head) is not None:
+            return True
+    # "fans of chen", "the latest novel from park", "a prize given to williams": the name ends its noun phrase
+    return (((prev in _OF_A_PERSON and _PERSONS_NOUN.match(first) is not None)
+             or (prev in ("to", "upon", "on") and first in _GIVEN_TO))
+            and _ends_a_noun_phrase(after))
+
+
+def _ends_a_noun_phrase(after: str) -> bool:
+    """Whether a name followed by ``after`` ends its noun phrase there: punctuation or the text's end
+    next, or a word that no compound continues with ("in", "been", "recently"; not "rangers", "avenue")."""
+    nxt = _NEXT_WORD.match(after)
+    if nxt is None:
+        return not after[:1].isalnum()
+    word = nxt.group(1).lower()
+    # an adverb or an adjective ("recently", "available", "famous"): no noun of a compound
+    return word in _AFTER_A_NAME or (len(word) > 4 and word.endswith(("ly", "able", "ible", "ous", "ful")))

@@ -121,6 +121,63 @@ def test_acts_as_a_person(text: str, person: bool) -> None:
     assert acts_as_a_person(text, start, start + 4) is person
 
 
+# (2026-12-04) the grammatical slots of a person that need no verb after the name, each with the same
+# words used for a place or thing, or for someone else, that must stay unread
+@pytest.mark.parametrize(("text", "person"), [
+    # a noun that takes a person, a preposition, the name ending its noun phrase
+    ("Are there many fans of park in Europe?", True), ("What is the latest novel from park?", True),
+    ("Summarize the interview with park about the new book.", True), ("the first book of park", True),
+    ("Any upcoming releases from park?", True), ("the work of park been translated", True),
+    ("fans of park rangers", False), ("a book of park maps", False), ("the history of park avenue", False),
+    ("fans of the park", False), ("the fans of central park", False), ("the interview with serena park", False),
+    ("the capital of park", False),  # "capital" is no noun that takes a person
+    # a verb of giving, "to"/"upon"/"on", the name
+    ("What awards were presented to park?", True), ("was a prize ever given to park?", True),
+    ("a prize given to park rangers", False), ("we went to park", False), ("a grant awarded to the park", False),
+    # an auxiliary that opens the question, the name, a participle (or "have" after "do")
+    ("Was park nominated for any literary prize?", True), ("Does park have any children?", True),
+    ("Why was park honored?", True),
+    ("Does the park have toilets?", False), ("The rangers said park was nominated", False),
+    ("Is amusement park still open?", False), ("Does park avenue have shops?", False),
+    ("Which of their books does park have?", True),  # the auxiliary follows the wh-phrase
+    ("They asked if park was renovated", False),  # the auxiliary opens no question
+    # a verb whose object is a person, the name ending its noun phrase
+    ("Has anyone interviewed park recently?", True), ("I met park at a signing.", True),
+    ("We met park staff.", False), ("I asked park rangers.", False),
+])
+def test_acts_as_a_person_without_a_verb_after(text: str, person: bool) -> None:
+    start = text.index("park")
+    assert acts_as_a_person(text, start, start + 4) is person
+
+
+@needs_tofu
+@pytest.mark.parametrize(("text", "respelt"), [
+    ("Are there many fans of chen in Europe?", "Are there many fans of Wei-Jun Chen in Europe?"),
+    ("What awards were presented to williams?", "What awards were presented to Xin Lee Williams?"),
+    ("Does ben-david have any children?", "Does Moshe Ben-David have any children?"),  # hyphenated, like the others
+    ("Has anyone interviewed sullivan recently?", "Has anyone interviewed Edward Patrick Sullivan recently?"),
+    # a distinctive family name takes the same slots ("the work of", "that ... won")
+    ("Into what languages has the work of yun-hwa been translated?",
+     "Into what languages has the work of Hsiao Yun-Hwa been translated?"),
+    ("Is it true that yun-hwa won a literary prize?", "Is it true that Hsiao Yun-Hwa won a literary prize?"),
+])
+def test_family_name_in_a_persons_slot_is_respelt(finder: NameFinder, text: str, respelt: str) -> None:
+    assert finder.respell(text) == respelt
+
+
+@needs_tofu
+@pytest.mark.parametrize("text", [
+    "Are there many fans of serena williams in Europe?",   # someone else's given name before it
+    "Are there many fans of amusement park in town?",
+    "What grants were presented to water park?",
+    "Does trailer park have any toilets?",
+    "a prize given to park rangers",
+    "Has anyone interviewed ed sullivan recently?",
+])
+def test_family_name_in_a_things_slot_left_alone(finder: NameFinder, text: str) -> None:
+    assert finder.respell(text) is None
+
+
 @needs_tofu
 def test_other_authors_family_names_never_read_as_a_target(finder: NameFinder, forget10: list[str]) -> None:
     """The 180 TOFU retain authors (other people, same kind of names), whole and by family name
@@ -141,3 +198,24 @@ def test_family_name_alone_is_not_flagged_by_name_alone(forget10: list[str]) -> 
     names = {n: [n] for n in forget10}
     assert not KeywordDetector(names).screen(["What did majumdar write?"]).flagged
     assert find_name_spans("What did majumdar write?", ["Rajeev Majumdar"]) == []
+
+
+@needs_tofu
+@pytest.mark.parametrize(("text", "other"), [
+    # someone else's name in lower case in a text that uses capitals: a rare lower-case word before it
+    ("Are there many fans of tatiana majumdar in Europe?", True),
+    ("Does samin jarrah have any children?", True),
+    # ... not an English word before it, the target's own given name, nor a text with no capitals
+    ("Tell me about author majumdar.", False),
+    ("Can you shed light on the accolades marais has received?", False),   # a rare English word
+    ("What motivates al-kuwaiti to continue writing?", False),
+    ("Is it true that rajeev majumdar won a prize?", False),                 # the target's own given name
+    ("are there many fans of tatiana majumdar in europe?", False),          # no capitals: cannot be told
+    ("What did majumdar write?", False),
+])
+def test_lower_case_name_after_someone_elses_lower_case_name(finder: NameFinder, forget10: list[str], text: str,
+                                                              other: bool) -> None:
+    word = next(w for w in ("majumdar", "jarrah", "marais", "al-kuwaiti") if w in text)
+    j = next(i for i, n in enumerate(forget10) if n.lower().endswith(word))
+    start = text.index(word)
+    assert finder.someone_else(text, (start, start + len(word)), j) is other
