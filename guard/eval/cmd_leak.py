@@ -1,5 +1,7 @@
-"""``guard-eval leak``: leak rate on nameless probes, target vs guard input-only vs input+output
-(see :mod:`guard.eval.leak`).
+"""``guard-eval leak``: leak rate on nameless probes, target vs guard input-only vs input+output, for
+one policy as written (see :mod:`guard.eval.leak`). ``guard-eval tofu --samples K --probes nameless``
+measures the same rows inside the TOFU report, for every system it evaluates (the retain twin, each
+action); both run :func:`guard.eval.leak.answer_probes`.
 
 Examples::
 
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="at most N probes, evenly spread (CPU runs)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every system (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--out", type=Path, required=True, help="output directory (results.json, report.md)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (results.json, report.md; probes.partial.jsonl lets a rerun resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
@@ -96,23 +98,27 @@ async def guard_on_local_engine(model: str, policy: Path, threads: int | None) -
         await engine.close()
 
 
+PARTIAL = "probes.partial.jsonl"   # one line per answered probe and system: an interrupted run resumes
+
+
 async def run_leak(args: argparse.Namespace) -> dict[str, Any]:
+    """The probes answered by the three systems through :func:`guard.eval.leak.answer_probes`, the
+    loop ``guard-eval tofu --samples`` uses too."""
     from tqdm.auto import tqdm
 
     from guard.engines.base import SamplingParams
-    from guard.eval.leak import SYSTEMS, answer_probe, evenly_spread, report_lines, results_json, summarise
+    from guard.eval.leak import SYSTEMS, ProbeLog, answer_probes, evenly_spread, report_lines, results_json, summarise
     from guard.eval.nameless_probes import nameless_probes
 
     probes = nameless_probes(args.data or default_data_dir(), args.split, half=args.half)
     probes = evenly_spread(probes, args.limit)
+    run_key = {"model": args.model, "policy": str(args.policy), "samples": args.samples,
+               "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    log = ProbeLog(args.out / PARTIAL, run_key)
     async with guard_on_local_engine(args.model, args.policy, args.threads) as (engine, pipeline):
         params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, n=args.samples)
-        results = []
         with tqdm(total=len(probes) * len(SYSTEMS), desc="probes x systems", disable=args.no_progress) as bar:
-            for probe in probes:
-                for system in SYSTEMS:
-                    results.append(await answer_probe(probe, system, engine, pipeline, params))
-                    bar.update(1)
+            results = await answer_probes(probes, SYSTEMS, engine, pipeline, params, log=log, bar=bar)
     settings = {"model": args.model, "policy": str(args.policy), "split": args.split, "half": args.half,
                 "samples": args.samples, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, "probes": len(probes), "command": command_line("guard-eval", "leak")}

@@ -6,6 +6,13 @@ Examples::
     guard-eval rwku --data ../shared/data --targets 1-3 --limit 5 \\
         --url before=http://127.0.0.1:8011 --url guard=http://127.0.0.1:8100 --icu before --out results/rwku
 
+    # issue #14: guards with output screening off and on (both --debug); the report's "Guard stops,
+    # end to end" section: request / output / either per AA attack type, and on the probes the
+    # unguarded ("before", or --unguarded LABEL) run answers with the target knowledge
+    guard-eval rwku --data ../shared/data --targets 1-100 --sets forget_aa --max-tokens-cap 30 \\
+        --url before=http://127.0.0.1:8011 --url guard-input=http://127.0.0.1:8125 \\
+        --url guard-io=http://127.0.0.1:8124 --out results/rwku-io
+
     # a policy forgetting targets 1-3 (batch setting), to start the guard with
     guard-eval rwku --data ../shared/data --targets 1-3 --write-policy policy.yaml --action refuse
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import re
 from pathlib import Path
@@ -66,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--write-policy-per-target", type=Path, metavar="DIR", help="write one policy per selected target and exit")
     p.add_argument("--action", default="refuse", help="action for --write-policy* (default %(default)s)")
     p.add_argument("--detector", default="keyword", help="detector kind for --write-policy* (default %(default)s)")
+    p.add_argument("--unguarded", metavar="LABEL",
+                   help="the --url run whose answers tell which probes the model knows, for the guarded runs' "
+                        "end-to-end stop share on them (default: the run labelled 'before', if any)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
@@ -132,6 +143,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown set(s) {', '.join(unknown)}; known: {', '.join(ALL_SETS)}", param="sets")
     urls = parse_urls(args.url)
+    unguarded = args.unguarded if args.unguarded is not None else ("before" if "before" in dict(urls) else None)
+    if unguarded is not None and unguarded not in dict(urls):
+        raise ConfigError(f"--unguarded {unguarded!r} names no --url ({', '.join(l for l, _ in urls)})", param="unguarded")
     runs = [RunSpec(label, url, False, args.api_key) for label, url in urls]
     if args.icu is not None:
         base = dict(urls).get(args.icu) if args.icu else urls[0][1]
@@ -172,6 +186,7 @@ def run_cli(args: argparse.Namespace) -> int:
     results = asyncio.run(run_rwku(targets, runs, args.out, settings, model=args.model, tokenizer=tokenizer,
                                    tokenizer_name=tokenizer_name, policy_swap=swap, progress=not args.no_progress))
     results["setting"] = "single-target" if swap else "as served (batch: one policy for all targets)"
+    results["screening"] = screening_summary(args.out, results, targets, unguarded)
     from guard.eval.report import write_rwku_report
 
     command = command_line("guard-eval", "rwku")
@@ -180,8 +195,42 @@ def run_cli(args: argparse.Namespace) -> int:
         agg = run["aggregate"]
         print(f"{run['label']:>16}: forget All {_f(agg.get('forget_all'))}  neighbor All {_f(agg.get('neighbor_all'))}  "
               f"MMLU {_f(agg.get('mmlu_acc'))}  fluency {_f(agg.get('fluency_entropy'))}")
+    for label, k in (results["screening"].get("knowing") or {}).items():
+        a = k["all"]
+        if not a["n"]:
+            continue
+        print(f"{label:>16}: forget AA probes the unguarded model knows: n={a['n']}, stopped or answered by a method "
+              f"{_f(a['either'])} (request {_f(a['request'])}, output {_f(a['output'])})")
     print(f"report: {paths['report']}")
     return 0
+
+
+def screening_summary(out_dir: Path, results: dict[str, Any], targets: list, unguarded: str | None) -> dict[str, Any]:
+    """The guard's stops per run (request screen, output screen, either; per set and per AA attack
+    type) and, against the ``unguarded`` run's answers, issue #14's end-to-end measure on the AA
+    probes the model knows. Read from the per-target item files (the results hold no items)."""
+    from guard.eval.rwku import result_path
+    from guard.eval.rwku_aggregate import KNOWLEDGE_ROUGE, KNOWLEDGE_STRICT, knowing_probes, stop_table
+
+    def items(run: RunSpec) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        out = {}
+        for t in targets:
+            path = result_path(out_dir, run, t)
+            if path.exists():
+                out[t.key] = json.loads(path.read_text(encoding="utf-8")).get("items") or {}
+        return out
+
+    runs = [RunSpec(r["label"], r["url"], r["icu"]) for r in results["runs"]]
+    loaded = {r.label: items(r) for r in runs}
+    guarded = {label: stop_table(rows) for label, rows in loaded.items()
+               if any(row.get("action") or row.get("output_screen") for per in rows.values()
+                      for set_rows in per.values() for row in set_rows)}
+    summary: dict[str, Any] = {"runs": guarded, "unguarded": unguarded}
+    if unguarded is not None and unguarded in loaded:
+        for key, threshold in (("knowing", KNOWLEDGE_ROUGE), ("knowing_strict", KNOWLEDGE_STRICT)):
+            summary[key] = {label: knowing_probes(loaded[unguarded], loaded[label], threshold=threshold)
+                            for label in guarded if label != unguarded}
+    return summary
 
 
 def _f(v: Any) -> str:

@@ -15,6 +15,13 @@ Examples::
     guard-eval tofu --model tofu-mini-target --retain-model tofu-mini-retain \
         --guard eco=policies/tofu/forget01.eco-answer-names.trained.yaml --regime served,worst-case --out results/tofu-mini
 
+    # sampling leak (issues #14, #16): each system's 8 samples at T = 1 on the forget questions and the
+    # nameless probes; guard rows input-only and input+output (as served); per-probe lines in leak/<label>.jsonl
+    guard-eval tofu --model tofu-mini-target --retain-model tofu-mini-retain \
+        --guard eco=policies/tofu/forget01.eco-answer-names.trained.yaml --guard uld=policies/examples/uld_tofu_mini.yaml \
+        --policy policies/tofu/forget01.yaml --actions refuse --limit 40 --max-new-tokens 64 \
+        --samples 8 --temperature 1.0 --probes both --out results/tofu-mini
+
     # the full benchmark (GPU): forget10, retain90 twin, 200 new tokens, all items
     guard-eval tofu --model tofu-full-target --retain-model tofu-full-retain --preset full --out results/tofu-full
 """
@@ -31,6 +38,7 @@ from typing import Any
 from guard.cli_common import command_line
 from guard.errors import ConfigError
 from guard.eval.tofu import EvalPlan, System, TofuRun, plan_for_preset, preset_of, run_tofu
+from guard.eval.tofu_leak import LeakSpec
 from guard.eval.tofu_regime import DEFAULT_REGIME, parse_regimes, regime_label
 from guard.paths import default_data_dir
 
@@ -59,14 +67,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--regime", default=DEFAULT_REGIME,
                    help="served (the detector decides, default), worst-case (every retain/real/world question through "
                         "the method as if flagged; rows labelled LABEL@worst-case), or served,worst-case for both")
-    p.add_argument("--limit", type=int, help="at most N items per split, evenly spread (CPU runs)")
+    p.add_argument("--samples", type=int, metavar="K",
+                   help="add the sampling leak section: every system answers each probe K times; a probe leaks when any "
+                        "sample has ROUGE-L recall >= 0.5 vs the gold answer or names an author the question did not")
+    p.add_argument("--temperature", type=float, help="sampling temperature for --samples (default 1.0; 0: greedy, K = 1)")
+    p.add_argument("--probes", choices=["forget", "nameless", "both"],
+                   help="--samples probe sets: the forget questions scored, the split's nameless probes, or both (default both)")
+    p.add_argument("--limit", type=int, help="at most N items per split (and N nameless probes), evenly spread (CPU runs)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="generation length (TOFU: 200)")
     p.add_argument("--batch-size", type=int, default=8, help="batch for plain-model generation (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="request seed (ECO's noise) (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible, default), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output directory (results.json, report.md, plots/, systems/)")
-    p.add_argument("--force", action="store_true", help="recompute systems already evaluated with the same settings")
+    p.add_argument("--force", action="store_true", help="recompute systems (and leak answers) already evaluated with the same settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cli)
 
@@ -133,6 +147,16 @@ def build_guards(args: argparse.Namespace, target_model: str) -> list[System]:
             for label, path, action in policies for regime in regimes]
 
 
+def build_leak(args: argparse.Namespace) -> LeakSpec | None:
+    """The leak section ``--samples/--temperature/--probes`` ask for (None without ``--samples``)."""
+    if args.samples is None:
+        for flag, value in (("temperature", args.temperature), ("probes", args.probes)):
+            if value is not None:
+                raise ConfigError(f"--{flag} needs --samples (the sampling leak section)", param=flag)
+        return None
+    return LeakSpec(args.samples, 1.0 if args.temperature is None else args.temperature, args.probes or "both")
+
+
 def run_cli(args: argparse.Namespace) -> int:
     from guard.models import resolve_model
 
@@ -141,11 +165,13 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ConfigError("--limit must be >= 1", param="limit")
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be >= 1", param="max_new_tokens")
+    leak = build_leak(args)
     model_dir = Path(resolve_model(args.model))
     plan, preset = build_plan(args, model_dir)
     run = TofuRun(data_dir=data_dir, out_dir=args.out, plan=plan, target_model=args.model, retain_model=args.retain_model,
                   guards=build_guards(args, args.model), max_new_tokens=args.max_new_tokens, seed=args.seed,
-                  batch_size=args.batch_size, threads=args.threads, device=args.device, force=args.force, progress=not args.no_progress)
+                  batch_size=args.batch_size, threads=args.threads, device=args.device, force=args.force, progress=not args.no_progress,
+                  leak=leak)
     if not args.retain_model:
         print("note: no --retain-model, so forget quality is n/a", file=sys.stderr)
     results = asyncio.run(run_tofu(run))
@@ -158,8 +184,15 @@ def run_cli(args: argparse.Namespace) -> int:
         m = system["metrics"]
         print(f"{system['label']:>16}: forget quality {_f(m.get('forget_quality'))}  model utility {_f(m.get('model_utility'))}  "
               f"forget ROUGE {_f(m.get('forget_Q_A_ROUGE'))}  forget Prob {_f(m.get('forget_Q_A_Prob'))}")
+    for row in (results.get("leak") or {}).get("rows", []):
+        rates = "  ".join(f"{name} {_pct(stats)}" for name, stats in row["sets"].items())
+        print(f"{row['label']:>16}: leak ({row['screen']}) {rates}")
     print(f"report: {paths['report']}")
     return 0
+
+
+def _pct(stats: dict[str, Any]) -> str:
+    return "n/a" if stats.get("leak_rate") is None else f"{stats['leak_rate']:.1%} ({stats['leaked']}/{stats['probes']})"
 
 
 def _f(v: Any) -> str:

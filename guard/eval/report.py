@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from guard.atomic import write_json, write_text
+from guard.eval.rwku_report import rwku_screening_lines
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -187,6 +188,7 @@ def rwku_markdown(results: dict[str, Any], command: str | None = None, plots: Se
         lines += ["## Guard actions", "", "Share of items the guard did not pass (from its `X-Guard-Action` debug header).", "",
                   md_table(["run", "target", *sets], [[lab, tgt, *[d.get(s) for s in sets]] for lab, tgt, d in rates
                                                       if any(v is not None for v in d.values())]), ""]
+    lines += rwku_screening_lines(results.get("screening") or {}, md_table)
     errors = [(r["label"], t["target"], t.get("errors") or {}) for r in runs for t in r["per_target"]]
     if any(sum(e.values()) for _, _, e in errors):
         lines += ["## Failed requests", "", "Left out of the metrics (e.g. prompt longer than the server's context).", ""]
@@ -274,7 +276,74 @@ def tofu_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     paths.append(save_figure(fig, out_dir / "plots" / "tofu_forget_truth_ratios.png"))
+    if results.get("leak"):
+        paths.append(tofu_leak_plot(results["leak"], out_dir))
     return paths
+
+
+def _leak_row_name(row: dict[str, Any]) -> str:
+    return row["label"] if row["screen"] == "none" else f"{row['label']} ({row['screen']})"
+
+
+def tofu_leak_plot(leak: dict[str, Any], out_dir: Path) -> Path:
+    """Leak rate per system and screen, one bar group per probe set."""
+    plt = _plt()
+    rows, sets = leak["rows"], leak["settings"]["sets"]
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.7 * len(rows) * len(sets) + 2), 3.8))
+    width = 0.8 / max(1, len(sets))
+    for j, name in enumerate(sets):
+        vals = [r["sets"][name]["leak_rate"] for r in rows]
+        ax.bar([i + j * width for i in range(len(rows))], [v if v is not None else 0.0 for v in vals], width=width,
+               label=f"{name} ({leak['settings']['probes'][name]} probes)")
+    ax.set_xticks([i + width * (len(sets) - 1) / 2 for i in range(len(rows))])
+    ax.set_xticklabels([_leak_row_name(r) for r in rows], rotation=30, ha="right", fontsize=8)
+    st = leak["settings"]
+    ax.set_ylabel(f"leak rate (any of k = {st['samples']} samples)")
+    ax.set_title(f"TOFU sampling leak, T = {st['temperature']}")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return save_figure(fig, out_dir / "plots" / "tofu_leak.png")
+
+
+def tofu_leak_markdown(leak: dict[str, Any]) -> list[str]:
+    """The report's "Sampling leak" section (``guard.eval.tofu_leak``)."""
+    st = leak["settings"]
+    rows = leak["rows"]
+    twin = next((r for r in rows if r["kind"] == "retain"), None)
+    lines = ["## Sampling leak", "",
+             f"Each probe answered k = {st['samples']} times at T = {st['temperature']} (seed {st['seed']}, "
+             f"{st['max_new_tokens']} new tokens). A probe **leaks** when any sample has ROUGE-L recall >= "
+             f"{st['leak_rouge']} against the gold answer, or names the author when the question did not. Rows: the "
+             "model alone (`none`), each guard with output screening off (`input-only`) and as served "
+             "(`input+output`). Probes: " + ", ".join(f"{n} {st['probes'][n]}" for n in st["sets"]) + ".", ""]
+    for name in st["sets"]:
+        title = {"forget": "Forget questions", "nameless": "Nameless probes"}.get(name, name)
+        headers = ["system", "screen", "actions", "probes", "leaked", "leak rate", "half a", "half b",
+                   "by ROUGE-L", "by name", "samples >= ROUGE", "request flagged", "output stopped"]
+        if twin is not None:
+            headers.insert(6, "vs twin (points)")
+        body = []
+        for r in rows:
+            x = r["sets"][name]
+            halves = x.get("halves") or {}
+            cells: list[Any] = [r["label"], r["screen"], ", ".join(r["actions"]), x["probes"], x["leaked"],
+                                _pct(x["leak_rate"]), _pct((halves.get("a") or {}).get("leak_rate")),
+                                _pct((halves.get("b") or {}).get("leak_rate")), x["rouge"], x["named"],
+                                _pct(x["sample_rate"]), x["request_flagged"], x["output_stopped"]]
+            if twin is not None:
+                ref = twin["sets"][name]["leak_rate"]
+                cells.insert(6, None if ref is None or x["leak_rate"] is None else f"{100 * (x['leak_rate'] - ref):+.1f}")
+            body.append(cells)
+        lines += [f"### {title}", "", md_table(headers, body), ""]
+    lines += ["Halves: forget questions a = even rows (the ECO/ULD searches tune on them), b = odd rows (held out); "
+              "nameless probes by a hash of the question. Per-probe answers: `leak/<system>.jsonl`.", ""]
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
 def tofu_markdown(results: dict[str, Any], command: str | None = None, plots: Sequence[Path] = (),
@@ -324,10 +393,16 @@ def tofu_markdown(results: dict[str, Any], command: str | None = None, plots: Se
                   for s in systems]),
         "",
     ]
+    if results.get("leak"):
+        lines += tofu_leak_markdown(results["leak"])
     timed = [s for s in systems if s.get("elapsed_s") is not None]
     if timed:
         lines += ["Wall time per system (this run; reused systems not listed): "
                   + ", ".join(f"{s['label']} {s['elapsed_s']} s" for s in timed) + ".", ""]
+    leak_timed = [r for r in (results.get("leak") or {}).get("rows", []) if r.get("elapsed_s") is not None and r["screen"] != "input-only"]
+    if leak_timed:
+        lines += ["Leak wall time per system (this run; reused not listed): "
+                  + ", ".join(f"{r['label']} {r['elapsed_s']} s" for r in leak_timed) + ".", ""]
     lines += plots_section(plots, out_dir)
     lines.append(f"Total wall time: {results.get('elapsed_s')} s.")
     return "\n".join(lines) + "\n"

@@ -160,7 +160,7 @@ class TargetRunner:
         out = await self.generate(probe_prompt(set_name, item), item.get("subject", ""))
         prediction = M.rwku_prediction(out.text)
         return {"index": index, "type": item.get("type"), "query": item["query"], "answer": item["answer"],
-                "output": out.text, "prediction": prediction, "action": out.action,
+                "output": out.text, "prediction": prediction, **out.guard_record(),
                 "rouge_l_recall": M.rwku_rouge_l_recall(prediction, item["answer"])}
 
     async def triviaqa(self, index: int, item: dict[str, Any]) -> dict[str, Any]:

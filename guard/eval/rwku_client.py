@@ -28,6 +28,26 @@ class Completion:
     action: str | None = None  # the guard's X-Guard-Action header, when it runs with debug
     logprobs: dict[str, Any] | None = None
     prompt_tokens: int | None = None
+    # the guard's X-Guard-Output headers (debug, whole answers): "pass" or "flagged", and the
+    # flagged answer's target id and reason; None: no output screen (or no guard, or no debug)
+    output: str | None = None
+    output_target: str | None = None
+    output_reason: str | None = None
+
+    @classmethod
+    def from_headers(cls, text: str, headers: dict[str, str], **fields: Any) -> "Completion":
+        """``text`` with the guard's debug headers (lower-cased names) read from ``headers``."""
+        return cls(text=text, action=headers.get("x-guard-action"), output=headers.get("x-guard-output"),
+                   output_target=headers.get("x-guard-output-target"),
+                   output_reason=headers.get("x-guard-output-reason"), **fields)
+
+    def guard_record(self) -> dict[str, Any]:
+        """The guard's decisions as an item record's fields (``output_*`` only when the header came)."""
+        record: dict[str, Any] = {"action": self.action}
+        if self.output is not None:
+            record.update(output_screen=self.output, output_target=self.output_target,
+                          output_reason=self.output_reason)
+        return record
 
 
 class OpenAICompatClient:
@@ -100,8 +120,8 @@ class OpenAICompatClient:
             payload["stop"] = list(stop)
         data, headers = await self.post("/completions", payload)
         choice = data["choices"][0]
-        return Completion(text=choice.get("text") or "", action=headers.get("x-guard-action"),
-                          logprobs=choice.get("logprobs"), prompt_tokens=(data.get("usage") or {}).get("prompt_tokens"))
+        return Completion.from_headers(choice.get("text") or "", headers, logprobs=choice.get("logprobs"),
+                                       prompt_tokens=(data.get("usage") or {}).get("prompt_tokens"))
 
     async def chat(self, model: str, user: str, max_tokens: int, stop: Sequence[str] = ()) -> Completion:
         payload: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": user}],
@@ -110,7 +130,7 @@ class OpenAICompatClient:
             payload["stop"] = list(stop)
         data, headers = await self.post("/chat/completions", payload)
         message = data["choices"][0].get("message") or {}
-        return Completion(text=message.get("content") or "", action=headers.get("x-guard-action"))
+        return Completion.from_headers(message.get("content") or "", headers)
 
 
 def error_message(text: str) -> str:

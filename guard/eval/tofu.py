@@ -13,6 +13,10 @@ Systems measured (each one a row of the report):
   (:mod:`guard.eval.tofu_regime`: which target, and why). A row's regime is in its fingerprint, so
   a cached row of one regime is never reused for the other.
 
+With ``TofuRun.leak`` (``--samples K --temperature T --probes ...``) every system also answers the
+forget questions and/or the nameless probes ``K`` times, and the results gain a ``leak`` section
+(:mod:`guard.eval.tofu_leak`: the model alone; each guard with output screening off and as served).
+
 What each number sees:
 
 * **Generation** (ROUGE): the text the system returns: ``intervention.stream`` for flagged
@@ -62,6 +66,7 @@ from guard.eval.metrics import get_metric
 from guard.eval.tofu_metrics import TOFU_CONFIG, SplitScores, truth_ratios
 from guard.eval.tofu_plan import SPLITS, EvalPlan, TofuItem, plan_for_preset, preset_of, spread
 from guard.eval.tofu_regime import DEFAULT_REGIME, route
+from guard.eval.tofu_leak import LeakSpec, evaluate_leak, leak_probes
 from guard.eval.tofu_scoring import ItemResult, Scorer, generation_only
 from guard.interventions.base import PassThrough
 
@@ -243,6 +248,7 @@ class TofuRun:
     device: str = "auto"
     force: bool = False
     progress: bool = True
+    leak: LeakSpec | None = None   # --samples: the sampling leak section (guard.eval.tofu_leak)
 
 
 async def run_tofu(run: TofuRun) -> dict[str, Any]:
@@ -268,6 +274,25 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
     timings: dict[str, float] = {}
     model_dirs = {name: Path(resolve_model(name)) for name in {s.model for s in systems}}
 
+    pipelines: dict[str, Any] = {}
+
+    async def pipeline_for(system: System) -> Any:
+        if system.label not in pipelines:
+            scorer = await scorer_for(system.model)
+            try:
+                policy = load_guard_policy(system.policy_path, system.action_override)
+                pipelines[system.label] = Pipeline.build(policy, scorer.engine, build_detector, source=system.policy_path)
+            except ConfigError as exc:
+                action = f" with action {system.action_override}" if system.action_override else ""
+                raise ConfigError(f"guard {system.label!r} (policy {system.policy_path}{action}): {exc}",
+                                  param="guard") from None
+        return pipelines[system.label]
+
+    async def engine_for(model: str) -> Any:
+        return (await scorer_for(model)).engine
+
+    leak: dict[str, Any] | None = None
+
     async def scorer_for(model: str) -> Scorer:
         if model not in scorers:
             engine = LocalEngine(model_dirs[model], served_name_for(model), max_concurrency=1, threads=run.threads,
@@ -291,18 +316,9 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
                 pending.append((system, fp))
         # build every pending guard's pipeline before measuring anything: a bad policy or a missing
         # artifact fails in seconds, not after the unguarded runs
-        pipelines: dict[str, Any] = {}
         for system, _ in pending:
             if system.kind == "guard":
-                scorer = await scorer_for(system.model)
-                try:
-                    policy = load_guard_policy(system.policy_path, system.action_override)
-                    pipelines[system.label] = Pipeline.build(policy, scorer.engine, build_detector,
-                                                             source=system.policy_path)
-                except ConfigError as exc:
-                    action = f" with action {system.action_override}" if system.action_override else ""
-                    raise ConfigError(f"guard {system.label!r} (policy {system.policy_path}{action}): {exc}",
-                                      param="guard") from None
+                await pipeline_for(system)
         for system, fp in pending:
             scorer = await scorer_for(system.model)
             for label, res in results.items():
@@ -320,7 +336,17 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
                 "action_override": system.action_override, "regime": _regime(system), "settings": fp,
                 "elapsed_s": timings[system.label],
                 "items": {split: [r.to_dict() for r in rows] for split, rows in res.items()}})
+        if run.leak is not None:
+            t0 = time.perf_counter()
+            leak = await evaluate_leak(run.leak, leak_probes(run.leak, run.data_dir, run.plan, items), systems,
+                                       out_dir=run.out_dir, max_new_tokens=run.max_new_tokens, seed=run.seed,
+                                       data_dir=run.data_dir, model_dirs=model_dirs, model_stamp=_model_stamp,
+                                       engine_for=engine_for, pipeline_for=pipeline_for, progress=run.progress,
+                                       force=run.force)
+            leak["elapsed_s"] = round(time.perf_counter() - t0, 1)
     finally:
+        for pipeline in pipelines.values():
+            pipeline.close()   # its screening process and the methods' models (ULD's assistant)
         for engine in engines.values():
             await engine.close()
         torch.set_num_threads(threads_before)  # the engine's --threads is process-wide; give it back
@@ -337,7 +363,7 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
             "metrics": metrics, "elapsed_s": timings.get(system.label),
             "forget_truth_ratios": truth_ratio_values(split_scores(res["forget"])),
         })
-    return {
+    out: dict[str, Any] = {
         "benchmark": "tofu",
         "settings": {"data": str(run.data_dir), "plan": asdict(run.plan), "target_model": run.target_model,
                      "retain_model": run.retain_model, "max_new_tokens": run.max_new_tokens, "seed": run.seed,
@@ -346,3 +372,6 @@ async def run_tofu(run: TofuRun) -> dict[str, Any]:
         "systems": out_systems,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
+    if leak is not None:
+        out["leak"] = leak
+    return out
