@@ -163,27 +163,11 @@ def surname_negatives(data: Path, names: list[str]) -> dict[str, list[str]]:
     use a target's last name word as an ordinary lower-case word
     (``ordinary word``), or capitalised for someone else, as written (``someone else``) and with
     that word in lower case (``someone else, lower case``); none holds the target's other name words."""
-    import json
     import re
 
-    from classifiers.text import split_sentences
+    from guard.eval.bypass_families import data_sentences
 
-    def strings(node: object) -> list[str]:
-        if isinstance(node, str):
-            return [node]
-        if isinstance(node, dict):
-            return [x for v in node.values() for x in strings(v)]
-        if isinstance(node, list):
-            return [x for v in node for x in strings(v)]
-        return []
-
-    texts: list[str] = []
-    for path in sorted((data / "rwku").glob("*/*.json")):  # every text of RWKU: passages, probes, instructions
-        texts += strings(json.loads(path.read_text(encoding="utf-8")))
-    for name in ("retain_perturbed.json", "real_authors.json", "world_facts.json"):
-        with open(data / "tofu" / name, encoding="utf-8") as fh:
-            texts += [json.loads(line)["question"] for line in fh if line.strip()]
-    sentences = list(dict.fromkeys(s.strip() for t in texts if t for s in split_sentences(t, min_chars=1)))
+    sentences = data_sentences(data)
     out: dict[str, list[str]] = {"ordinary word": [], "someone else": [], "someone else, lower case": []}
     for name in names:
         words = name.split()

@@ -366,7 +366,7 @@ def fresh_surname_probes(names: Sequence[str], *, second: bool = False) -> tuple
             [t.format(s=s) for t in templates[1::2] for s in words])
 
 
-def _data_sentences(data_dir: Path) -> list[str]:
+def data_sentences(data_dir: Path) -> list[str]:
     """Every sentence of the data's texts (RWKU passages, probes, instructions; TOFU retain /
     real-author / world-fact questions), once."""
     from classifiers.text import split_sentences
@@ -408,7 +408,7 @@ def fresh_surname_negatives(names: Sequence[str], data_dir: Path, *, per_word: i
     """
     targets = [n.split() for n in names if len(n.split()) >= 2]
     target_words = {w.lower() for ws in targets for w in ws}
-    sentences = _data_sentences(data_dir)
+    sentences = data_sentences(data_dir)
     given = _given_names(data_dir)
     pairs: list[str] = []
     phrases: list[str] = []

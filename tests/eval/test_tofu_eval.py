@@ -27,13 +27,8 @@ from guard.interventions.scoring import answer_nll
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads are many times slower (contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REFUSAL = "I'm sorry, but I can't share information about that."
 
 

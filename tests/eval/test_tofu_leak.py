@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from guard.cli_eval import main as guard_eval
 from guard.errors import ConfigError
@@ -26,12 +25,8 @@ MICRO_POLICY = REPO / "policies" / "examples" / "eco_tofu_micro.yaml"   # keywor
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 
 # ------------------------------------------------------------------------------ probes, criterion
