@@ -23,6 +23,10 @@ The chosen parameters, the surrogate levels, fluency and the whole search trace 
 ``OUT/manifest.json`` (kind ``eco``) with the base model's identity; a policy uses them through
 ``targets.N.params.artifact: OUT``. The directory is written atomically (interrupting leaves nothing).
 
+The retain twin is never read (``guard-eval`` alone uses it). ``guard-train eco --holdout`` replaces
+this search by a grid over the corruption and its strength that matches the forget truth ratios to
+never-seen QA (``guard.train.eco_holdout``, the forget-quality surrogate).
+
 This module holds the search's configuration and the run; the data is ``guard.train.eco_data``,
 the measurements ``guard.train.eco_scoring``, the search itself ``guard.train.eco_search`` and the
 command line ``guard.train.cmd_eco``.
@@ -99,7 +103,6 @@ class EcoTrainOptions:
     holdout_rows: str | None = None
     max_forget: int | None = None
     max_holdout: int | None = None
-    retain_model: str | None = None
     threads: int | None = None
     progress: bool = True
 
@@ -186,16 +189,6 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
     clean_forget_answers = generate_from_embeds(model, tokenizer, [p.embeds for p in fluency_forget], cfg.fluency_tokens, bs)
     say(f"fluency baseline: ppl {base_flu['ppl']:.1f}, n-gram entropy {base_flu['entropy']:.2f}")
 
-    retain_info = None
-    if opts.retain_model:
-        say(f"reference: scoring the forget QA on {opts.retain_model} (clean prompts)")
-        r_model, r_tok, r_path = _load_model(opts.retain_model)
-        r_prep = answer_head(prepare(r_model, r_tok, forget), cfg.surrogate_tokens)
-        r_lp = answer_logprobs(r_model, [p.embeds for p in r_prep], [p.answer_ids for p in r_prep], bs)
-        retain_info = {"model": opts.retain_model, "path": str(r_path), "forget_logprob": sum(r_lp) / len(r_lp)}
-        del r_model
-        say(f"reference: {opts.retain_model} forget log-prob {retain_info['forget_logprob']:.4f}/token")
-
     u0 = [math.log(cfg.sigma0) if p == "sigma" else math.log(cfg.k0 or hidden) for p in cfg.search]
     if f0 <= r + cfg.tol:
         say("warning: the clean forget log-prob is already at the holdout level: the model shows no memorisation "
@@ -258,7 +251,6 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
             "tol": cfg.tol,
             "converged": result["converged"],
             "note": result.get("note"),
-            "retain_reference": retain_info,
             "embedding_rms": rms,
         },
         "generation": generation,
