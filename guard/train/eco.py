@@ -60,6 +60,17 @@ log = logging.getLogger(__name__)
 KIND = "eco"
 MANIFEST = "manifest.json"
 VERSION = 1
+
+
+def manifest_head(model_path: Any, model: str | None) -> dict[str, Any]:
+    """The first fields of every ECO artifact manifest, whichever search wrote it: what it is and
+    which served model it was searched on (``guard serve`` checks ``base_model``)."""
+    from guard.artifacts import model_identity
+
+    return {"kind": KIND, "version": VERSION, "created": utc_now(), "base_model": model_identity(model_path),
+            "model": model}
+
+
 DEFAULT_MODEL = "tofu-mini-target"
 
 
@@ -129,7 +140,6 @@ def _say(enabled: bool) -> Callable[[str], None]:
 
 def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
     """Run the search and write the artifact; returns the manifest."""
-    from guard.artifacts import model_identity
     from guard.data.tofu import tofu_dir
     from guard.interventions.corruption import validate_params
     from guard.interventions.token_selection import MODES
@@ -231,11 +241,7 @@ def train_eco(opts: EcoTrainOptions, cfg: SearchConfig) -> dict[str, Any]:
     say(f"greedy forget answers, ROUGE-L recall vs gold: clean {generation['rouge_l_recall_clean']:.3f}, "
         f"corrupted {generation['rouge_l_recall_chosen']:.3f} (first {cfg.fluency_tokens} tokens)")
     manifest: dict[str, Any] = {
-        "kind": KIND,
-        "version": VERSION,
-        "created": utc_now(),
-        "base_model": model_identity(model_path),
-        "model": opts.model,
+        **manifest_head(model_path, opts.model),
         "policy": str(Path(opts.policy).resolve()),
         "targets": target_ids,
         "chosen": chosen,

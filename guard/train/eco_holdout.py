@@ -345,13 +345,12 @@ async def _answers(scoring: ServedScoring, eco: Any, items: Sequence[tuple[Truth
 
 def train_eco_holdout(opts: Any, search: HoldoutSearch) -> dict[str, Any]:
     """``guard-train eco --holdout``: run the grid search and write ``OUT/manifest.json`` (kind ``eco``)."""
-    from guard.artifacts import model_identity
     from guard.atomic import staged_dir, write_json
     from guard.engines.local import LocalEngine
     from guard.models import resolve_model
     from guard.policy import load_policy
-    from guard.train.artifact_files import policy_stamp, utc_now
-    from guard.train.eco import KIND, MANIFEST, VERSION
+    from guard.train.artifact_files import policy_stamp
+    from guard.train.eco import MANIFEST, manifest_head
 
     def say(message: str) -> None:
         if opts.progress:
@@ -396,11 +395,7 @@ def train_eco_holdout(opts: Any, search: HoldoutSearch) -> dict[str, Any]:
     common = {key: params[0].get(key, default) for key, default in (("select", "entity"), ("answer_names", False))
               if all(p.get(key, default) == params[0].get(key, default) for p in params)}
     manifest: dict[str, Any] = {
-        "kind": KIND,
-        "version": VERSION,
-        "created": utc_now(),
-        "base_model": model_identity(model_path),
-        "model": opts.model,
+        **manifest_head(model_path, opts.model),
         "policy": policy_stamp(opts.policy)["path"],
         "policy_sha256": policy_stamp(opts.policy)["sha256"],
         "targets": data.target_ids,
