@@ -317,6 +317,11 @@ class NormalizingDetector:
             respelling = Respelling.for_names(getattr(inner, "target_names", None))
         self.respelling = respelling
 
+    @property
+    def inline_below_chars(self) -> int:
+        """The inner detector's (the de-obfuscation costs about what the keyword scan does)."""
+        return int(getattr(self.inner, "inline_below_chars", 0))
+
     def screen(self, texts: Sequence[str], deadline: Deadline | None = None) -> Verdict:
         verdict = self.inner.screen(texts, deadline=deadline)
         if verdict.flagged:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
 from guard.answer_stream import aclose_quietly
 from guard.engines.base import GenerationChunk
@@ -50,8 +50,7 @@ class Released:
                 self.finished.add(part.index)
 
 
-@dataclass(frozen=True)
-class ChoicePart:
+class ChoicePart(NamedTuple):   # a tuple: one is made per streamed event
     """The text one stream item adds to choice ``index`` (``finished``: the item ends that choice)."""
 
     index: int

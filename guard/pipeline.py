@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -67,6 +67,8 @@ class Pipeline:
     worker: ScreenWorker | None = None
     # what the model answers is screened with (``output``; None or inactive: answers pass unscreened)
     output_screener: OutputScreener | None = None
+    # requests of at most this many characters are screened on the event loop (``inline_chars``)
+    inline_below_chars: int = 0
 
     @classmethod
     def build(cls, policy: Policy, engine: Engine, detector_factory: DetectorFactory, source: Path | None = None) -> "Pipeline":
@@ -78,7 +80,8 @@ class Pipeline:
         if worker is not None and policy.detector.kind == "trained":
             worker.start()  # building a trained detector takes seconds: not on the first large request
         return cls(policy=policy, detector=detector, interventions=interventions, source=source,
-                   worker=worker, output_screener=build_output_screener(policy, detector))
+                   worker=worker, output_screener=build_output_screener(policy, detector),
+                   inline_below_chars=inline_chars(policy, detector))
 
     def refusal(self) -> Intervention:
         """The policy's refusal (a flagged target's own ``refusal_message`` still wins in ``stream``):
@@ -104,9 +107,14 @@ class Pipeline:
             self.worker.close()
 
     async def screen(self, texts: Sequence[str]) -> Verdict:
-        """The verdict, or ``ScreeningIncomplete`` once ``detector.budget_ms`` has passed."""
+        """The verdict, or ``ScreeningIncomplete`` once ``detector.budget_ms`` has passed. A short
+        request is screened right here, on the event loop (``inline_below_chars``); the rest in a
+        worker thread (or the screening process), which the loop waits for within the budget."""
         deadline = Deadline.after_ms(self.policy.detector.budget_ms)
-        task = asyncio.ensure_future(asyncio.to_thread(self._screen_now, list(texts), deadline))
+        texts = list(texts)
+        if sum(len(t) for t in texts) <= self.inline_below_chars:
+            return self._screen_now(texts, replace(deadline, yield_gil=False))
+        task = asyncio.ensure_future(asyncio.to_thread(self._screen_now, texts, deadline))
         task.add_done_callback(_retrieve)  # an abandoned task's outcome is not an unhandled error
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, deadline.remaining_s()) + WAIT_GRACE_S)
@@ -145,6 +153,16 @@ class Pipeline:
             return reason
         log.error("screening incomplete, refusing (fail_mode=closed): %s", detail)
         raise _closed_error(exc) from None
+
+
+def inline_chars(policy: Policy, detector: Detector) -> int:
+    """Up to how many characters a request is screened on the event loop: the policy's
+    ``detector.inline_below_chars`` when set, else what the detector declares (``inline_below_chars``:
+    the keyword screen's 1,024; a detector that declares nothing, e.g. the trained one or a custom
+    factory's, is always screened in a thread)."""
+    if policy.detector.inline_below_chars is not None:
+        return policy.detector.inline_below_chars
+    return int(getattr(detector, "inline_below_chars", 0))
 
 
 def _closed_error(exc: Exception) -> GuardError:

@@ -164,6 +164,11 @@ class DetectorSpec(_Strict):
         DEFAULT_ISOLATE_ABOVE_CHARS, ge=0,
         description="requests with more characters than this are screened in a separate process, so their CPU work does not hold "
                     "the GIL the server's event loop needs (null: all in threads)")
+    inline_below_chars: int | None = Field(
+        None, ge=0,
+        description="requests of at most this many characters are screened on the server's event loop instead of a worker "
+                    "thread (a thread hop costs more than screening a short text); null: what the detector declares "
+                    "(keyword: 1024, trained: 0), 0: always in a thread")
     long_input: Literal["fail", "cover"] = Field(
         "fail", description="above max_screen_tokens: fail: the policy's fail_mode (closed: 400 naming detector.max_screen_tokens); "
                             "cover: screened in max_windows wide windows that cover the whole text (a short question in a wide "

@@ -216,6 +216,70 @@ async def test_screening_runs_off_the_event_loop(local_engine, guard_server, tmp
             assert r.status == 200
 
 
+class ThreadRecordingDetector:
+    """The keyword screen behind de-obfuscation (what serves a keyword policy), recording on which
+    thread each request was screened."""
+
+    def __init__(self, policy) -> None:
+        from guard.app import default_detector_factory
+
+        self.inner = default_detector_factory(policy)
+        self.inline_below_chars = self.inner.inline_below_chars
+        self.threads: list[int] = []
+
+    def screen(self, texts, deadline=None):
+        import threading
+
+        self.threads.append(threading.get_ident())
+        return self.inner.screen(texts, deadline=deadline)
+
+
+@pytest.mark.parametrize("inline, short_on_loop", [(None, True), (0, False)])
+async def test_a_short_request_is_screened_on_the_event_loop_a_long_one_in_a_thread(local_engine, tmp_path, inline, short_on_loop):
+    """The keyword screen declares 1,024 characters cheap enough for the loop (a thread hop costs more
+    than screening them); ``detector.inline_below_chars: 0`` sends everything to a thread. Either
+    way the request is screened: a target in it is flagged."""
+    import threading
+
+    from guard.pipeline import Pipeline
+    from guard.policy import load_policy
+
+    path = _limits_policy(tmp_path, "closed", **({} if inline is None else {"inline_below_chars": inline}))
+    recording: list[ThreadRecordingDetector] = []
+    pipeline = Pipeline.build(load_policy(Path(path)), local_engine,
+                              lambda p: recording.append(ThreadRecordingDetector(p)) or recording[-1])
+    assert pipeline.inline_below_chars == (1024 if inline is None else 0)
+    loop_thread = threading.get_ident()
+    short = await pipeline.decide(["Tell me about Alpha Centauri."])
+    long = await pipeline.decide(["Some filler words here. " * 60 + "Tell me about Alpha Centauri."])
+    assert short.action == long.action == "refuse"
+    short_thread, long_thread = recording[0].threads
+    assert (short_thread == loop_thread) is short_on_loop and long_thread != loop_thread
+
+
+async def test_a_detector_that_declares_nothing_is_screened_in_a_thread(local_engine, tmp_path):
+    from guard.pipeline import Pipeline, inline_chars
+    from guard.policy import load_policy
+
+    policy = load_policy(Path(_limits_policy(tmp_path, "closed")))
+    assert inline_chars(policy, GatedDetector()) == 0 and inline_chars(policy, ExplodingDetector()) == 0
+    forced = load_policy(Path(_limits_policy(tmp_path, "closed", inline_below_chars=64)))
+    assert inline_chars(forced, GatedDetector()) == 64   # the policy's value wins when it is set
+    assert Pipeline.build(policy, local_engine, lambda p: GatedDetector()).inline_below_chars == 0
+
+
+async def test_the_budget_holds_for_a_request_screened_on_the_loop(local_engine, guard_server, sdk, tmp_path):
+    """Screened inline, a detector that overruns ``detector.budget_ms`` stops at its next check and
+    the request gets the fail mode, as in a thread."""
+    gated = GatedDetector()
+    base = await guard_server(local_engine, policy=_limits_policy(tmp_path, "closed", budget_ms=50, inline_below_chars=4096),
+                              detector_factory=lambda p: gated)
+    with pytest.raises(openai.APIStatusError) as info:
+        await sdk(base).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    assert info.value.status_code == 503 and info.value.body["param"] == "detector.budget_ms"
+    assert gated.stopped.is_set() and gated.checks >= 5 and not gated.gate.is_set()
+
+
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 async def test_input_over_max_screen_tokens_goes_to_the_fail_mode(local_engine, guard_server, sdk, tmp_path, fail_mode):
     base = await guard_server(local_engine, policy=_limits_policy(tmp_path, fail_mode, max_screen_tokens=20),

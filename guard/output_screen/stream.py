@@ -13,9 +13,13 @@ still become a longer one), so any match of up to ``holdback_tokens - 1`` tokens
 while its first token is still held. With ``semantic`` screening the release point also waits for
 the end of the sentence (capped at ``sentence_words`` words) the detector has judged.
 
-Work per step is bounded: each step matches names/dates/titles in the text since the last screened
-word boundary plus ``context_chars`` of text before it (so a match that straddles the boundary is
-seen), and the semantic stage judges each sentence once. Total work is linear in the answer's
+Work per step is bounded: each screening matches names/dates/titles in the text since the last
+screened word boundary plus ``context_chars`` of text before it (so a match that straddles the
+boundary is seen), and the semantic stage judges each sentence once. Without the semantic stage a
+stream is screened every ``scan_stride`` tokens (``holdback_tokens // 4``), not every token, and
+released in those steps: a chunk goes out only once a screening saw ``holdback_tokens`` tokens after
+it, so the guarantee above holds, at a quarter of the matching and of the writes (the first item is
+released as soon as the hold-back allows: time to first token is unchanged). Total work is linear in the answer's
 length; memory holds the unreleased text plus the context. Deltas that arrive together (one network
 read of several events) are fed with ``feed_many`` and screened in one step: what it releases had
 the whole batch behind it when screened, so it is screened at least as far ahead as feeding them one
@@ -37,6 +41,7 @@ from guard.output_screen.matchers import SEMANTIC, NameFactMatcher
 UNSCREENED = "unscreened"      # the semantic stage failed or ran out of time and the policy fails closed
 DEFAULT_SENTENCE_WORDS = 48    # a semantic unit without a sentence end is cut here (the detector's window)
 NAME_CONTEXT_CHARS = 60        # ``NameFinder.someone_else`` looks this far around a match
+SCAN_STRIDE_DIVISOR = 4        # a stream is screened and released every holdback_tokens / 4 tokens (_scan_due)
 _NON_WORD = re.compile(r"[\W_]")
 _SENTENCE_END = re.compile(r"(?:[.!?\u2026\u3002\uff01\uff1f][\"'\u2019\u201d)\]]*(?=\s)|\n)")
 
@@ -71,6 +76,7 @@ class _Chunk(NamedTuple):   # a tuple: one is made per delta
     start: int
     end: int
     tokens: int
+    token_end: int         # tokens fed up to and including this chunk
     item: Any
 
 
@@ -81,13 +87,16 @@ class OutputScreener:
     ``method`` for every screened target (hits on other targets are ignored); ``semantic``: a
     detector whose ``screen([sentence])`` judges each sentence of the answer (None: off);
     ``fail_closed``: a sentence the semantic stage could not judge (an error or ``budget_ms`` out)
-    stops the answer (``reason = "unscreened"``) instead of being released unjudged."""
+    stops the answer (``reason = "unscreened"``) instead of being released unjudged; ``scan_stride``:
+    screen (and release) every this many tokens (default ``holdback_tokens // 4``; 1: every token)."""
 
     def __init__(self, matcher: NameFactMatcher, actions: Mapping[str, str], *, holdback_tokens: int,
                  semantic: Detector | None = None, sentence_words: int = DEFAULT_SENTENCE_WORDS,
-                 fail_closed: bool = True, budget_ms: float | None = None) -> None:
+                 fail_closed: bool = True, budget_ms: float | None = None, scan_stride: int | None = None) -> None:
         if holdback_tokens < 0:
             raise ValueError("holdback_tokens must be >= 0")
+        if scan_stride is not None and scan_stride < 1:
+            raise ValueError("scan_stride must be >= 1")
         self.matcher = matcher
         self.actions = dict(actions)
         self.holdback_tokens = holdback_tokens
@@ -96,6 +105,7 @@ class OutputScreener:
         self.fail_closed = fail_closed
         self.budget_ms = budget_ms
         self.context_chars = matcher.longest_match_chars + NAME_CONTEXT_CHARS
+        self.scan_stride = scan_stride or max(1, holdback_tokens // SCAN_STRIDE_DIVISOR)
 
     @property
     def active(self) -> bool:
@@ -126,6 +136,7 @@ class AnswerScreen:
         self._tokens = 0           # tokens fed
         self._released_end = 0
         self._scanned_end = 0      # names/facts judged up to here (a word boundary)
+        self._screened_tokens = 0  # tokens fed when the answer was last screened
         self._unit_start = 0       # semantic: judged up to here (a sentence end)
         self._chunk_starts: list[int] = []   # start offset and tokens before each chunk (token offsets of hits)
         self._chunk_tokens: list[int] = []
@@ -165,11 +176,11 @@ class AnswerScreen:
             end = self._end + len(text)
             self._chunk_starts.append(self._end)
             self._chunk_tokens.append(self._tokens)
-            self._pending.append(_Chunk(self._end, end, tokens, text if item is None else item))
+            self._tokens += tokens
+            self._pending.append(_Chunk(self._end, end, tokens, self._tokens, text if item is None else item))
             self._pending_tokens += tokens
             self._tail += text
             self._end = end
-            self._tokens += tokens
 
     def finish(self) -> ScreenStep:
         """The answer is complete: screen the held tail and release it, or the hit."""
@@ -182,13 +193,16 @@ class AnswerScreen:
     def _step(self, final: bool) -> ScreenStep:
         s = self._s
         if not s.active:
+            self._screened_tokens = self._tokens
             return ScreenStep(release=self._release(self._end, 0))
-        scan_end = self._end if final else self._word_boundary()
-        if scan_end > self._scanned_end:
-            hit = self._match_names(scan_end)
-            if hit is not None:
-                return self._stop(hit)
-            self._scanned_end = scan_end
+        if final or s.semantic is not None or self._scan_due():
+            scan_end = self._end if final else self._word_boundary()
+            if scan_end > self._scanned_end:
+                hit = self._match_names(scan_end)
+                if hit is not None:
+                    return self._stop(hit)
+                self._scanned_end = scan_end
+            self._screened_tokens = self._tokens
         safe_end = self._scanned_end
         if s.semantic is not None:
             hit = self._judge_sentences(scan_end, final)
@@ -198,6 +212,18 @@ class AnswerScreen:
         out = self._release(safe_end, 0 if final else s.holdback_tokens)
         self._trim()
         return ScreenStep(release=out)
+
+    def _scan_due(self) -> bool:
+        """Whether this step screens: ``scan_stride`` tokens came in since the last screening, or the
+        answer's first item could be released (so the first token is not delayed). A chunk is only
+        released once a screening saw ``holdback_tokens`` tokens after it, so between screenings
+        nothing more is released: the stream is released in steps of ``scan_stride`` tokens, one
+        match and one write per step instead of per token, and a hit is seen at most
+        ``scan_stride`` tokens after its last token arrived."""
+        if self._tokens - self._screened_tokens >= self._s.scan_stride:
+            return True
+        return self._released_end == 0 and bool(self._pending) and (
+            self._tokens - self._pending[0].token_end >= self._s.holdback_tokens)
 
     def _word_boundary(self) -> int:
         """End of the last complete word fed (the offset after the last non-word character), or the
@@ -281,7 +307,7 @@ class AnswerScreen:
         out: list[Any] = []
         while self._pending:
             chunk = self._pending[0]
-            if chunk.end > safe_end or self._pending_tokens - chunk.tokens < keep_tokens:
+            if chunk.end > safe_end or self._screened_tokens - chunk.token_end < keep_tokens:
                 break
             self._pending.popleft()
             self._pending_tokens -= chunk.tokens

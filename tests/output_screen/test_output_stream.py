@@ -130,6 +130,54 @@ def test_screening_work_is_linear_in_the_answer(screener, tokenizer):
     assert costs[1] <= costs[0] * 1.25, costs
 
 
+def test_a_hit_is_seen_within_scan_stride_tokens_of_the_names_last_token(screener, tokenizer):
+    """Matching waits between releases (``scan_stride`` tokens), so the upstream is stopped at most that
+    many tokens after the name is complete, and never after any of it is released."""
+    prefix = token_deltas(tokenizer, PLAIN)
+    name = token_deltas(tokenizer, " Basil Mahfouz Al-Kuwaiti")
+    for lead in range(len(prefix) - screener.holdback_tokens, len(prefix)):   # every phase of the stride
+        deltas = prefix[:lead] + name + token_deltas(tokenizer, " wrote many novels about the city of Paris and more.")
+        answer = screener.start()
+        released = ""
+        for n, d in enumerate(deltas, 1):
+            step = answer.feed(d, 1)
+            released += "".join(step.release)
+            if step.hit:
+                break
+        assert step.hit is not None and "Basil" not in released, lead
+        # the last name token completes the word once the next delta (a space) arrives
+        assert n - (lead + len(name) + 1) <= screener.scan_stride, (lead, n)
+
+
+def test_the_matcher_runs_about_once_per_scan_stride_tokens(screener, tokenizer):
+    calls = []
+
+    class Counting(NameFactMatcher):
+        def __init__(self, inner: NameFactMatcher) -> None:
+            self.__dict__.update(inner.__dict__)
+
+        def matches(self, text: str):
+            calls.append(text)
+            return super().matches(text)
+
+    deltas = token_deltas(tokenizer, PLAIN * 4)
+    released, hit, _ = stream(OutputScreener(Counting(screener.matcher), screener.actions, holdback_tokens=16), deltas)
+    assert hit is None and released == PLAIN * 4
+    assert len(deltas) / 4 * 0.8 <= len(calls) <= len(deltas) / 4 * 1.5, (len(calls), len(deltas))
+
+
+def test_the_first_item_is_released_as_soon_as_the_hold_back_allows(screener, tokenizer):
+    """The stride never delays the first token (time to first token = the hold-back window)."""
+    for lead in ("", "A", "Well, "):   # shifts the first word boundary against the stride's phase
+        answer = screener.start()
+        first = answer.feed("", 0, item="role").release
+        assert first == []
+        for n, d in enumerate(token_deltas(tokenizer, lead + PLAIN), 1):
+            if answer.feed(d, 1).release:
+                break
+        assert n == screener.holdback_tokens, (lead, n)
+
+
 class _Recording:
     """A semantic stage that flags sentences containing ``word`` and records what it judged."""
 
@@ -204,15 +252,22 @@ SPACELESS = "\u6d77\u6d0b\u662f\u5730\u7403\u4e0a\u6700\u5927\u7684\u6c34\u4f53"
     (PLAIN + "https://example.org/" + "averyveryverylongpathsegment" * 6 + " is the link. " + PLAIN, 5),
 ])
 @pytest.mark.parametrize("size", [2, 3, 7, 40])
-def test_deltas_screened_in_batches_release_what_one_by_one_feeding_released_by_the_batchs_end(screener, tokenizer, text,
-                                                                                                piece, size):
+def test_deltas_screened_in_batches_never_release_more_than_screening_every_token(screener, tokenizer, text, piece, size):
+    """The reference screens after every token (``scan_stride=1``): what it released after a delta is
+    the most that may be out then. Batches (and the stride) release a prefix of that, at most
+    ``scan_stride`` plus a batch of tokens behind it, and everything in the end."""
     deltas = token_deltas(tokenizer, text) if piece is None else [text[i:i + piece] for i in range(0, len(text), piece)]
-    one_by_one, hit, _ = _batches(screener, deltas, 1)
-    assert hit is None and one_by_one[-1] == list(range(len(deltas)))   # unflagged: every item, in order
-    batched, hit, _ = _batches(screener, deltas, size)
-    assert hit is None
-    # after each batch: exactly what feeding its deltas one by one had released after the last of them
-    assert batched == [one_by_one[min(first + size, len(deltas)) - 1] for first in range(0, len(deltas), size)] + [one_by_one[-1]]
+    every_token = OutputScreener(screener.matcher, screener.actions, holdback_tokens=screener.holdback_tokens, scan_stride=1)
+    reference, hit, _ = _batches(every_token, deltas, 1)
+    assert hit is None and reference[-1] == list(range(len(deltas)))   # unflagged: every item, in order
+    for feed_size in (1, size):
+        batched, hit, _ = _batches(screener, deltas, feed_size)
+        assert hit is None and batched[-1] == reference[-1]
+        for b, first in enumerate(range(0, len(deltas), feed_size)):
+            last = min(first + feed_size, len(deltas)) - 1
+            assert batched[b] == reference[last][:len(batched[b])], (feed_size, b)   # never more than the reference
+            lag = screener.scan_stride + feed_size
+            assert len(batched[b]) >= len(reference[max(0, last - lag)]), (feed_size, b)
 
 
 @pytest.mark.parametrize("size", [1, 4, 16, 64])
