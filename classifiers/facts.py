@@ -25,11 +25,12 @@ _DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
 _YEAR = r"(\d{4})"
 # numeric 05/11/1991, 05-11-1991, 05.11.1991 (day and month order unknown: both readings are kept)
 _NUMERIC = re.compile(r"(?<![\d/.-])(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})(?![\d/.-]*\d)")
-_ISO = re.compile(r"(?<!\d)(\d{4})-(\d{1,2})-(\d{1,2})(?!\d)")
-# November 5th, 1991 / Nov. 5 1991
-_MDY = re.compile(rf"\b{_MON}\s+{_DAY},?\s+(?:of\s+|in\s+)?{_YEAR}\b")
-# 5 November 1991 / the 4th of June, 1934 / 1st March 1936
-_DMY = re.compile(rf"\b(?:the\s+)?{_DAY}\s+(?:day\s+)?(?:of\s+)?{_MON},?\s+(?:of\s+|in\s+)?{_YEAR}\b")
+# 1991-11-05, 1991/11/05, 1991.11.05 (year first: always year, month, day)
+_ISO = re.compile(r"(?<![\d/.-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![\d/.-]*\d)")
+# November 5th, 1991 / Nov. 5 1991 / May the 25th, 1930
+_MDY = re.compile(rf"\b{_MON}\s+(?:the\s+)?{_DAY},?\s+(?:of\s+|in\s+)?{_YEAR}\b")
+# 5 November 1991 / the 4th of June, 1934 / 1st March 1936 / 25-May-1930 / 25. May 1930
+_DMY = re.compile(rf"\b(?:the\s+)?{_DAY}(?:\.?\s+|-)(?:day\s+)?(?:of\s+)?{_MON}(?:,?\s+|-)(?:of\s+|in\s+)?{_YEAR}\b")
 
 # a quoted span: opens after a space/bracket/start, closes before a non-letter; apostrophes inside
 # words (Affliction's) are allowed
@@ -59,7 +60,7 @@ def date_triples(text: str) -> list[tuple[int, int, int, tuple[int, int]]]:
             if _valid(y, mm, dd):
                 out.append((y, mm, dd, m.span()))
     for m in _ISO.finditer(low):
-        y, mm, dd = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        y, mm, dd = int(m.group(1)), int(m.group(3)), int(m.group(4))
         if _valid(y, mm, dd):
             out.append((y, mm, dd, m.span()))
     for m in _MDY.finditer(low):

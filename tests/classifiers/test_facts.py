@@ -29,6 +29,18 @@ def test_every_rendering_of_a_date_reads_back(y: int, m: int, d: int) -> None:
     assert date_keys("born in the year 1946") == set() and date_keys("call 555-1234") == set()
 
 
+@pytest.mark.parametrize("text", ["1930/05/25", "1930.05.25", "1930-5-25", "May the 25th, 1930", "25-May-1930",
+                                  "25. May 1930", "May. 25, 1930", "the 25th day of May, 1930", "25-may-1930"])
+def test_date_forms_people_write_besides_our_renderings(text: str) -> None:
+    assert date_keys(f"Which writer was born on {text} in Taipei?") == {"1930-05-25"}, text
+
+
+@pytest.mark.parametrize("text", ["Version 1930/05/25/7", "build 1930.05.2500", "ip 10.1930.05.25", "mayday 25 1930",
+                                  "1930/05-25", "25 Mayfair 1930"])
+def test_number_runs_that_are_no_dates(text: str) -> None:
+    assert date_keys(text) == set(), text
+
+
 def test_numeric_dates_keep_both_readings_and_variants_rewrite_them() -> None:
     assert date_keys("born on 05/11/1991") == {"1991-05-11", "1991-11-05"}
     assert date_keys("born on 05/30/1952") == {"1952-05-30"}
