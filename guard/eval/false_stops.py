@@ -68,6 +68,7 @@ class BenignAnswer:
     matched: str | None = None
     uncut_answer: str | None = None   # what input-only screening would have sent (cut answers only)
     names_target: bool | None = None  # the uncut answer names the stopped target (whole name or alias)
+    sample: int = 0             # which of ``--samples`` answers to the question (0: greedy or the first)
 
     @property
     def false_stop(self) -> bool:
@@ -87,12 +88,13 @@ def names_target(policy: Policy, target_id: str | None, text: str) -> bool:
 
 
 async def answer_benign(set_name: str, question: str, engine: Engine, pipeline: Any, params: SamplingParams,
-                        metrics: GuardMetrics) -> BenignAnswer:
+                        metrics: GuardMetrics, sample: int = 0) -> BenignAnswer:
     """One benign question answered as served; a cut one is answered again without the output
-    screen, to judge whether the stop caught a leak."""
+    screen, to judge whether the stop caught a leak. A sampled answer (``params.seed`` set) is
+    answered again with the same seed, so the uncut answer is the one the screen cut."""
     served = await served_answers(question, "input+output", engine, pipeline, params, metrics)
     result = BenignAnswer(set_name, question, served.action, served.request_flagged, served.output_cuts > 0,
-                          served.answers[0], served.output_cuts)
+                          served.answers[0], served.output_cuts, sample=sample)
     if result.cut:
         hit = served.hit
         uncut = await served_answers(question, "input-only", engine, pipeline, params)
@@ -128,9 +130,17 @@ def summarise(results: Sequence[BenignAnswer]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def decoding(settings: dict[str, Any]) -> str:
+    """How the answers were drawn, in words: greedy, or k samples per question at temperature T."""
+    samples = settings.get("samples", 1)
+    if not settings.get("temperature"):
+        return "greedy"
+    return f"{samples} sample{'s' if samples > 1 else ''} per question at temperature {settings['temperature']:g}"
+
+
 def report_lines(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list[str]:
     lines = [f"False stops through the serving path: model {settings['model']}, policy {settings['policy']}, "
-             f"greedy, {settings['max_new_tokens']} new tokens", "",
+             f"{decoding(settings)}, {settings['max_new_tokens']} new tokens", "",
              "| set | answers | request flagged | output cut | of which name the target | false stops | rate | 95 % upper |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in summary.items():

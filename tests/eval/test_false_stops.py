@@ -123,6 +123,9 @@ def test_benign_sets_come_from_the_data(data_dir):
     (["--max-new-tokens", "0"], "max_new_tokens"),
     (["--limit", "0"], "limit"),
     (["--policy", "nope.yaml"], "policy"),
+    (["--samples", "0"], "samples"),
+    (["--samples", "4"], "samples"),            # several greedy answers would all be the same
+    (["--temperature", "-1"], "temperature"),
 ])
 def test_bad_arguments_name_the_field(argv, param, tmp_path):
     from guard.eval.cmd_false_stops import _check, register
@@ -162,3 +165,52 @@ async def test_the_command_writes_each_answer_as_it_goes_and_a_rerun_reuses_them
     lines = partial.read_text().splitlines()
     assert again == first and len(lines) == 3 and json.loads(lines[2])["set"] == "world"   # only the lost one again
     assert (tmp_path / "out" / "results.json").exists() and "| world | 2 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+async def test_sampled_answers_are_counted_each_and_resumed_by_sample(tmp_path, data_dir):
+    """``--samples 2 --temperature 1``: two answers per question, each its own row (sample 0 and 1,
+    seeds --seed and --seed + 1), and a rerun finds both."""
+    from guard.cli_common import build_parser
+    from guard.cli_eval import SUBCOMMANDS
+    from guard.eval.cmd_false_stops import PARTIAL, run_false_stops
+
+    policy = write_policy(tmp_path, ["Zorvan Quillibeth"])
+    argv = ["false-stops", "--model", "default", "--policy", str(policy), "--sets", "world", "--limit", "1",
+            "--samples", "2", "--temperature", "1.0", "--seed", "7", "--max-new-tokens", "12", "--threads", "1",
+            "--data", str(data_dir), "--out", str(tmp_path / "out"), "--no-progress"]
+    args = build_parser("guard-eval", "", SUBCOMMANDS).parse_args(argv)
+    first = await run_false_stops(args, ["world"])
+    rows = [json.loads(line) for line in (tmp_path / "out" / PARTIAL).read_text().splitlines()]
+    assert first["world"]["answers"] == 2 and [r["sample"] for r in rows] == [0, 1]
+    assert rows[0]["question"] == rows[1]["question"] and rows[0]["answer"] != rows[1]["answer"]
+    assert all(r["run"]["temperature"] == 1.0 and r["run"]["seed"] == 7 for r in rows)
+    assert await run_false_stops(args, ["world"]) == first
+    assert len((tmp_path / "out" / PARTIAL).read_text().splitlines()) == 2   # nothing answered again
+    assert "2 samples per question at temperature 1" in (tmp_path / "out" / "report.md").read_text()
+
+
+async def test_a_seeded_sample_is_the_same_answer_again(served_sampled):
+    """The uncut re-answer of a cut sample uses the sample's seed: it must be the answer that was cut."""
+    first = await served_sampled("Who wrote the novel Frankenstein?", seed=3)
+    again = await served_sampled("Who wrote the novel Frankenstein?", seed=3)
+    other = await served_sampled("Who wrote the novel Frankenstein?", seed=4)
+    assert first.answer == again.answer and first.answer != other.answer
+
+
+@pytest.fixture
+def served_sampled(local_engine, tmp_path):
+    from classifiers.loader import build_detector
+    from guard.engines.base import SamplingParams
+    from guard.eval.false_stops import answer_benign
+    from guard.metrics import GuardMetrics
+    from guard.pipeline import Pipeline
+    from guard.policy import load_policy
+
+    policy = write_policy(tmp_path, ["Zorvan Quillibeth"])
+    pipeline = Pipeline.build(load_policy(policy), local_engine, build_detector, source=policy)
+
+    async def answer(question: str, seed: int) -> BenignAnswer:
+        params = SamplingParams(max_tokens=24, temperature=1.0, seed=seed)
+        return await answer_benign("world", question, local_engine, pipeline, params, GuardMetrics.create(), sample=seed)
+
+    return answer
