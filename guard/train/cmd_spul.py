@@ -10,10 +10,13 @@ from typing import Any, Sequence
 
 from guard.paths import default_data_dir
 from guard.train.cli_args import add_data_arg, add_method_data_args, add_optimisation_args
-from guard.train.method_data import retain_override
+from guard.errors import ConfigError
+from guard.policy import DataSource
+from guard.train.method_data import SourceRef, retain_override
 from guard.devices import resolve_device
 from guard.train.spul import DEFAULT_INIT_TEXT, FORGET_TARGETS, SpulConfig, load_frozen_model, train_spul
 from guard.train.spul_counterfactual import DEFAULT_STAND_INS
+from guard.train.spul_holdout import DEFAULT_W_DIVERGENT, WDivergentSearch, train_spul_holdout
 from guard.train.spul_data import QAItem, encode_example_checked, load_qa_source
 from guard.train.spul_objective import Weights
 from guard.train.spul_report import generation_report
@@ -49,8 +52,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight of each retain answer's first token in the retain CE and KL (default 1; see docs/spul.md)")
     m.add_argument("--w-divergent", type=float, default=1.0,
                    help="weight of forget label tokens the frozen model does not predict (default 1; for "
-                        "--forget-target counterfactual, docs/spul.md)")
+                        "--forget-target counterfactual, docs/spul.md; --holdout chooses it)")
     m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
+    s = p.add_argument_group("choosing --w-divergent (guard.train.spul_holdout; the retain twin and eval rows are never read)")
+    s.add_argument("--holdout", type=Path, default=None,
+                   help="tofu_qa file of QA about people the model never saw, with paraphrased_answer and perturbed_answer "
+                        "(e.g. ../shared/data/tofu/retain_perturbed.json --holdout-rows 360:400 for the mini preset); given: "
+                        "one soft prompt per --search-w-divergent weight, the one whose forget truth ratios match the "
+                        "frozen model's on these is written")
+    s.add_argument("--holdout-rows", default=None, help="rows of --holdout, e.g. 360:400")
+    s.add_argument("--search-w-divergent", default=None,
+                   help=f"comma-separated --w-divergent candidates (default {','.join(f'{w:g}' for w in DEFAULT_W_DIVERGENT)})")
+    s.add_argument("--search-forget-every", type=int, default=2,
+                   help="the search reads every n-th forget item; the others stay out of the choice (default 2)")
+    s.add_argument("--search-retain-items", type=int, default=20,
+                   help="flagged-retain check: at most this many of the held-out retain QA (default 20)")
+    s.add_argument("--min-retain-agreement", type=float, default=0.9,
+                   help="share of their gold-answer positions whose top token the soft prompt must keep (default 0.9)")
     add_optimisation_args(p, epochs=6, lr=3e-2, lr_note="", val_fraction=0.2, max_retain=40, unit="QA")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto (GPU if visible, default), cpu, cuda or cuda:N")
@@ -70,18 +88,51 @@ def run_cli(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
         system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)
-    manifest = train_spul(args.policy, args.out, cfg, model_name=args.model, targets=args.target, retain=retain,
-                          data_dir=args.data, idk_file=args.idk_file, device=args.device, threads=args.threads,
-                          progress=not args.no_progress)
+    search = w_divergent_search(args)
+    if search is None:
+        manifest = train_spul(args.policy, args.out, cfg, model_name=args.model, targets=args.target, retain=retain,
+                              data_dir=args.data, idk_file=args.idk_file, device=args.device, threads=args.threads,
+                              progress=not args.no_progress)
+    else:
+        manifest = train_spul_holdout(args.policy, args.out, cfg, search, model_name=args.model, targets=args.target,
+                                      retain=retain, data_dir=args.data, idk_file=args.idk_file, device=args.device,
+                                      threads=args.threads, progress=not args.no_progress)
     metrics = manifest["metrics"]
+    found = manifest.get("w_divergent_search")
     print(json.dumps({"out": str(args.out), "base_model": manifest["base_model"]["name"],
                       "n_tokens": manifest["n_tokens"], "position": manifest["position"],
                       "initial_val": (metrics["initial_val"] or {}).get("total"), "best_val": metrics["best_val"],
                       "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
                       "train_time_s": metrics["train_time_s"], "train_cpu_time_s": metrics["train_cpu_time_s"],
                       "total_time_s": metrics["total_time_s"],
-                      "device": metrics["device"], "generation": metrics["generation"]}, indent=2))
+                      "device": metrics["device"], "generation": metrics["generation"],
+                      "w_divergent_search": {"chosen": found["chosen"]["w_divergent"], "ks_d": found["chosen"]["ks_d"],
+                                             "rule": found["rule"]} if found else None}, indent=2))
     return 0
+
+
+def w_divergent_search(args: argparse.Namespace) -> WDivergentSearch | None:
+    """The ``--holdout`` search settings, or ``None`` (``--w-divergent`` as given)."""
+    if args.holdout is None:
+        for flag, value in (("holdout_rows", args.holdout_rows), ("search_w_divergent", args.search_w_divergent)):
+            if value is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --holdout", param=flag)
+        return None
+    if args.forget_target != "counterfactual":
+        raise ConfigError("--holdout chooses --w-divergent, the weight of --forget-target counterfactual", param="forget_target")
+    try:
+        holdout = SourceRef("--holdout", DataSource(path=Path(args.holdout).resolve(), format="tofu_qa", rows=args.holdout_rows))
+    except ValueError as exc:
+        raise ConfigError(f"--holdout-rows: {exc}", param="holdout_rows") from None
+    text = args.search_w_divergent
+    try:
+        weights = DEFAULT_W_DIVERGENT if text is None else tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--search-w-divergent takes comma-separated numbers, got {text!r}", param="search_w_divergent") from None
+    search = WDivergentSearch(holdout, candidates=weights, forget_every=args.search_forget_every,
+                              retain_items=args.search_retain_items, min_retain_agreement=args.min_retain_agreement)
+    search.validate()
+    return search
 
 
 def report_rows(artifact: Path, model_name: str, forget: Sequence[QAItem], retain: Sequence[QAItem], *,

@@ -51,7 +51,7 @@ import torch
 
 from classifiers.sources import QARecord, read_qa
 from guard.errors import ConfigError
-from guard.train.forget_surrogate import Level, TruthRatioItem, item_truth_ratios, lexicographic_choice, surrogate, truth_ratio_items
+from guard.train.forget_surrogate import Level, check_forget_every, TruthRatioItem, item_truth_ratios, lexicographic_choice, surrogate, truth_ratio_items
 from guard.train.eco_served_scoring import ServedScoring, relative_change, target_params
 from guard.train.method_data import SourceRef, forget_sources, keep_sources, select_targets
 
@@ -94,9 +94,7 @@ class HoldoutSearch:
             raise ConfigError("--sigmas must be numbers >= 0", param="sigmas")
         if self.ks is not None and (not self.ks or any(k < 1 for k in self.ks)):
             raise ConfigError("--ks must be integers >= 1", param="ks")
-        if self.forget_every < 2:
-            raise ConfigError("--search-forget-every must be >= 2 (one share of the forget items stays out of the "
-                              "choice)", param="search_forget_every")
+        check_forget_every(self.forget_every)
         if self.keep_items < 0 or not 0 <= self.min_keep_agreement <= 1:
             raise ConfigError("--search-keep-items must be >= 0 and --min-keep-agreement in [0, 1]",
                               param="min_keep_agreement")

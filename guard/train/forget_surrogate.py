@@ -94,6 +94,13 @@ def surrogate(forget_truth_ratios: np.ndarray, level: Level) -> dict[str, float]
     return {"ks_d": d, "ks_p": p, "dlogtr": dlog, "J": d + dlog}
 
 
+def check_forget_every(every: int) -> None:
+    """A search reads every ``every``-th forget item: at least 2, so a share stays out of the choice."""
+    if every < 2:
+        raise ConfigError("--search-forget-every must be >= 2 (one share of the forget items stays out of the choice)",
+                          param="search_forget_every")
+
+
 def lexicographic_choice(rows: Sequence[dict[str, Any]], strength: str,
                          feasible: Callable[[dict[str, Any]], bool] = lambda r: bool(r.get("feasible", True))) -> dict[str, Any]:
     """The feasible row with the smallest ``ks_d`` (to 1e-9), ties to the smallest ``strength``;

@@ -21,7 +21,9 @@ Data:
 
 The module holds SPUL's configuration, its optimisation loop and the run; the data is
 ``guard.train.spul_data``, the objective ``guard.train.spul_objective``, the before/after report
-``guard.train.spul_report`` and the command line ``guard.train.cmd_spul``.
+``guard.train.spul_report`` and the command line ``guard.train.cmd_spul``. A run is ``prepare_run``
+(policy, model, data), ``fit`` (one soft prompt) and ``write_artifact``, so ``guard-train spul --holdout``
+(``guard.train.spul_holdout``) trains one soft prompt per ``w_divergent`` on one loaded model and data.
 
 Output (``--out DIR``, written atomically): ``soft_prompt.safetensors`` + ``manifest.json`` (base
 model identity with its embedding hash, where the vectors go, data, hyperparameters, losses per
@@ -50,8 +52,9 @@ from guard.train.spul_counterfactual import DEFAULT_STAND_INS
 from guard.train.spul_data import QAItem, SpulData, collect_data, load_qa_source, perturbed_answers
 from guard.train.spul_objective import Example, Weights
 
-__all__ = ["DEFAULT_INIT_TEXT", "EVAL_FILE", "QAItem", "SpulConfig", "SpulData", "collect_data", "freeze", "initial_soft_prompt",
-           "load_frozen_model", "load_qa_source", "perturbed_answers", "train_soft_prompt", "train_spul"]
+__all__ = ["DEFAULT_INIT_TEXT", "EVAL_FILE", "QAItem", "SpulConfig", "SpulData", "SpulRun", "collect_data", "fit", "freeze",
+           "initial_soft_prompt", "load_frozen_model", "load_qa_source", "perturbed_answers", "prepare_run", "train_soft_prompt",
+           "train_spul", "write_artifact"]
 
 log = logging.getLogger(__name__)
 
@@ -275,22 +278,29 @@ def teacher_answers(model: Any, tokenizer: Any, cfg: SpulConfig):
     return answer
 
 
-def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, model_name: str = "default",
-               targets: Sequence[str] | None = None, retain: Sequence[SourceRef] | None = None,
-               data_dir: Path | None = None, idk_file: Path | None = None, device: str = "auto",
-               threads: int | None = None, progress: bool = True, loaded: tuple[Any, Any, Path] | None = None) -> dict[str, Any]:
-    """Train a soft prompt for the policy's targets and write the artifact to ``out``; returns its manifest.
+@dataclass
+class SpulRun:
+    """What every soft prompt of one run shares: the policy, the frozen model (and its folder), the
+    encoded data and the clocks (``guard-train spul --holdout`` trains several soft prompts on one)."""
 
-    ``loaded`` = ``(model, tokenizer, model_dir)`` reuses a model already in memory (tests)."""
+    policy_path: Path
+    model: Any
+    tokenizer: Any
+    model_dir: Path
+    data: SpulData
+    device: str
+    started: float
+    cpu_started: float
+
+
+def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "default", targets: Sequence[str] | None = None,
+                retain: Sequence[SourceRef] | None = None, data_dir: Path | None = None, idk_file: Path | None = None,
+                device: str = "auto", threads: int | None = None, loaded: tuple[Any, Any, Path] | None = None) -> SpulRun:
+    """Validate ``cfg``, load the policy, the model (or take ``loaded``) and the data."""
     import torch
 
-    from guard.artifacts import model_identity
-    from guard.atomic import staged_dir, write_json
-    from guard.interventions.spul import save_soft_prompt
     from guard.policy import load_policy
-    from guard.train.spul_report import generation_report
 
-    cfg = cfg or SpulConfig()
     cfg.validate()
     policy_path = Path(policy_path)
     policy = load_policy(policy_path)
@@ -322,16 +332,33 @@ def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, m
         data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file,
                             teacher=teacher_answers(model, tokenizer, cfg))
     freeze(model)
-    identity = model_identity(model_dir)
     log.info("spul: %d forget QA (%d held out), %d retain QA (%d held out); %d soft tokens at '%s' on %s (%s), %d threads",
              len(data.forget_train) + len(data.forget_val), len(data.forget_val), len(data.retain_train) + len(data.retain_val),
-             len(data.retain_val), cfg.n_tokens, cfg.position, identity["name"], dev, torch.get_num_threads())
-    init = initial_soft_prompt(model, tokenizer, cfg)
-    result = train_soft_prompt(model, init, data, cfg, progress=progress)
+             len(data.retain_val), cfg.n_tokens, cfg.position, Path(model_dir).name, dev, torch.get_num_threads())
+    return SpulRun(policy_path, model, tokenizer, Path(model_dir), data, dev, started, cpu_started)
+
+
+def fit(run: SpulRun, cfg: SpulConfig, *, progress: bool = True) -> dict[str, Any]:
+    """One soft prompt on the run's data (``train_soft_prompt`` from ``initial_soft_prompt``)."""
+    return train_soft_prompt(run.model, initial_soft_prompt(run.model, run.tokenizer, cfg), run.data, cfg, progress=progress)
+
+
+def write_artifact(run: SpulRun, cfg: SpulConfig, result: dict[str, Any], out: Path, *, progress: bool = True,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The before/after report of ``result``'s soft prompt, then the artifact (``extra``: more manifest
+    keys), written atomically to ``out``; returns the manifest as written."""
+    import torch
+
+    from guard.artifacts import model_identity
+    from guard.atomic import staged_dir, write_json
+    from guard.interventions.spul import save_soft_prompt
+    from guard.train.spul_report import generation_report
+
+    data = run.data
     report = None
     if cfg.eval_generate and (data.forget_val or data.retain_val):
         t0 = time.perf_counter()
-        report = generation_report(model, tokenizer, result["soft"], data.forget_val, data.retain_val,
+        report = generation_report(run.model, run.tokenizer, result["soft"], data.forget_val, data.retain_val,
                                    max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size, progress=progress)
         report["time_s"] = round(time.perf_counter() - t0, 1)
     summary = None
@@ -340,21 +367,35 @@ def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, m
     manifest = {
         "created_at": utc_now(),
         "method": "SPUL (Bhaila et al., Soft Prompting for Unlearning in LLMs)",
-        "base_model": identity,
+        "base_model": model_identity(run.model_dir),
         "position": cfg.position,
-        "policy": policy_stamp(policy_path),
+        "policy": policy_stamp(run.policy_path),
         "data": data.sources,
         "hyperparameters": cfg.to_dict(),
         "metrics": {
             **loop_summary(result, result["best_score"]), "history": result["history"],
             "train_time_s": result["train_time_s"], "train_cpu_time_s": result["train_cpu_time_s"],
-            "total_time_s": round(time.perf_counter() - started, 1),
-            "total_cpu_time_s": round(time.process_time() - cpu_started, 1),
-            "device": dev, "threads": torch.get_num_threads(), "generation": summary,
+            "total_time_s": round(time.perf_counter() - run.started, 1),
+            "total_cpu_time_s": round(time.process_time() - run.cpu_started, 1),
+            "device": run.device, "threads": torch.get_num_threads(), "generation": summary,
         },
+        **(extra or {}),
     }
     with staged_dir(Path(out)) as tmp:
         save_soft_prompt(tmp, result["soft"], manifest)
         if report is not None:
             write_json(tmp / EVAL_FILE, report)
     return json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+
+
+def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, model_name: str = "default",
+               targets: Sequence[str] | None = None, retain: Sequence[SourceRef] | None = None,
+               data_dir: Path | None = None, idk_file: Path | None = None, device: str = "auto",
+               threads: int | None = None, progress: bool = True, loaded: tuple[Any, Any, Path] | None = None) -> dict[str, Any]:
+    """Train a soft prompt for the policy's targets and write the artifact to ``out``; returns its manifest.
+
+    ``loaded`` = ``(model, tokenizer, model_dir)`` reuses a model already in memory (tests)."""
+    cfg = cfg or SpulConfig()
+    run = prepare_run(policy_path, cfg, model_name=model_name, targets=targets, retain=retain, data_dir=data_dir,
+                      idk_file=idk_file, device=device, threads=threads, loaded=loaded)
+    return write_artifact(run, cfg, fit(run, cfg, progress=progress), out, progress=progress)
