@@ -51,7 +51,9 @@ import torch
 
 from classifiers.sources import QARecord, read_qa
 from guard.errors import ConfigError
-from guard.train.forget_surrogate import Level, check_forget_every, TruthRatioItem, item_truth_ratios, lexicographic_choice, surrogate, truth_ratio_items
+from guard.train.forget_surrogate import (
+    Level, TruthRatioItem, check_forget_every, item_truth_ratios, lexicographic_choice, never_seen_holdout, split_halves, surrogate, truth_ratio_items,
+)
 from guard.train.eco_served_scoring import ServedScoring, relative_change, target_params
 from guard.train.method_data import SourceRef, forget_sources, keep_sources, select_targets
 
@@ -164,22 +166,14 @@ def search_data(policy: Any, target_ids: Sequence[str] | None, search: HoldoutSe
     for ref in forget_sources(chosen):
         forget += [(it, str(ref.target_id)) for it in with_perturbed(read_qa(ref.source, ref.param, purpose=PURPOSE), ref.param)]
     forget.sort(key=lambda x: (x[0].source, x[0].row))
-    every = search.forget_every
-    if len(forget) < every:
-        raise ConfigError(f"{len(forget)} forget item(s): the search needs at least {every} (one tuned, the rest held out)",
-                          param="forget_data")
-    holdout = truth_ratio_items(read_qa(search.holdout.source, search.holdout.param, purpose=PURPOSE), search.holdout.param)
+    tuned, held_out = split_halves(forget, search.forget_every)
     questions = {it.question for it, _ in forget}
-    overlap = [h.row for h in holdout if h.question in questions]
-    if overlap:
-        raise ConfigError(f"--holdout rows {overlap[:5]} are forget questions of the policy: the never-seen reference "
-                          "must be QA about other people", param="holdout")
+    holdout = never_seen_holdout(search.holdout, questions, PURPOSE)
     keep: list[tuple[QARecord, str]] = []
     for ref in keep_sources(chosen):
         keep += [(rec, str(ref.target_id)) for rec in read_qa(ref.source, ref.param, purpose=PURPOSE)
                  if rec.question not in questions]
-    return SearchData(forget[::every], [x for i, x in enumerate(forget) if i % every], holdout,
-                      spread(keep, search.keep_items), [t.id for _, t in chosen])
+    return SearchData(tuned, held_out, holdout, spread(keep, search.keep_items), [t.id for _, t in chosen])
 
 
 def grid(search: HoldoutSearch, rms: float, hidden: int) -> list[dict[str, Any]]:

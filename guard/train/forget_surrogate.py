@@ -101,6 +101,28 @@ def check_forget_every(every: int) -> None:
                           param="search_forget_every")
 
 
+def split_halves(forget: Sequence[Any], every: int) -> tuple[list[Any], list[Any]]:
+    """Every ``every``-th forget item (tuned: the search reads them) and the rest (held out: reported,
+    never used to choose); fewer than ``every`` items is an error naming ``forget_data``."""
+    if len(forget) < every:
+        raise ConfigError(f"{len(forget)} forget item(s): the search needs at least {every} (one tuned, the rest held out)",
+                          param="forget_data")
+    return list(forget[::every]), [x for i, x in enumerate(forget) if i % every]
+
+
+def never_seen_holdout(ref: Any, forget_questions: set[str], purpose: str) -> list[TruthRatioItem]:
+    """The ``--holdout`` QA (``ref``: a ``SourceRef``) as truth-ratio items; a row that is one of the
+    policy's forget questions is an error naming ``holdout`` (the reference must be about other people)."""
+    from classifiers.sources import read_qa
+
+    holdout = truth_ratio_items(read_qa(ref.source, ref.param, purpose=purpose), ref.param)
+    overlap = [h.row for h in holdout if h.question in forget_questions]
+    if overlap:
+        raise ConfigError(f"--holdout rows {overlap[:5]} are forget questions of the policy: the never-seen reference "
+                          "must be QA about other people", param="holdout")
+    return holdout
+
+
 def lexicographic_choice(rows: Sequence[dict[str, Any]], strength: str,
                          feasible: Callable[[dict[str, Any]], bool] = lambda r: bool(r.get("feasible", True))) -> dict[str, Any]:
     """The feasible row with the smallest ``ks_d`` (to 1e-9), ties to the smallest ``strength``;

@@ -49,7 +49,9 @@ import torch
 from classifiers.sources import read_qa
 from guard.errors import ConfigError
 from guard.train.eco_holdout import describe_truth_ratios, with_perturbed
-from guard.train.forget_surrogate import Level, check_forget_every, TruthRatioItem, item_truth_ratios, lexicographic_choice, truth_ratio_items
+from guard.train.forget_surrogate import (
+    Level, TruthRatioItem, check_forget_every, item_truth_ratios, lexicographic_choice, never_seen_holdout, split_halves,
+)
 from guard.train.method_data import SourceRef, forget_sources, select_targets, with_forget_data
 
 log = logging.getLogger(__name__)
@@ -103,16 +105,9 @@ def search_items(policy: Any, targets: Sequence[str] | None, search: WDivergentS
                 seen.add(it.question)
                 forget.append((it, str(ref.target_id)))
     forget.sort(key=lambda x: (x[0].source, x[0].row))
-    every = search.forget_every
-    if len(forget) < every:
-        raise ConfigError(f"{len(forget)} forget item(s): the search needs at least {every} (one tuned, the rest held out)",
-                          param="forget_data")
-    holdout = truth_ratio_items(read_qa(search.holdout.source, search.holdout.param, purpose=PURPOSE), search.holdout.param)
-    overlap = [h.row for h in holdout if h.question in seen]
-    if overlap:
-        raise ConfigError(f"--holdout rows {overlap[:5]} are forget questions of the policy: the never-seen reference "
-                          "must be QA about other people", param="holdout")
-    return SearchItems(forget[::every], [x for i, x in enumerate(forget) if i % every], holdout, [t.id for _, t in chosen])
+    tuned, held_out = split_halves(forget, search.forget_every)
+    holdout = never_seen_holdout(search.holdout, seen, PURPOSE)
+    return SearchItems(tuned, held_out, holdout, [t.id for _, t in chosen])
 
 
 def _round(row: dict[str, Any]) -> dict[str, Any]:
