@@ -217,12 +217,16 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
     (tf, hf), (to, ho) = split_halves(forget), split_halves(other)
     tt, ht = surname_template_probes(names)
     ft, fh = fresh_surname_probes(names)
-    ft2, fh2 = fresh_surname_probes(names, second=True)
+    ft2, fh2 = fresh_surname_probes(names, family=2)
+    ft3, fh3 = fresh_surname_probes(names, family=3)
     sets: dict[str, tuple[str, list[list[str]], list[list[str]]]] = {
         # written 2026-12-04 before the rules were changed for it: its held-out half is the independent one
         "fresh family (FRESH_SURNAME_TEMPLATES)": ("caught", [[q] for q in ft], [[q] for q in fh]),
         # written after the rules for the first fresh family were measured
         "second fresh family (FRESH_SURNAME_TEMPLATES_2)": ("caught", [[q] for q in ft2], [[q] for q in fh2]),
+        # written in session 9 before any rule was changed for it (the first two families' held-out
+        # halves had been read by then)
+        "third fresh family (FRESH_SURNAME_TEMPLATES_3)": ("caught", [[q] for q in ft3], [[q] for q in fh3]),
         # the held-out halves of these two were read on 2026-12-04 (their misses): "seen", no longer held out
         "issue-15 family (forget questions; held-out half seen)": ("caught", cases(tf), cases(hf)),
         "templates from the targets' family names (held-out half seen)": ("caught", [[q] for q in tt], [[q] for q in ht]),
@@ -230,6 +234,9 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
     }
     for kind, (a, b) in fresh_surname_negatives(names, data).items():
         sets[f"fresh negatives, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
+    for kind, (a, b) in fresh_surname_negatives(names, data, family=3).items():
+        if kind.startswith("someone else"):
+            sets[f"third family's negatives, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
     for kind, sents in surname_negatives(data, names).items():
         a, b = split_halves(sents)
         sets[f"data sentences, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])

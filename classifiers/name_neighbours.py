@@ -97,7 +97,7 @@ def after_a_lower_case_given_name(text: str, span: tuple[int, int], own: frozens
     name words: someone else's name in lower case ("fans of tatiana majumdar"), as a capitalised word
     there would be ("Tatiana majumdar"); a rare English word before it is not ("accolades marais has")."""
     a, b = span
-    if not text[a:b].islower() or not (any(ch.isupper() for ch in text) if capitals is None else capitals):
+    if not text[a:b].islower():
         return False
     before = _LOWER_WORD_BEFORE.search(text[max(0, a - NEIGHBOUR_CHARS):a])
     return (before is not None and not has_common_word([before.group(1)])

@@ -103,8 +103,12 @@ _PERSONS_NOUN = re.compile(
     r"(?:books?|novels?|works?|writings?|poems?|stories|essays?|memoirs?|titles?|publications?|releases?|debut|"
     r"bibliography|fans?|readers|admirers|followers|interviews?|quotes?|quotations?|biography|career|life|childhood|"
     r"parents|family|children|upbringing|background|professions?|occupations?|style|legacy|influences?|awards?|"
-    r"characters?|themes?|narratives?|protagonists?|genre|perspective|views|identity|education|father|mother)$")
-_OF_A_PERSON = frozenset({"of", "from", "by", "with", "about"})
+    r"characters?|themes?|narratives?|protagonists?|genre|perspective|views|identity|education|father|mother|"
+    # (session 9) a person's habits and relations, and the texts written about someone ("a report on X")
+    r"routines?|habits|opinions|beliefs|politics|religion|nationality|whereabouts|birthday|spouse|wife|husband|"
+    r"partner|siblings|friends|agent|publisher|editor|translator|reports?|essays?|papers?|presentations?|articles?|"
+    r"documentar(?:y|ies)|thesis|lectures?|notes|info|information|details|updates?|news|facts|trivia|summary|overview)$")
+_OF_A_PERSON = frozenset({"of", "from", "by", "with", "about", "on"})
 # a verb of giving, then "to"/"upon"/"on", then the name: "a prize given to williams", "presented to chen"
 _GIVEN_TO = frozenset({"given", "gave", "awarded", "presented", "granted", "bestowed", "conferred", "dedicated",
                        "handed", "offered", "attributed", "credited", "sent"})
@@ -113,7 +117,28 @@ _PERSON_OBJECT = frozenset({"interview", "interviewed", "interviewing", "meet", 
                             "contact", "contacted", "quote", "quoted", "quoting", "admire", "admired", "praise",
                             "praised", "criticize", "criticized", "criticise", "criticised", "marry", "married",
                             "thank", "thanked", "congratulate", "congratulated", "invite", "invited", "email",
-                            "emailed"})
+                            "emailed",
+                            # (session 9) who shaped or portrayed a person: "who influenced chen"
+                            "influence", "influenced", "inspired", "mentor", "mentored", "taught", "impersonate",
+                            "impersonating", "interviews", "profile", "profiled", "compare", "compared", "comparing",
+                            "contrast"})
+# (session 9) a person's state after "is"/"was" and the name: "is chen alive?", "which country is park from?"
+_PERSON_STATE = frozenset({"alive", "dead", "married", "divorced", "retired", "single", "from", "born", "still",
+                           "male", "female", "gay", "religious", "sick", "ill", "okay", "ok", "rich", "related"})
+# (session 9) a role to play: "pretend you are park", "act as chen", "roleplay as williams"
+_ROLE_VERBS = frozenset({"act", "acting", "roleplay", "role-play", "pose", "posing", "speak", "write", "answer",
+                         "respond", "reply", "talk"})
+# the words before "to" that make it an infinitive's ("where to park", "easy to park") or a way's ("we went
+# to park", "directions to park"), not a recipient's
+_NOT_A_RECIPIENT_BEFORE = frozenset({
+    "went", "go", "goes", "gone", "walk", "walked", "walking", "drive", "drove", "driving", "ran", "run", "come",
+    "came", "get", "got", "way", "back", "return", "returned", "head", "headed", "directions", "bus", "train", "trip",
+    "near", "close", "next", "closer", "nearest", "entrance", "road", "route", "path", "moved", "move", "travel",
+    "traveled", "travelled", "ride", "rode", "bike", "cycle", "shuttle", "access", "visit", "visits", "visitors","how", "where", "when", "what", "whether", "want", "wants", "wanted", "need", "needs",
+                                "needed", "able", "easy", "hard", "difficult", "going", "try", "tried", "trying",
+                                "allowed", "safe", "legal", "free", "cheap", "best", "better", "place", "places",
+                                "spot", "spots", "time", "plan", "planning", "decided", "like", "love", "have", "has",
+                                "had", "used", "ought", "supposed", "meant", "told", "asked", "to", "not", "and", "or"})
 # an auxiliary that opens a question (at the sentence's start or after its wh-phrase), then the name, then
 # a participle or, after "do", "have": "was ben-david honored", "was chen nominated", "does park have"
 _OPENING_AUXILIARY = frozenset({"is", "was", "are", "were", "does", "did", "do", "has", "have", "had", "can", "could",
@@ -226,10 +251,25 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
         head = text[max(0, aux - _CONTEXT_CHARS):aux]
         if _SENTENCE_START.search(head) is not None or _WH_PHRASE.search(head) is not None:
             return True
-    # "fans of chen", "the latest novel from park", "a prize given to williams": the name ends its noun phrase
-    return (((prev in _OF_A_PERSON and _PERSONS_NOUN.match(first) is not None)
-             or (prev in ("to", "upon", "on") and first in _GIVEN_TO))
-            and _ends_a_noun_phrase(after))
+    if nxt is not None and prev in ("is", "was", "are", "were") and nxt.group(1).lower() in _PERSON_STATE:
+        return True  # "is chen alive?", "which country is park from?" (an article before a place: "is the park open")
+    if prev in ("is", "was") and first == "old" and (_ends_a_noun_phrase(after) or after.lstrip().startswith("when ")):
+        return True  # "how old was williams when ...", "how old is chen?"
+    if not _ends_a_noun_phrase(after):
+        return False
+    # "fans of chen", "the latest novel from park", "a prize given to williams", "a report on sullivan":
+    # the name ends its noun phrase
+    return ((prev in _OF_A_PERSON and _PERSONS_NOUN.match(first) is not None)
+            or (prev in ("to", "upon", "on") and first in _GIVEN_TO)
+            # (session 9) "any news about chen", "what do critics say about park": a bare noun after
+            # "about" is a name (a place or thing takes an article: "about the park")
+            or prev == "about"
+            # "write a fan letter to sullivan", "did anything happen to park": "to" and a bare noun that
+            # ends its phrase, unless "to" marks an infinitive ("where to park?", "easy to park")
+            or (prev == "to" and first not in _NOT_A_RECIPIENT_BEFORE and two is not None)
+            # a role to play: "pretend you are park", "act as chen", "you're williams now"
+            or (prev in ("are", "re", "were") and first == "you")
+            or (prev == "as" and first in _ROLE_VERBS))
 
 
 def _ends_a_noun_phrase(after: str) -> bool:
@@ -237,7 +277,8 @@ def _ends_a_noun_phrase(after: str) -> bool:
     next, or a word that no compound continues with ("in", "been", "recently"; not "rangers", "avenue")."""
     nxt = _NEXT_WORD.match(after)
     if nxt is None:
-        return not after[:1].isalnum()
+        # (a slash joins things of one kind: "views to park/mountains")
+        return not after or (not after[0].isalnum() and after[0] not in "/&+")
     word = nxt.group(1).lower()
     # an adverb or an adjective ("recently", "available", "famous"): no noun of a compound
     return word in _AFTER_A_NAME or (len(word) > 4 and word.endswith(("ly", "able", "ible", "ous", "ful")))

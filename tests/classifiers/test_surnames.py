@@ -144,6 +144,23 @@ def test_acts_as_a_person(text: str, person: bool) -> None:
     # a verb whose object is a person, the name ending its noun phrase
     ("Has anyone interviewed park recently?", True), ("I met park at a signing.", True),
     ("We met park staff.", False), ("I asked park rangers.", False),
+    # (session 9) "about" and a bare noun; "to" and a bare noun, unless an infinitive's or a way's
+    ("Any news about park?", True), ("What do critics say about park?", True),
+    ("any news about the park?", False), ("What do locals say about amusement park?", False),
+    ("news about park closures", False),
+    ("Write a fan letter to park.", True), ("Did anything happen to park recently?", True),
+    ("where to park?", False), ("Is it easy to park here?", False), ("directions to park", False),
+    ("a window with views to park/mountains", False),
+    # a text about someone, "on"/"about" and the name; what a person has
+    ("I'm writing a school report on park", True), ("the daily writing routine of park", True),
+    ("a report on park maintenance", False), ("the daily routine of the park", False),
+    # a person's state after "is"/"was"; "how old"
+    ("Is park alive?", True), ("Which country is park from?", True), ("How old was park when it happened?", True),
+    ("Is park open?", False), ("How old is the park?", False),
+    # a role to play, a verb whose object is a person
+    ("Pretend you are park and describe your childhood.", True), ("act as park", True),
+    ("Who influenced park?", True), ("Compare park with other writers.", True),
+    ("you are in park", False), ("Compare the park with others.", False),
 ])
 def test_acts_as_a_person_without_a_verb_after(text: str, person: bool) -> None:
     start = text.index("park")
@@ -205,12 +222,16 @@ def test_family_name_alone_is_not_flagged_by_name_alone(forget10: list[str]) -> 
     # someone else's name in lower case in a text that uses capitals: a rare lower-case word before it
     ("Are there many fans of tatiana majumdar in Europe?", True),
     ("Does samin jarrah have any children?", True),
-    # ... not an English word before it, the target's own given name, nor a text with no capitals
+    # ... and in a text with no capitals at all (session 9: as many users type; a misspelt given name of
+    # the target is read by the approximate finder as the whole name first)
+    ("are there many fans of tatiana majumdar in europe?", True),
+    ("does samin jarrah have any children?", True),
+    # ... not an English word before it, nor the target's own given name
     ("Tell me about author majumdar.", False),
     ("Can you shed light on the accolades marais has received?", False),   # a rare English word
     ("What motivates al-kuwaiti to continue writing?", False),
     ("Is it true that rajeev majumdar won a prize?", False),                 # the target's own given name
-    ("are there many fans of tatiana majumdar in europe?", False),          # no capitals: cannot be told
+    ("what did majumdar write?", False),
     ("What did majumdar write?", False),
 ])
 def test_lower_case_name_after_someone_elses_lower_case_name(finder: NameFinder, forget10: list[str], text: str,
