@@ -33,7 +33,7 @@ alternate templates tuned / held-out) and, as negatives, every sentence of the d
 and instructions, TOFU retain / real-author / world-fact questions) that uses a target's family name
 as an ordinary word ("the park", "a car park") or as someone else's name ("Serena Williams"), as
 written and with that word in lower case; each negative set split into alternate halves. First, two
-fresh families written 2026-12-04 (``guard.eval.bypass_families.FRESH_SURNAME_TEMPLATES`` and ``..._2``,
+fresh families written 2026-12-04 (``guard.eval.surname_families.FRESH_SURNAME_TEMPLATES`` and ``..._2``,
 alternate templates tuned / held out) and their negatives (``fresh_surname_negatives``: the same
 templates about someone else of that family name, in lower case and as written; place/thing questions
 in the same slots around the data's ordinary-word phrases); the issue-15 and template families'
@@ -165,7 +165,7 @@ def surname_negatives(data: Path, names: list[str]) -> dict[str, list[str]]:
     that word in lower case (``someone else, lower case``); none holds the target's other name words."""
     import re
 
-    from guard.eval.bypass_families import data_sentences
+    from guard.eval.surname_families import data_sentences
 
     sentences = data_sentences(data)
     out: dict[str, list[str]] = {"ordinary word": [], "someone else": [], "someone else, lower case": []}
@@ -196,13 +196,12 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
     from guard.atomic import write_json, write_text
     from guard.eval.bypass import tofu_names
     from guard.eval.bypass_families import (
-        fresh_surname_negatives,
-        fresh_surname_probes,
         issue15_families,
         split_halves,
         tofu10_detectors,
         tofu10_family_probes,
     )
+    from guard.eval.surname_families import fresh_surname_negatives, fresh_surname_probes
 
     t0 = time.perf_counter()
     detectors = tofu10_detectors(data, out, reuse=reuse)
