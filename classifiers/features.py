@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from classifiers.facts import date_keys
 from classifiers.name_forms import WEAK
 from classifiers.names import NameFinder
+from classifiers.name_neighbours import ordinary_phrase
 from classifiers.surnames import speaks_of_a_person
 from classifiers.text import fold, name_alternation
 from classifiers.unicode_fold import match_fold, match_fold_with_map
@@ -97,15 +98,22 @@ class NameMatcher:
         names_folded, index = match_fold_with_map(text)
         full: set[int] = set()
         spans: dict[int, list[tuple[int, int]]] = {}
+        capitals: bool | None = None
         for j, kind, a, b in self._finder.folded_mentions(names_folded):
             if kind in ("full", "inverted"):
+                if kind == "full" and j not in full:
+                    if capitals is None:
+                        capitals = any(ch.isupper() for ch in text)
+                    if ordinary_phrase(text, (int(index[a]), int(index[b - 1]) + 1), capitals=capitals):
+                        continue  # a common-word alias in its ordinary sense: "the rock band"
                 full.add(j)
             elif kind == "part" and (only is None or j == only):
                 spans.setdefault(j, []).append((a, b))
         for j in full:
             put(j, 0)
             put(j, 1)
-        capitals = any(ch.isupper() for ch in text) if spans else False
+        if spans and capitals is None:
+            capitals = any(ch.isupper() for ch in text)
         for j, js in spans.items():
             if j in full:
                 continue

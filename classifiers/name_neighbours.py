@@ -12,8 +12,9 @@ import bisect
 import re
 from collections.abc import Sequence
 
-from classifiers.approximate_names import has_common_word
+from classifiers.approximate_names import has_common_word, is_common_phrase
 from classifiers.name_forms import WEAK, tokens
+from classifiers.surnames import continues_a_compound
 from classifiers.text import fold
 from classifiers.unicode_fold import match_fold
 
@@ -103,3 +104,17 @@ def after_a_lower_case_given_name(text: str, span: tuple[int, int], own: frozens
     return (before is not None and not has_common_word([before.group(1)])
             and not before.group(1).endswith(_ENGLISH_ENDINGS)
             and not set(tokens(match_fold(before.group(1)))) <= own)
+
+
+def ordinary_phrase(text: str, span: tuple[int, int], *, capitals: bool | None = None) -> bool:
+    """(session 9) A whole name form at ``span`` that is an ordinary phrase there: an alias made of
+    common English words ("The Rock", "The Boss"), written in lower case in a text that uses capitals,
+    and continued by the next word as a compound ("the rock band", "the boss level"). "How tall is the
+    rock?" and "The Rock's films" stay the alias."""
+    a, b = span
+    written = text[a:b]
+    if not written.islower() or not (any(ch.isupper() for ch in text) if capitals is None else capitals):
+        return False
+    if not is_common_phrase(w.strip(".,'") for w in written.split()):
+        return False
+    return continues_a_compound(text[b:b + NEIGHBOUR_CHARS])

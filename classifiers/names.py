@@ -55,7 +55,13 @@ from classifiers.name_forms import (
     source,
     tokens,
 )
-from classifiers.name_neighbours import NEIGHBOUR_CHARS, after_a_lower_case_given_name, someone_else, uses_capitals
+from classifiers.name_neighbours import (
+    NEIGHBOUR_CHARS,
+    after_a_lower_case_given_name,
+    ordinary_phrase,
+    someone_else,
+    uses_capitals,
+)
 from classifiers.text import SPACELESS, name_alternation, prefix_trie
 from classifiers.unicode_fold import match_fold, match_fold_with_map
 
@@ -281,6 +287,8 @@ class NameFinder:
             if kind == "given" and self.someone_else(text, (start, end), j, previous=False,
                                                      capitals=uses_capitals(text, cuts, start, capitals)):
                 continue
+            if kind == "full" and ordinary_phrase(text, (start, end), capitals=uses_capitals(text, cuts, start, capitals)):
+                continue  # a common-word alias in its ordinary sense: "the rock band"
             out.append(Mention(j, kind, start, end))
         if {"approx", "surname"} & set(kinds):
             out += _outside(self.approximate_mentions(text, kinds, separate_texts=separate_texts),

@@ -210,7 +210,7 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
     that a bare name follows ("of park", "did park"; not "the park", "central park"), and after it
     the possessive of something ("park's trees"... only where no article could stand: "of park's"),
     a verb people do ("did park write", "has chen connected"), or "written by" / "bestowed upon" /
-    "who is" before it; or, with the name ending its noun phrase (``_ends_a_noun_phrase``), a noun that
+    "who is" before it; or, with the name ending its noun phrase (``ends_a_noun_phrase``), a noun that
     takes a person and a preposition before it ("fans of park", "the latest novel from chen"), a verb
     of giving and "to" ("presented to williams"), or a verb whose object is a person ("interviewed
     park"); or an auxiliary that opens the question or follows its wh-phrase, then a participle or
@@ -223,7 +223,7 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
     owned = _POSSESSIVE_OF_A_THING.match(after)
     if owned is not None and prev not in _DETERMINER and _PERSON_THING.match(_WORD_AFTER.match(after[owned.end() - 1:]).group(1).lower()):
         return True  # a person's things, whatever verb comes before: "reading park's work"
-    if prev in _PERSON_OBJECT and _ends_a_noun_phrase(after):
+    if prev in _PERSON_OBJECT and ends_a_noun_phrase(after):
         return True  # a person as a verb's object: "has anyone interviewed park recently?"
     if (prev not in _SLOT_BEFORE) if before is not None else not _SENTENCE_START.search(left):
         return False
@@ -253,9 +253,9 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
             return True
     if nxt is not None and prev in ("is", "was", "are", "were") and nxt.group(1).lower() in _PERSON_STATE:
         return True  # "is chen alive?", "which country is park from?" (an article before a place: "is the park open")
-    if prev in ("is", "was") and first == "old" and (_ends_a_noun_phrase(after) or after.lstrip().startswith("when ")):
+    if prev in ("is", "was") and first == "old" and (ends_a_noun_phrase(after) or after.lstrip().startswith("when ")):
         return True  # "how old was williams when ...", "how old is chen?"
-    if not _ends_a_noun_phrase(after):
+    if not ends_a_noun_phrase(after):
         return False
     # "fans of chen", "the latest novel from park", "a prize given to williams", "a report on sullivan":
     # the name ends its noun phrase
@@ -272,7 +272,7 @@ def acts_as_a_person(text: str, start: int, end: int) -> bool:
             or (prev == "as" and first in _ROLE_VERBS))
 
 
-def _ends_a_noun_phrase(after: str) -> bool:
+def ends_a_noun_phrase(after: str) -> bool:
     """Whether a name followed by ``after`` ends its noun phrase there: punctuation or the text's end
     next, or a word that no compound continues with ("in", "been", "recently"; not "rangers", "avenue")."""
     nxt = _NEXT_WORD.match(after)
@@ -282,3 +282,11 @@ def _ends_a_noun_phrase(after: str) -> bool:
     word = nxt.group(1).lower()
     # an adverb or an adjective ("recently", "available", "famous"): no noun of a compound
     return word in _AFTER_A_NAME or (len(word) > 4 and word.endswith(("ly", "able", "ible", "ous", "ful")))
+
+
+def continues_a_compound(after: str) -> bool:
+    """Whether the word after a phrase makes it part of a compound noun ("the rock *band*", "park
+    *rangers*"): a next word that ends no noun phrase (``ends_a_noun_phrase``) and is no verb people
+    do ("the rock *won*", "park *wrote*")."""
+    nxt = _NEXT_WORD.match(after)
+    return nxt is not None and not ends_a_noun_phrase(after) and nxt.group(1).lower() not in _PERSON_ACT

@@ -240,3 +240,21 @@ def test_benign_tofu_texts_are_not_flagged(tofu_names, data_dir) -> None:
     assert len(texts) > 7000
     flagged = [t for t in texts if detector.screen([t]).flagged]
     assert flagged == []
+
+
+# (session 9) an alias made of common words, in its ordinary sense: lower case in a text with
+# capitals, continued as a compound noun; the alias still counts where it stands for the person
+@pytest.mark.parametrize(("text", "alias"), [
+    ("Who was the first lead vocal for the rock band Starship?", False),
+    ("I like the rock music scene in Seattle.", False),
+    ("How tall is the rock?", True),
+    ("Did the rock win an award?", True),
+    ("What films has The Rock made?", True),
+    ("is the rock married", True),          # no capitals anywhere: case tells nothing
+    ("the rock band starship", True),
+])
+def test_common_word_alias_in_its_ordinary_sense(text: str, alias: bool) -> None:
+    names = {"dj": ["Dwayne Johnson", "The Rock"]}
+    assert bool(KeywordDetector(names).screen([text]).flagged) is alias
+    full = NameMatcher(names).matrix([text])[0, 0, 0]
+    assert bool(full) is alias
