@@ -37,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--position", choices=("user", "assistant"), default="user",
                    help="where the vectors go: before the last user message's content (default) or after the assistant header")
     m.add_argument("--forget-target", choices=FORGET_TARGETS, default="idk",
-                   help="what forget questions are trained towards: 'I don't know' (default), a perturbed answer, or "
-                        "counterfactual: the model's own answer about a never-seen stand-in name (docs/spul.md)")
+                   help="what forget questions are trained towards: 'I don't know' (default), a perturbed answer, "
+                        "counterfactual: the model's own answer about a never-seen stand-in name, or distill: the "
+                        "model's distribution along the true answer when it is about the stand-in (docs/spul.md)")
     m.add_argument("--stand-in", action="append", default=None, metavar="NAME",
                    help="counterfactual: invented name to ask the model about instead of the target (repeatable; "
                         "default a built-in list)")

@@ -15,7 +15,10 @@ Data:
   ``--max-retain`` QA sampled with the seed; questions that are also forget questions are dropped;
 * unlearning answers: ``--forget-target idk`` (default) draws one line of TOFU's
   ``idontknow.jsonl`` per question; ``perturbed`` draws one of the question's perturbed answers from
-  the ``*_perturbed.json`` files beside the forget source (TOFU layout);
+  the ``*_perturbed.json`` files beside the forget source (TOFU layout); ``counterfactual``: the
+  model's own answer about a stand-in name (``guard.train.spul_counterfactual``); ``distill``: no
+  answer but the model's distribution along the true answer about the stand-in, matched by KL
+  (``guard.train.spul_distill``);
 * a held-out split (``--val-fraction``, default 0.2, of both sets) drives early stopping (best
   held-out objective, ``--patience`` epochs) and the report.
 
@@ -60,7 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INIT_TEXT = "I do not know anything about this. I don't know. I have no information on that."
 EVAL_FILE = "eval.json"
-FORGET_TARGETS = ("idk", "perturbed", "counterfactual")
+FORGET_TARGETS = ("idk", "perturbed", "counterfactual", "distill")
 
 
 @dataclass
@@ -69,7 +72,7 @@ class SpulConfig:
     position: str = "user"
     init: str = "text"  # text | vocab
     init_text: str = DEFAULT_INIT_TEXT
-    forget_target: str = "idk"  # idk | perturbed | counterfactual
+    forget_target: str = "idk"  # idk | perturbed | counterfactual | distill
     stand_ins: tuple[str, ...] = DEFAULT_STAND_INS  # counterfactual: invented names the teacher is asked about
     teacher_max_new_tokens: int = 64  # counterfactual: length of the teacher's greedy answers
     weights: Weights = field(default_factory=Weights)
@@ -109,6 +112,8 @@ class SpulConfig:
             (self.weights.forget > 0, "w_forget", "--w-forget must be > 0 (it is what makes the model forget)"),
             (self.weights.first_token > 0, "w_first_token", "--w-first-token must be > 0"),
             (self.weights.divergent > 0, "w_divergent", "--w-divergent must be > 0"),
+            (self.forget_target != "distill" or self.weights.divergent == 1.0, "w_divergent",
+             "--w-divergent weights counterfactual labels; --forget-target distill matches whole distributions (drop it)"),
         ]
         for ok, param, message in checks:
             if not ok:
@@ -332,6 +337,16 @@ def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "defaul
         data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file,
                             teacher=teacher_answers(model, tokenizer, cfg))
     freeze(model)
+    if cfg.forget_target == "distill":  # the teacher's side of the forget KL, once
+        from guard.lm.nll import supports_logits_to_keep
+        from guard.train.spul_distill import attach_teacher
+
+        def teach(examples: list) -> list:
+            return attach_teacher(model, tokenizer, examples, position=cfg.position, max_length=cfg.max_length,
+                                  system_prompt=cfg.system_prompt, batch_size=cfg.batch_size,
+                                  keep_ok=supports_logits_to_keep(model))
+
+        data.forget_train, data.forget_val = teach(data.forget_train), teach(data.forget_val)
     log.info("spul: %d forget QA (%d held out), %d retain QA (%d held out); %d soft tokens at '%s' on %s (%s), %d threads",
              len(data.forget_train) + len(data.forget_val), len(data.forget_val), len(data.retain_train) + len(data.retain_val),
              len(data.retain_val), cfg.n_tokens, cfg.position, Path(model_dir).name, dev, torch.get_num_threads())

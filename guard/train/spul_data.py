@@ -18,7 +18,7 @@ from classifiers.sources import QARecord, read_qa, read_records
 from guard.errors import ConfigError
 from guard.train.method_data import (SourceRef, forget_sources, holdout_split, keep_sources, read_qa_sources, select_targets,
                                      source_record, with_forget_data)
-from guard.train.spul_counterfactual import Teacher, choose_stand_ins, counterfactual_labels
+from guard.train.spul_counterfactual import Teacher, choose_stand_ins, counterfactual_labels, hide_target
 from guard.train.spul_objective import Example
 
 QAItem = QARecord
@@ -119,18 +119,31 @@ def collect_data(policy: Any, tokenizer: Any, cfg: Any, *, targets: Sequence[str
         retain_items = sorted(rng.sample(retain_items, cfg.max_retain), key=lambda it: (it.source, it.row))
     sources["n_forget"], sources["n_retain"] = len(forget), len(retain_items)
 
+    names = {t.id: t.all_names for _, t in chosen}
+    stand_ins: dict[str, str] = {}
+    if cfg.forget_target in ("counterfactual", "distill"):  # one invented name per target
+        corpus = [text for it in [*forget, *retain_items] for text in (it.question, it.answer)]
+        stand_ins = choose_stand_ins(sorted(names), cfg.stand_ins, corpus, rng)
     if cfg.forget_target == "idk":
         idk_path = Path(idk_file) if idk_file else (Path(data_dir) if data_dir else _default_data()) / "tofu" / "idontknow.jsonl"
         lines = load_idk_lines(idk_path)
         targets_text = {it.question: rng.choice(lines) for it in forget}
         sources["idk_file"] = str(idk_path)
+    elif cfg.forget_target == "distill":
+        # the gold answer, read by the model as a teacher would read it about the stand-in
+        # (``guard.train.spul_distill``; the teacher's log-probs are attached once the model is loaded)
+        targets_text = {it.question: it.answer for it in forget}
+        teacher_pairs = {}
+        for it in forget:
+            tid = target_of[it.question]
+            teacher_pairs[it.question] = (hide_target(it.question, names[tid], stand_ins[tid]),
+                                          hide_target(it.answer, names[tid], stand_ins[tid]))
+        sources["distill"] = {"stand_ins": stand_ins,
+                              "teacher": [{"question": q, "asked": a, "answer": b} for q, (a, b) in teacher_pairs.items()]}
     elif cfg.forget_target == "counterfactual":
         if teacher is None:
             raise ConfigError("--forget-target counterfactual needs the model to answer the name-swapped questions",
                               param="forget_target")
-        names = {t.id: t.all_names for _, t in chosen}
-        corpus = [text for it in [*forget, *retain_items] for text in (it.question, it.answer)]
-        stand_ins = choose_stand_ins(sorted(names), cfg.stand_ins, corpus, rng)
         labels = counterfactual_labels(forget, target_of, names, stand_ins, teacher)
         targets_text = {q: lab.label for q, lab in labels.items()}
         sources["counterfactual"] = {"stand_ins": stand_ins,
@@ -142,7 +155,10 @@ def collect_data(policy: Any, tokenizer: Any, cfg: Any, *, targets: Sequence[str
     sources["forget_target"] = cfg.forget_target
 
     def encode(item: QARecord, answer: str, kind: str) -> Example:
-        return encode_example_checked(tokenizer, item, answer, cfg, kind)
+        example = encode_example_checked(tokenizer, item, answer, cfg, kind)
+        if kind == "forget" and cfg.forget_target == "distill":
+            example.meta["teacher_question"], example.meta["teacher_answer"] = teacher_pairs[item.question]
+        return example
 
     f_train, f_val = holdout_split(forget, cfg.val_fraction, rng, min_items=MIN_ITEMS_TO_SPLIT)
     r_train, r_val = holdout_split(retain_items, cfg.val_fraction, rng, min_items=MIN_ITEMS_TO_SPLIT)

@@ -4,7 +4,7 @@ With the LLM frozen and a soft prompt ``S`` (``[n, hidden]``) inserted into ever
 the guard inserts it at serving time (``guard.interventions.spul.insertion_index`` /
 ``insert_soft_prompt``):
 
-``L(S) = w_forget · CE(forget questions -> unlearning answers | S)``
+``L(S) = w_forget · CE(forget questions -> unlearning answers | S)``   (or, ``distill``: KL to a teacher)
 ``     + w_retain · CE(retain questions -> gold answers | S)``
 ``     + w_kl     · KL(p_frozen(· | retain prompt) || p(· | retain prompt with S))``
 
@@ -35,6 +35,9 @@ from guard.interventions.spul import insert_soft_prompt, insertion_index
 from guard.lm.chat_format import IGNORE_INDEX, encode_qa
 
 COMPONENTS = ("forget_ce", "retain_ce", "retain_kl")
+# ``--forget-target distill`` (``guard.train.spul_distill``): a forget example's teacher, in its ``meta``
+TEACHER_LOGP = "teacher_logp"   # [aligned answer tokens, V] fp16: the teacher's log-probs at those tokens
+ALIGNED = "aligned"             # [len(answer_ids)] bool: the answer positions that have a teacher row
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,14 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
     out: dict[str, torch.Tensor] = {name: zero for name in COMPONENTS}
     if forget and weights.forget:
         logits, targets = answer_logits(model, build_inputs(forget, embed_layer, soft, device), keep_ok)
-        if divergent is not None and weights.divergent != 1.0 and all(ex.question in divergent for ex in forget):
+        if all(TEACHER_LOGP in ex.meta for ex in forget):
+            # ``distill``: KL(teacher || student) at the answer tokens that line up with the teacher's
+            # (reported under ``forget_ce``, the forget term's slot)
+            mask = torch.cat([ex.meta[ALIGNED] for ex in forget]).to(device)
+            teacher = torch.cat([ex.meta[TEACHER_LOGP] for ex in forget]).to(device=device, dtype=logits.dtype)
+            out["forget_ce"] = F.kl_div(F.log_softmax(logits[mask], -1), teacher, log_target=True,
+                                        reduction="none").sum(-1).mean()
+        elif divergent is not None and weights.divergent != 1.0 and all(ex.question in divergent for ex in forget):
             mask = torch.cat([divergent[ex.question] for ex in forget]).to(device)
             out["forget_ce"] = _weighted_mean(F.cross_entropy(logits, targets, reduction="none"), mask, weights.divergent)
         else:
