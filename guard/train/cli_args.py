@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from guard.errors import ConfigError
+from guard.policy import DataSource
+from guard.train.method_data import SourceRef
+
 
 def add_policy_args(p: argparse.ArgumentParser, *, policy_help: str, model_default: str, model_help: str,
                     target_help: str, target_default: list[str] | None = None) -> None:
@@ -46,3 +50,26 @@ def add_optimisation_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
                    help=f"use at most this many retain {unit} (default {max_retain}; 0 = all)")
     t.add_argument("--max-length", type=int, default=192)
     t.add_argument("--seed", type=int, default=0)
+
+
+HOLDOUT_HELP = ("tofu_qa file of QA about people the model never saw, with paraphrased_answer and perturbed_answer "
+                "(e.g. ../shared/data/tofu/retain_perturbed.json --holdout-rows 360:400 for the mini preset)")
+FORGET_EVERY_HELP = "the search reads every n-th forget item; the others stay out of the choice (default 2)"
+
+
+def add_retain_check_args(group: argparse._ArgumentGroup, *, what: str, min_agreement: float) -> None:
+    """The forget-quality search's flagged-retain check (SPUL, ULD): how many held-out retain items it
+    reads, and the share of their answer positions whose top token ``what`` must keep."""
+    group.add_argument("--search-forget-every", type=int, default=2, help=FORGET_EVERY_HELP)
+    group.add_argument("--search-retain-items", type=int, default=20,
+                       help="flagged-retain check: at most this many of the held-out retain items (default 20)")
+    group.add_argument("--min-retain-agreement", type=float, default=min_agreement,
+                       help=f"share of their answer positions whose top token {what} must keep (default {min_agreement:g})")
+
+
+def holdout_source(path: Path, rows: str | None) -> SourceRef:
+    """``--holdout PATH [--holdout-rows A:B]`` as a data source (a bad row range names ``--holdout-rows``)."""
+    try:
+        return SourceRef("--holdout", DataSource(path=Path(path).resolve(), format="tofu_qa", rows=rows))
+    except ValueError as exc:
+        raise ConfigError(f"--holdout-rows: {exc}", param="holdout_rows") from None

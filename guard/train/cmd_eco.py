@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from guard.errors import ConfigError
-from guard.policy import DataSource
 from guard.train.eco import DEFAULT_MODEL, EcoTrainOptions, SearchConfig, train_eco
+from guard.train.cli_args import FORGET_EVERY_HELP, HOLDOUT_HELP, holdout_source
 from guard.train.eco_holdout import DEFAULT_CORRUPTIONS, HoldoutSearch, train_eco_holdout
-from guard.train.method_data import SourceRef
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,15 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (--holdout: the request seed each item is scored with, "
                                                           "as guard-eval tofu's default 0)")
     h = p.add_argument_group("--holdout: grid search on the forget-quality surrogate (guard.train.eco_holdout)")
-    h.add_argument("--holdout", type=Path, default=None,
-                   help="tofu_qa file of QA about people the model never saw, with paraphrased_answer and perturbed_answer "
-                        "(e.g. ../shared/data/tofu/retain_perturbed.json --holdout-rows 360:400 for the mini preset)")
+    h.add_argument("--holdout", type=Path, default=None, help=HOLDOUT_HELP)
     h.add_argument("--corruptions", default=",".join(DEFAULT_CORRUPTIONS),
                    help=f"comma-separated corruptions to try (default {','.join(DEFAULT_CORRUPTIONS)}; also zero_out_top_k)")
     h.add_argument("--sigmas", default=None, help="noise grid, comma-separated (default 0, 1, 2, 3, 4, 5, 6, 8 x the embedding RMS)")
     h.add_argument("--ks", default=None, help="top-k grid, comma-separated (default hidden/32, /16, /8, /4, /2)")
-    h.add_argument("--search-forget-every", type=int, default=2,
-                   help="the search reads every n-th forget item; the others stay out of the choice (default 2)")
+    h.add_argument("--search-forget-every", type=int, default=2, help=FORGET_EVERY_HELP)
     h.add_argument("--search-keep-items", type=int, default=20,
                    help="utility check: at most this many of the targets' keep_data questions (default 20; 0: off)")
     h.add_argument("--min-keep-agreement", type=float, default=0.9,
@@ -93,10 +89,7 @@ def _floats(text: str | None, param: str) -> tuple[float, ...] | None:
 
 def holdout_search(args: argparse.Namespace) -> HoldoutSearch:
     """The ``--holdout`` grid search settings."""
-    try:
-        holdout = SourceRef("--holdout", DataSource(path=Path(args.holdout).resolve(), format="tofu_qa", rows=args.holdout_rows))
-    except ValueError as exc:
-        raise ConfigError(f"--holdout-rows: {exc}", param="holdout_rows") from None
+    holdout = holdout_source(args.holdout, args.holdout_rows)
     ks = _floats(args.ks, "ks")
     if ks is not None and any(k != int(k) for k in ks):
         raise ConfigError("--ks takes integers", param="ks")

@@ -9,10 +9,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from guard.paths import default_data_dir
-from guard.train.cli_args import add_data_arg, add_method_data_args, add_optimisation_args
+from guard.train.cli_args import (
+    HOLDOUT_HELP,
+    add_data_arg,
+    add_method_data_args,
+    add_optimisation_args,
+    add_retain_check_args,
+    holdout_source,
+)
 from guard.errors import ConfigError
-from guard.policy import DataSource
-from guard.train.method_data import SourceRef, retain_override
+from guard.train.method_data import retain_override
 from guard.devices import resolve_device
 from guard.train.spul import DEFAULT_INIT_TEXT, FORGET_TARGETS, SpulConfig, load_frozen_model, train_spul
 from guard.train.spul_counterfactual import DEFAULT_STAND_INS
@@ -57,19 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
     s = p.add_argument_group("choosing --w-divergent (guard.train.spul_holdout; the retain twin and eval rows are never read)")
     s.add_argument("--holdout", type=Path, default=None,
-                   help="tofu_qa file of QA about people the model never saw, with paraphrased_answer and perturbed_answer "
-                        "(e.g. ../shared/data/tofu/retain_perturbed.json --holdout-rows 360:400 for the mini preset); given: "
-                        "one soft prompt per --search-w-divergent weight, the one whose forget truth ratios match the "
-                        "frozen model's on these is written")
+                   help=f"{HOLDOUT_HELP}; given: one soft prompt per --search-w-divergent weight, the one whose forget "
+                        "truth ratios match the frozen model's on these is written")
     s.add_argument("--holdout-rows", default=None, help="rows of --holdout, e.g. 360:400")
     s.add_argument("--search-w-divergent", default=None,
                    help=f"comma-separated --w-divergent candidates (default {','.join(f'{w:g}' for w in DEFAULT_W_DIVERGENT)})")
-    s.add_argument("--search-forget-every", type=int, default=2,
-                   help="the search reads every n-th forget item; the others stay out of the choice (default 2)")
-    s.add_argument("--search-retain-items", type=int, default=20,
-                   help="flagged-retain check: at most this many of the held-out retain QA (default 20)")
-    s.add_argument("--min-retain-agreement", type=float, default=0.9,
-                   help="share of their gold-answer positions whose top token the soft prompt must keep (default 0.9)")
+    add_retain_check_args(s, what="the soft prompt", min_agreement=0.9)
     add_optimisation_args(p, epochs=6, lr=3e-2, lr_note="", val_fraction=0.2, max_retain=40, unit="QA")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto (GPU if visible, default), cpu, cuda or cuda:N")
@@ -121,10 +120,7 @@ def w_divergent_search(args: argparse.Namespace) -> WDivergentSearch | None:
         return None
     if args.forget_target != "counterfactual":
         raise ConfigError("--holdout chooses --w-divergent, the weight of --forget-target counterfactual", param="forget_target")
-    try:
-        holdout = SourceRef("--holdout", DataSource(path=Path(args.holdout).resolve(), format="tofu_qa", rows=args.holdout_rows))
-    except ValueError as exc:
-        raise ConfigError(f"--holdout-rows: {exc}", param="holdout_rows") from None
+    holdout = holdout_source(args.holdout, args.holdout_rows)
     text = args.search_w_divergent
     try:
         weights = DEFAULT_W_DIVERGENT if text is None else tuple(float(x) for x in text.split(",") if x.strip())

@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from guard.train.cli_args import add_method_data_args, add_optimisation_args
+from guard.train.cli_args import HOLDOUT_HELP, add_method_data_args, add_optimisation_args, add_retain_check_args, holdout_source
 from guard.errors import ConfigError
-from guard.policy import DataSource
-from guard.train.method_data import SourceRef, retain_override
+from guard.train.method_data import retain_override
 from guard.train.uld import DEFAULT_ALPHAS, AlphaSearch, UldConfig, train_uld
 
 
@@ -36,17 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--min-prob-ratio", type=float, default=0.0, help="also require p >= ratio * p_max (default 0: off)")
     a = p.add_argument_group("choosing alpha after training (guard.train.uld_alpha; the retain twin and eval rows are never read)")
     a.add_argument("--holdout", type=Path, default=None,
-                   help="tofu_qa file of QA about people the model never saw, with paraphrased_answer and perturbed_answer "
-                        "(e.g. ../shared/data/tofu/retain_perturbed.json --holdout-rows 360:400 for the mini preset); "
-                        "given: alpha is chosen so the forget answers' truth ratios match the target's on these")
+                   help=f"{HOLDOUT_HELP}; given: alpha is chosen so the forget answers' truth ratios match the target's on these")
     a.add_argument("--holdout-rows", default=None, help="rows of --holdout, e.g. 360:400")
     a.add_argument("--alphas", default=None, help="comma-separated alpha grid (default 0, 0.05, ..., 1, 1.2, 1.5, 2, 3)")
-    a.add_argument("--search-forget-every", type=int, default=2,
-                   help="the search reads every n-th forget item; the others stay out of the choice (default 2)")
-    a.add_argument("--search-retain-items", type=int, default=20,
-                   help="flagged-retain answers: at most this many of the held-out retain items (default 20)")
-    a.add_argument("--min-retain-agreement", type=float, default=0.98,
-                   help="share of their answer positions whose top token ULD must keep (default 0.98)")
+    add_retain_check_args(a, what="ULD", min_agreement=0.98)
     a.add_argument("--max-retain-shift", type=float, default=None, help="optional bound on their mean |change of log truth ratio|")
     a.add_argument("--max-retain-nll-rise", type=float, default=None, help="optional bound on their mean gold-NLL rise (nats/token)")
     add_optimisation_args(p, epochs=10, lr=3e-3, lr_note="; the paper used 1e-3 on Llama-2-7B", val_fraction=0.1, max_retain=200,
@@ -87,11 +79,11 @@ def alpha_search(args: argparse.Namespace) -> AlphaSearch | None:
         if args.holdout_rows:
             raise ConfigError("--holdout-rows needs --holdout", param="holdout_rows")
         return None
+    holdout = holdout_source(args.holdout, args.holdout_rows)
     try:
-        holdout = SourceRef("--holdout", DataSource(path=Path(args.holdout).resolve(), format="tofu_qa", rows=args.holdout_rows))
         alphas = tuple(float(x) for x in args.alphas.split(",")) if args.alphas else DEFAULT_ALPHAS
     except ValueError as exc:
-        raise ConfigError(f"--holdout-rows / --alphas: {exc}", param="alphas" if args.alphas else "holdout_rows") from None
+        raise ConfigError(f"--alphas: {exc}", param="alphas") from None
     return AlphaSearch(holdout, alphas=alphas, forget_every=args.search_forget_every, retain_items=args.search_retain_items,
                        min_retain_agreement=args.min_retain_agreement, max_retain_shift=args.max_retain_shift,
                        max_retain_nll_rise=args.max_retain_nll_rise)

@@ -284,11 +284,7 @@ def run_search(scoring: ServedScoring, data: SearchData, points: Sequence[dict[s
     held_tr = item_truth_ratios(held)
     # the shortcut against guard-eval's own scorer, on the first tuned item at the chosen point
     first, tid = data.tuned[0]
-    served = scoring.losses(eco, first, tid, served=True)[0]
-    check = {"source": first.source, "row": first.row, "served_losses": served, "search_losses": per_item[at][0]["losses"],
-             "max_abs_diff": float(np.max(np.abs(np.asarray(served) - np.asarray(per_item[at][0]["losses"]))))}
-    if check["max_abs_diff"] > 1e-3:
-        log.warning("eco holdout search: the search's scores differ from guard-eval's by %.2g", check["max_abs_diff"])
+    check = scoring.check_shortcut(eco, first, tid, per_item[at][0]["losses"])
     return {
         "method": "grid over corruption x strength, scored through the served ECO scoring path",
         "rule": RULE,

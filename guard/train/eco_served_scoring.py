@@ -6,6 +6,7 @@ corruption on one scale across corruptions (``relative_change``)."""
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from typing import Any, Sequence
 
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 
 from guard.train.forget_surrogate import TruthRatioItem
+
+log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------
 # scoring: the served path
 
@@ -81,6 +84,17 @@ class ServedScoring:
         ids = [self.scorer.answer_ids(item.question, a) for a in item.answers]
         values, top1 = shared_prompt_losses(self.engine.model, inputs.prompt_embeds, ids, inputs.answer_embeds, with_top1=True)
         return values, inputs, top1[0]
+
+    def check_shortcut(self, intervention: Any, item: TruthRatioItem, target_id: str,
+                       search_losses: Sequence[float]) -> dict[str, Any]:
+        """The search's shortcut (``losses``: the prompt run once) against ``Scorer.losses`` itself on one
+        item (``served=True``): the manifest's ``check``; a difference over 1e-3 is logged as a warning."""
+        served = self.losses(intervention, item, target_id, served=True)[0]
+        diff = float(np.max(np.abs(np.asarray(served) - np.asarray(search_losses))))
+        if diff > 1e-3:
+            log.warning("holdout search: the search's scores differ from guard-eval's by %.2g", diff)
+        return {"source": item.source, "row": item.row, "served_losses": served, "search_losses": list(search_losses),
+                "max_abs_diff": diff}
 
     def clean_prompt(self, question: str) -> torch.Tensor:
         if question not in self._clean:

@@ -203,11 +203,7 @@ def run_search(run: Any, cfg: Any, search: WDivergentSearch, items: SearchItems,
     held, held_top1 = score_forget(scoring, spul, items.held_out)
     # the search's shortcut against guard-eval's own scorer, on the first tuned item at the chosen W
     first, tid = items.tuned[0]
-    served = scoring.losses(spul, first, tid, served=True)[0]
-    check = {"source": first.source, "row": first.row, "served_losses": served, "search_losses": per_item[at][0]["losses"],
-             "max_abs_diff": float(np.max(np.abs(np.asarray(served) - np.asarray(per_item[at][0]["losses"]))))}
-    if check["max_abs_diff"] > 1e-3:
-        log.warning("spul w_divergent search: the search's scores differ from guard-eval's by %.2g", check["max_abs_diff"])
+    check = scoring.check_shortcut(spul, first, tid, per_item[at][0]["losses"])
     record = {
         "method": "one soft prompt per w_divergent, scored through the served SPUL scoring path",
         "rule": RULE,
