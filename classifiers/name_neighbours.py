@@ -91,12 +91,12 @@ _ENGLISH_ENDINGS = ("s", "ed", "ing", "ly", "tion", "ment", "ness", "ity", "ous"
 _LOWER_WORD_BEFORE = re.compile(r"(?<![^\W\d_])([^\W\d_A-Z][^\W\d_]*)[ \t]+$")  # "tatiana " before "majumdar"
 
 
-def after_a_lower_case_given_name(text: str, span: tuple[int, int], own: frozenset[str], *,
-                                  capitals: bool | None = None) -> bool:
-    """(2026-12-04) The name word at ``span``, written in lower case in a text that uses capitals, follows
-    a lower-case word that is no English word (not common, no English ending) and none of the target's
-    name words: someone else's name in lower case ("fans of tatiana majumdar"), as a capitalised word
-    there would be ("Tatiana majumdar"); a rare English word before it is not ("accolades marais has")."""
+def after_a_lower_case_given_name(text: str, span: tuple[int, int], own: frozenset[str]) -> bool:
+    """(2026-12-04) The name word at ``span``, written in lower case, follows a lower-case word that is
+    no English word (not common, no English ending) and none of the target's name words: someone else's
+    name in lower case ("fans of tatiana majumdar"), as a capitalised word there would be ("Tatiana
+    majumdar"); a rare English word before it is not ("accolades marais has"). (Session 9: also in a
+    text with no capitals at all, where case cannot tell the name from a word but this neighbour can.)"""
     a, b = span
     if not text[a:b].islower():
         return False

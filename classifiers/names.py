@@ -304,7 +304,7 @@ class NameFinder:
         own = self._own_words[j]
         return (someone_else(text, span, own, capitals=capitals, previous=previous,
                              memo=None if memo is None else memo.setdefault(j, {}), sentence_starts=sentence_starts)
-                or (previous and after_a_lower_case_given_name(text, span, own, capitals=capitals)))
+                or (previous and after_a_lower_case_given_name(text, span, own)))
 
 
 def _outside(mentions: list[Mention], exact: list[Mention]) -> list[Mention]:

@@ -106,9 +106,9 @@ _PERSONS_NOUN = re.compile(
     r"characters?|themes?|narratives?|protagonists?|genre|perspective|views|identity|education|father|mother|"
     # (session 9) a person's habits and relations, and the texts written about someone ("a report on X")
     r"routines?|habits|opinions|beliefs|politics|religion|nationality|whereabouts|birthday|spouse|wife|husband|"
-    r"partner|siblings|friends|agent|publisher|editor|translator|reports?|essays?|papers?|presentations?|articles?|"
+    r"partner|siblings|friends|agent|publisher|editor|translator|reports?|papers?|presentations?|articles?|"
     r"documentar(?:y|ies)|thesis|lectures?|notes|info|information|details|updates?|news|facts|trivia|summary|overview)$")
-_OF_A_PERSON = frozenset({"of", "from", "by", "with", "about", "on"})
+_OF_A_PERSON = frozenset({"of", "from", "by", "with", "on"})  # ("about" X: any bare noun, below)
 # a verb of giving, then "to"/"upon"/"on", then the name: "a prize given to williams", "presented to chen"
 _GIVEN_TO = frozenset({"given", "gave", "awarded", "presented", "granted", "bestowed", "conferred", "dedicated",
                        "handed", "offered", "attributed", "credited", "sent"})
@@ -131,14 +131,17 @@ _ROLE_VERBS = frozenset({"act", "acting", "roleplay", "role-play", "pose", "posi
 # the words before "to" that make it an infinitive's ("where to park", "easy to park") or a way's ("we went
 # to park", "directions to park"), not a recipient's
 _NOT_A_RECIPIENT_BEFORE = frozenset({
+    # a way: motion, places, routes
     "went", "go", "goes", "gone", "walk", "walked", "walking", "drive", "drove", "driving", "ran", "run", "come",
     "came", "get", "got", "way", "back", "return", "returned", "head", "headed", "directions", "bus", "train", "trip",
     "near", "close", "next", "closer", "nearest", "entrance", "road", "route", "path", "moved", "move", "travel",
-    "traveled", "travelled", "ride", "rode", "bike", "cycle", "shuttle", "access", "visit", "visits", "visitors","how", "where", "when", "what", "whether", "want", "wants", "wanted", "need", "needs",
-                                "needed", "able", "easy", "hard", "difficult", "going", "try", "tried", "trying",
-                                "allowed", "safe", "legal", "free", "cheap", "best", "better", "place", "places",
-                                "spot", "spots", "time", "plan", "planning", "decided", "like", "love", "have", "has",
-                                "had", "used", "ought", "supposed", "meant", "told", "asked", "to", "not", "and", "or"})
+    "traveled", "travelled", "ride", "rode", "bike", "cycle", "shuttle", "access", "visit", "visits", "visitors",
+    # an infinitive: wh-words, wanting and being able, a place or time for doing
+    "how", "where", "when", "what", "whether", "want", "wants", "wanted", "need", "needs", "needed", "able", "easy",
+    "hard", "difficult", "going", "try", "tried", "trying", "allowed", "safe", "legal", "free", "cheap", "best",
+    "better", "place", "places", "spot", "spots", "time", "plan", "planning", "decided", "like", "love", "have", "has",
+    "had", "used", "ought", "supposed", "meant", "told", "asked", "to", "not", "and", "or",
+})
 # an auxiliary that opens a question (at the sentence's start or after its wh-phrase), then the name, then
 # a participle or, after "do", "have": "was ben-david honored", "was chen nominated", "does park have"
 _OPENING_AUXILIARY = frozenset({"is", "was", "are", "were", "does", "did", "do", "has", "have", "had", "can", "could",
