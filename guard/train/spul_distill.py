@@ -26,9 +26,8 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from guard.train.spul_objective import ALIGNED, TEACHER_LOGP, Example, answer_logits, build_inputs, encode_example
+from guard.train.spul_objective import ALIGNED, TEACHER_LOGP, Example, answer_logprobs, encode_example
 
 
 def aligned_positions(student: Sequence[int], teacher: Sequence[int]) -> list[tuple[int, int]]:
@@ -38,27 +37,17 @@ def aligned_positions(student: Sequence[int], teacher: Sequence[int]) -> list[tu
     return [(a + k, b + k) for a, b, size in matcher.get_matching_blocks() for k in range(size)]
 
 
-@torch.no_grad()
 def attach_teacher(model: Any, tokenizer: Any, examples: Sequence[Example], *, position: str, max_length: int,
                    system_prompt: str | None = None, batch_size: int = 8, keep_ok: bool = True) -> list[Example]:
     """``examples`` (forget examples whose ``meta`` holds ``teacher_question`` / ``teacher_answer``)
     with the teacher's log-probs along their answers in ``meta`` (``TEACHER_LOGP``, ``ALIGNED``)."""
-    device = next(model.parameters()).device
-    embed_layer = model.get_input_embeddings()
+    teachers = [encode_example(tokenizer, ex.meta["teacher_question"], ex.meta["teacher_answer"], position=position,
+                               max_length=max_length, system_prompt=system_prompt) for ex in examples]
+    rows = answer_logprobs(model, teachers, batch_size=batch_size, keep_ok=keep_ok)
     out: list[Example] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        teachers = [encode_example(tokenizer, ex.meta["teacher_question"], ex.meta["teacher_answer"], position=position,
-                                   max_length=max_length, system_prompt=system_prompt) for ex in chunk]
-        logits, _ = answer_logits(model, build_inputs(teachers, embed_layer, None, device), keep_ok)
-        logp = F.log_softmax(logits, -1).to(torch.float16).cpu()
-        pos = 0
-        for ex, teacher in zip(chunk, teachers):
-            rows = logp[pos:pos + len(teacher.answer_ids)]
-            pos += len(teacher.answer_ids)
-            pairs = aligned_positions(ex.answer_ids, teacher.answer_ids)
-            mask = torch.zeros(len(ex.answer_ids), dtype=torch.bool)
-            mask[[s for s, _ in pairs]] = True
-            meta = {**ex.meta, TEACHER_LOGP: rows[[t for _, t in pairs]].contiguous(), ALIGNED: mask}
-            out.append(replace(ex, meta=meta))
+    for ex, teacher, logp in zip(examples, teachers, rows):
+        pairs = aligned_positions(ex.answer_ids, teacher.answer_ids)
+        mask = torch.zeros(len(ex.answer_ids), dtype=torch.bool)
+        mask[[s for s, _ in pairs]] = True
+        out.append(replace(ex, meta={**ex.meta, TEACHER_LOGP: logp[[t for _, t in pairs]].contiguous(), ALIGNED: mask}))
     return out

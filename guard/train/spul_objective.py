@@ -159,23 +159,30 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor], keep_ok: bool = Tr
     return logits[mask].float(), targets[mask]
 
 
-def reference_logprobs(model: Any, retain: Sequence[Example], *, batch_size: int = 8, keep_ok: bool = True,
-                       dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """The frozen model's next-token log-probs along each retain answer, without a soft prompt:
-    ``{question: [len(answer_ids), V]}`` (stored in ``dtype`` on the CPU; the KL's fixed side)."""
+def answer_logprobs(model: Any, examples: Sequence[Example], *, batch_size: int = 8, keep_ok: bool = True,
+                    dtype: torch.dtype = torch.float16) -> list[torch.Tensor]:
+    """The frozen model's next-token log-probs along each example's answer, without a soft prompt:
+    one ``[len(answer_ids), V]`` tensor per example, in order (stored in ``dtype`` on the CPU)."""
     device = next(model.parameters()).device
     embed_layer = model.get_input_embeddings()
-    out: dict[str, torch.Tensor] = {}
+    out: list[torch.Tensor] = []
     with torch.no_grad():
-        for start in range(0, len(retain), batch_size):
-            chunk = retain[start:start + batch_size]
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
             logits, _ = answer_logits(model, build_inputs(chunk, embed_layer, None, device), keep_ok)
             logp = F.log_softmax(logits, -1).to(dtype).cpu()
             pos = 0
             for ex in chunk:
-                out[ex.question] = logp[pos:pos + len(ex.answer_ids)]
+                out.append(logp[pos:pos + len(ex.answer_ids)])
                 pos += len(ex.answer_ids)
     return out
+
+
+def reference_logprobs(model: Any, retain: Sequence[Example], *, batch_size: int = 8, keep_ok: bool = True,
+                       dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """``answer_logprobs`` of the retain answers by question: the KL's fixed side."""
+    rows = answer_logprobs(model, retain, batch_size=batch_size, keep_ok=keep_ok, dtype=dtype)
+    return {ex.question: row for ex, row in zip(retain, rows)}
 
 
 @torch.no_grad()
