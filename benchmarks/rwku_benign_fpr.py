@@ -54,7 +54,7 @@ def main() -> int:
     def names_a_target(text: str) -> bool:
         return bool(finder.mentions(text, ("full", "inverted", "given")))
 
-    alone = {t: detectors["served"].screen([t]) for t in general}
+    alone = {t: detectors["served"].screen([t]) for t in general}  # each instruction's own served verdict
     report: dict[str, dict] = {}
     lines = ["| set | n (named apart) | raw FPR | served FPR | served false positives: target (instruction flagged alone) |",
              "|---|---:|---:|---:|---|"]
@@ -63,7 +63,7 @@ def main() -> int:
         row: dict[str, object] = {"n": len(clean), "named_apart": len(texts) - len(clean)}
         causes: Counter[str] = Counter()
         for name, det in detectors.items():
-            verdicts = [det.screen([t]) for t in clean]
+            verdicts = [alone[t] if name == "served" and t in alone else det.screen([t]) for t in clean]
             row[name] = sum(v.flagged for v in verdicts)
             if name == "served":
                 for text, v in zip(clean, verdicts):
