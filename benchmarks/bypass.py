@@ -158,16 +158,13 @@ def surname_template_probes(names: list[str]) -> tuple[list[str], list[str]]:
             [t.format(s=s) for s in last for t in SURNAME_TEMPLATES[1::2]])
 
 
-def surname_negatives(data: Path, names: list[str]) -> dict[str, list[str]]:
+def surname_negatives(sentences: list[str], names: list[str]) -> dict[str, list[str]]:
     """Sentences of the data (every RWKU text; TOFU's retain / real-author / world-fact questions) that
     use a target's last name word as an ordinary lower-case word
     (``ordinary word``), or capitalised for someone else, as written (``someone else``) and with
     that word in lower case (``someone else, lower case``); none holds the target's other name words."""
     import re
 
-    from guard.eval.surname_families import data_sentences
-
-    sentences = data_sentences(data)
     out: dict[str, list[str]] = {"ordinary word": [], "someone else": [], "someone else, lower case": []}
     for name in names:
         words = name.split()
@@ -201,7 +198,7 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
         tofu10_detectors,
         tofu10_family_probes,
     )
-    from guard.eval.surname_families import fresh_surname_negatives, fresh_surname_probes
+    from guard.eval.surname_families import data_sentences, fresh_surname_negatives, fresh_surname_probes
 
     t0 = time.perf_counter()
     detectors = tofu10_detectors(data, out, reuse=reuse)
@@ -231,12 +228,13 @@ def surnames(data: Path, out: Path, *, reuse: bool) -> int:
         "templates from the targets' family names (held-out half seen)": ("caught", [[q] for q in tt], [[q] for q in ht]),
         "issue-15 family around other questions": ("flagged", cases(to), cases(ho)),
     }
-    for kind, (a, b) in fresh_surname_negatives(names, data).items():
+    sentences = data_sentences(data)
+    for kind, (a, b) in fresh_surname_negatives(names, data, sentences=sentences).items():
         sets[f"fresh negatives, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
-    for kind, (a, b) in fresh_surname_negatives(names, data, family=3).items():
+    for kind, (a, b) in fresh_surname_negatives(names, data, family=3, sentences=sentences).items():
         if kind.startswith("someone else"):
             sets[f"third family's negatives, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
-    for kind, sents in surname_negatives(data, names).items():
+    for kind, sents in surname_negatives(sentences, names).items():
         a, b = split_halves(sents)
         sets[f"data sentences, {kind}"] = ("flagged", [[x] for x in a], [[x] for x in b])
     report: dict[str, dict] = {}

@@ -158,8 +158,8 @@ _FUNCTION_WORDS = frozenset("the a an of in on at to for by with from and or but
 _NAME_PARTICLES = frozenset("van von de da del der di du la le al el bin ben ibn mac mc st".split())  # "Ralph van williams"
 
 
-def fresh_surname_negatives(names: Sequence[str], data_dir: Path, *, per_word: int = 6,
-                            family: int = 1) -> dict[str, tuple[list[str], list[str]]]:
+def fresh_surname_negatives(names: Sequence[str], data_dir: Path, *, per_word: int = 6, family: int = 1,
+                            sentences: Sequence[str] | None = None) -> dict[str, tuple[list[str], list[str]]]:
     """A fresh family's negatives, (tuned, held-out) each, the same split of the templates as the
     positives:
 
@@ -173,7 +173,7 @@ def fresh_surname_negatives(names: Sequence[str], data_dir: Path, *, per_word: i
     """
     targets = [n.split() for n in names if len(n.split()) >= 2]
     target_words = {w.lower() for ws in targets for w in ws}
-    sentences = data_sentences(data_dir)
+    sentences = data_sentences(data_dir) if sentences is None else sentences  # (a caller with several families reads them once)
     given = _given_names(data_dir)
     pairs: list[str] = []
     phrases: list[str] = []
