@@ -128,7 +128,7 @@ class GenerationService:
             if req.model != self.engine.served_model_name:
                 raise NotFound(f"model {req.model!r} does not exist; this guard serves {self.engine.served_model_name!r}",
                                param="model", code="model_not_found")
-            controls = req.sampling_controls(body, SamplingLimits(vocab_size=len(self.engine.tokenizer),
+            controls = req.sampling_controls(body, SamplingLimits(vocab_size=self.engine.vocab_size,
                                                                   max_n=self.settings.max_n))
             params = sampling_params(req, min(DEFAULT_MAX_TOKENS, self.settings.max_tokens_limit),
                                      self.settings.max_tokens_limit, controls, req.output_constraint(body))

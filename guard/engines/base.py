@@ -212,6 +212,17 @@ class Engine(abc.ABC):
         """Input embeddings ``[len, hidden]`` of the served model (fp32, CPU)."""
 
     @property
+    def vocab_size(self) -> int:
+        """How many token ids the tokenizer knows, added tokens included (what a client's ``logit_bias``
+        keys may name). Read once per engine: ``len(tokenizer)`` on a transformers 5 fast tokenizer
+        asks the Rust side for the whole vocabulary (~10 ms on this CPU), which per request was most of
+        the guard's CPU at 64 streams. The tokenizer never changes after ``start``."""
+        cached = self.__dict__.get("_vocab_size")
+        if cached is None:
+            cached = self.__dict__["_vocab_size"] = len(self.tokenizer)
+        return int(cached)
+
+    @property
     def hidden_size(self) -> int:
         """Width of the served model's input embeddings."""
         return int(self.model_identity()["hidden_size"])

@@ -20,6 +20,16 @@ def test_an_unstarted_engine_knows_its_model_folder_width_and_identity(default_m
     assert engine.model_identity()["name"] == default_model_path.resolve().name
 
 
+def test_vocab_size_counts_added_tokens_and_is_read_from_the_tokenizer_once(local_engine, monkeypatch):
+    """``logit_bias`` keys are checked against it on every request; ``len(tokenizer)`` rebuilds the
+    vocabulary (milliseconds), so the engine asks once."""
+    tokenizer = local_engine.tokenizer
+    assert local_engine.vocab_size == len(tokenizer) == 49152
+    calls = []
+    monkeypatch.setattr(type(tokenizer), "__len__", lambda self: calls.append(1) or 0)
+    assert local_engine.vocab_size == 49152 and not calls
+
+
 async def test_local_engine_declares_processors_and_refuses_what_it_lacks(local_engine):
     caps = local_engine.capabilities
     assert caps.logits_processors and caps.prompt_embeds and not caps.forwarding and not caps.streamed_top_logprobs
