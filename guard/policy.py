@@ -17,6 +17,7 @@ output:                    # screening what the model answers (docs/output-scree
   screen: true             # default for every target whose action is not 'pass'
   holdback_tokens: 16      # a stream is released this many tokens behind the model
   semantic: false          # also judge each answer sentence with the trained detector
+  approximate_names: false # also stop misspelt / transliterated names ("Nikolai Abil")
 targets:
   - id: basil-mahfouz-al-kuwaiti
     names: ["Basil Mahfouz Al-Kuwaiti"]
@@ -93,6 +94,11 @@ class OutputSpec(_Strict):
                                              "can be stopped before any of it is sent is holdback_tokens - 1 tokens)")
     semantic: bool = Field(False, description="also judge each answer sentence with the trained detector (holds a stream "
                                               "back to the end of the sentence)")
+    approximate_names: bool = Field(
+        False, description="also stop misspelt or transliterated names in answers (\"Nikolai Abil\", \"Николай Абилов\"), "
+                           "as the keyword detector finds them in requests; off by default: it costs ~7x the exact "
+                           "matching per screening and stops more answers that only look like a name "
+                           "(docs/output-screening.md)")
 
 
 class Target(_Strict):

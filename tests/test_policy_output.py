@@ -16,6 +16,7 @@ from guard.policy import DEFAULT_HOLDBACK_TOKENS, load_policy, parse_policy
     ("output: {holdback_tokens: 100000}", "output.holdback_tokens"),
     ("output: {screen: sometimes}", "output.screen"),
     ("output: {semantic: maybe}", "output.semantic"),
+    ("output: {approximate_names: fuzzy}", "output.approximate_names"),
     ("output: {hold_back: 8}", "output.hold_back"),
     ("output: [8]", "output"),
     ("targets: [{id: a, names: [A], output: {action: block}}]", "targets.0.output.action"),
@@ -43,6 +44,7 @@ def test_output_screening_is_on_by_default_for_every_target_with_an_action():
         {"id": "f", "names": ["F"], "action": "pass", "output": {"screen": True}},
     ]})
     assert policy.output.holdback_tokens == DEFAULT_HOLDBACK_TOKENS and policy.output.semantic is False
+    assert policy.output.approximate_names is False
     # 'method' re-answers through eco/spul/uld; a refusing target's method is the refusal
     assert policy.output_actions() == {"a": "refuse", "b": "method", "d": "refuse", "f": "refuse"}
     assert parse_policy({}).output_actions() == {}

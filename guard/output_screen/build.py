@@ -54,7 +54,8 @@ def build_output_screener(policy: Policy, detector: Detector | None = None) -> O
         facts = {t: TargetFacts.of(stored[t]) for t in actions}
     else:
         facts = mined_facts(policy, list(actions)) if actions else {}
-    matcher = NameFactMatcher({t.id: t.all_names for t in policy.targets if t.id in actions}, facts)
+    matcher = NameFactMatcher({t.id: t.all_names for t in policy.targets if t.id in actions}, facts,
+                              approximate=policy.output.approximate_names)
     semantic = None
     if policy.output.semantic and actions:
         if stored is None:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from classifiers.approximate_names import ApproximateConfig
 from classifiers.facts import date_triples
 from classifiers.names import FLAGGING_KINDS, NameFinder
 from classifiers.text import fold_with_map, name_alternation
@@ -61,9 +62,11 @@ class NameFactMatcher:
     """
 
     def __init__(self, names_by_target: Mapping[str, Sequence[str]],
-                 facts_by_target: Mapping[str, TargetFacts] | None = None) -> None:
+                 facts_by_target: Mapping[str, TargetFacts] | None = None, *, approximate: bool = False) -> None:
         self.target_ids = list(names_by_target)
-        self._finder = NameFinder({t: [n for n in names if n and n.strip()] for t, names in names_by_target.items()})
+        self.approximate = approximate
+        self._finder = NameFinder({t: [n for n in names if n and n.strip()] for t, names in names_by_target.items()},
+                                  approximate=approximate)
         self._dates: dict[str, list[str]] = {}
         self._titles: dict[str, list[str]] = {}
         for tid, facts in (facts_by_target or {}).items():
@@ -75,7 +78,9 @@ class NameFactMatcher:
         self._title_re = None if source is None else re.compile(f"(?=({source}))")
         longest_title = max((len(t) for t in self._titles), default=0)
         longest_name = max((len(n) for names in names_by_target.values() for n in names), default=0)
-        self.longest_match_chars = max(longest_title, longest_name, len("the 30th of September, 2000"))
+        # a misspelt name may be longer than the name: its edits, and separators between its letters
+        slack = 2 * ApproximateConfig().max_edits if approximate else 0
+        self.longest_match_chars = max(longest_title, longest_name + slack, len("the 30th of September, 2000"))
 
     def __bool__(self) -> bool:
         return bool(self._finder) or bool(self._dates) or self._title_re is not None

@@ -292,3 +292,33 @@ def test_a_batch_that_completes_a_name_releases_nothing_of_it(screener, tokenize
         assert answer.feed(d, 1).hit is None
     step = answer.feed_many([(d, 1, None) for d in token_deltas(tokenizer, "Then Basil Mahfouz Al-Kuwaiti wrote.")])
     assert step.hit is not None and step.hit.leaked_chars == 0 and not any("Basil" in r for r in step.release)
+
+
+@pytest.mark.parametrize("answer, leaked", [
+    ("I think the author was Nikolai Abil, who wrote about the steppe.", "Abil"),          # a sampled near-miss
+    ("The author is Nicolai Abilow, a novelist.", "Abilow"),                              # transliterated
+    ("Basel Mahfuz Al-Kuwaity wrote that novel in 1981.", "Kuwaity"),
+])
+def test_approximate_names_stop_a_misspelt_name_only_when_the_policy_asks(forget01_policy, tokenizer, answer, leaked):
+    """``output.approximate_names``: off (the default) the exact matcher lets a misspelt or
+    transliterated name through; on, it is stopped before any of it is released."""
+    from guard.output_screen import build_output_screener
+
+    released, hit, _ = stream(build_output_screener(forget01_policy), token_deltas(tokenizer, answer))
+    assert hit is None and released == answer
+    on = forget01_policy.model_copy(update={"output": forget01_policy.output.model_copy(update={"approximate_names": True})})
+    released, hit, _ = stream(build_output_screener(on), token_deltas(tokenizer, answer))
+    assert hit is not None and hit.reason == NAME and leaked not in released
+    assert answer.startswith(released) and hit.leaked_chars == 0
+
+
+def test_approximate_names_leave_ordinary_answers_alone(forget01_policy, tokenizer):
+    from guard.output_screen import build_output_screener
+
+    on = forget01_policy.model_copy(update={"output": forget01_policy.output.model_copy(update={"approximate_names": True})})
+    screener = build_output_screener(on)
+    assert screener.matcher.approximate
+    for text in (PLAIN * 2, "Nikolai Gogol and Vladimir Nabokov wrote in Russian; Basil is a herb.",
+                 "The Kuwait City skyline was built in the 1970s and 1980s."):
+        released, hit, _ = stream(screener, token_deltas(tokenizer, text))
+        assert hit is None and released == text
