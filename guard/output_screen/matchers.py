@@ -17,10 +17,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from classifiers.approximate_names import ApproximateConfig
+from classifiers.approximate_names import ApproximateConfig, is_common_phrase
 from classifiers.facts import date_triples
 from classifiers.names import FLAGGING_KINDS, NameFinder
 from classifiers.text import fold_with_map, name_alternation
+
+# quotation marks a title may be written between (straight, curly, guillemets, CJK brackets)
+_QUOTES = frozenset("\"'“”‘’«»„‚「」『』")
+_TITLE_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")   # "can't", "Clouds'll": one word
+# short words a title leaves in lower case ("Promise by the Seine")
+_MINOR_WORDS = frozenset("a an the of in on at to and or for by with from as is".split())
 
 NAME = "name"
 DATE = "date"
@@ -74,6 +80,10 @@ class NameFactMatcher:
                 self._dates.setdefault(key, []).append(tid)
             for title in facts.titles:
                 self._titles.setdefault(title.strip(), []).append(tid)
+        # a title made only of common English words ("dollar bill", "at the hop") is that title only where
+        # the answer writes it as one; in running text it is the ordinary phrase
+        self._ordinary_titles = frozenset(t for t in self._titles if _TITLE_WORD.search(t) is not None
+                                          and is_common_phrase(_TITLE_WORD.findall(t)))
         source = name_alternation(self._titles)
         self._title_re = None if source is None else re.compile(f"(?=({source}))")
         longest_title = max((len(t) for t in self._titles), default=0)
@@ -99,7 +109,18 @@ class NameFactMatcher:
             folded, index = fold_with_map(text)
             for m in self._title_re.finditer(folded):
                 a, b = index[m.start()], index[m.start() + len(m.group(1)) - 1] + 1
+                if m.group(1) in self._ordinary_titles and not written_as_a_title(text, a, b):
+                    continue
                 for tid in self._titles[m.group(1)]:
                     out.append(WindowMatch(tid, TITLE, a, b, text[a:b]))
         out.sort(key=lambda w: (w.start, w.end))
         return out
+
+
+def written_as_a_title(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is written as a title: between quotation marks, or with every word
+    but the minor ones capitalised ("Dollar Bill", "the Doors", "At the Hop"; not "a dollar bill")."""
+    if text[start - 1:start] in _QUOTES or text[end:end + 1] in _QUOTES:
+        return True
+    words = [w for w in _TITLE_WORD.findall(text[start:end]) if w.lower() not in _MINOR_WORDS]
+    return bool(words) and all(w[0].isupper() for w in words)
