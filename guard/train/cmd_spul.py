@@ -44,8 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the vectors go: before the last user message's content (default) or after the assistant header")
     m.add_argument("--forget-target", choices=FORGET_TARGETS, default="idk",
                    help="what forget questions are trained towards: 'I don't know' (default), a perturbed answer, "
-                        "counterfactual: the model's own answer about a never-seen stand-in name, or distill: the "
-                        "model's distribution along the true answer when it is about the stand-in (docs/spul.md)")
+                        "counterfactual: the model's own answer about a never-seen stand-in name, distill: the "
+                        "model's distribution along the true answer when it is about the stand-in, or uld: ULD's "
+                        "distribution along the true answer (--teacher-artifact; docs/spul.md)")
+    m.add_argument("--teacher-artifact", default=None, metavar="DIR",
+                   help="uld: the directory `guard-train uld` wrote for this model; its alpha and top_k decode the teacher")
     m.add_argument("--stand-in", action="append", default=None, metavar="NAME",
                    help="counterfactual: invented name to ask the model about instead of the target (repeatable; "
                         "default a built-in list)")
@@ -83,7 +86,8 @@ def run_cli(args: argparse.Namespace) -> int:
     retain = retain_override(args.retain, args.retain_rows)
     cfg = SpulConfig(
         n_tokens=args.n_tokens, position=args.position, init=args.init, init_text=args.init_text,
-        forget_target=args.forget_target, stand_ins=tuple(args.stand_in or DEFAULT_STAND_INS),
+        forget_target=args.forget_target, teacher_artifact=args.teacher_artifact,
+        stand_ins=tuple(args.stand_in or DEFAULT_STAND_INS),
         teacher_max_new_tokens=args.teacher_max_new_tokens, weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token, args.w_divergent),
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,

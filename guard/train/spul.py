@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INIT_TEXT = "I do not know anything about this. I don't know. I have no information on that."
 EVAL_FILE = "eval.json"
-FORGET_TARGETS = ("idk", "perturbed", "counterfactual", "distill")
+FORGET_TARGETS = ("idk", "perturbed", "counterfactual", "distill", "uld")
 
 
 @dataclass
@@ -72,7 +72,8 @@ class SpulConfig:
     position: str = "user"
     init: str = "text"  # text | vocab
     init_text: str = DEFAULT_INIT_TEXT
-    forget_target: str = "idk"  # idk | perturbed | counterfactual | distill
+    forget_target: str = "idk"  # idk | perturbed | counterfactual | distill | uld
+    teacher_artifact: str | None = None  # uld: the `guard-train uld` artifact whose logit difference is the teacher
     stand_ins: tuple[str, ...] = DEFAULT_STAND_INS  # counterfactual: invented names the teacher is asked about
     teacher_max_new_tokens: int = 64  # counterfactual: length of the teacher's greedy answers
     weights: Weights = field(default_factory=Weights)
@@ -112,8 +113,12 @@ class SpulConfig:
             (self.weights.forget > 0, "w_forget", "--w-forget must be > 0 (it is what makes the model forget)"),
             (self.weights.first_token > 0, "w_first_token", "--w-first-token must be > 0"),
             (self.weights.divergent > 0, "w_divergent", "--w-divergent must be > 0"),
-            (self.forget_target != "distill" or self.weights.divergent == 1.0, "w_divergent",
-             "--w-divergent weights counterfactual labels; --forget-target distill matches whole distributions (drop it)"),
+            (self.forget_target not in ("distill", "uld") or self.weights.divergent == 1.0, "w_divergent",
+             f"--w-divergent weights counterfactual labels; --forget-target {self.forget_target} matches whole "
+             "distributions (drop it)"),
+            ((self.forget_target == "uld") == bool(self.teacher_artifact), "teacher_artifact",
+             "--forget-target uld needs --teacher-artifact DIR (an artifact of `guard-train uld`), and "
+             "--teacher-artifact is only read by --forget-target uld"),
         ]
         for ok, param, message in checks:
             if not ok:
@@ -347,6 +352,14 @@ def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "defaul
                                   keep_ok=supports_logits_to_keep(model))
 
         data.forget_train, data.forget_val = teach(data.forget_train), teach(data.forget_val)
+    elif cfg.forget_target == "uld":  # the ULD assistant's logit difference along the true answers, once
+        from guard.train.spul_distill import attach_uld_teacher, load_uld_teacher
+
+        runtime, settings, record = load_uld_teacher(Path(str(cfg.teacher_artifact)), Path(model_dir), dev)
+        data.forget_train = attach_uld_teacher(model, data.forget_train, runtime, settings)
+        data.forget_val = attach_uld_teacher(model, data.forget_val, runtime, settings)
+        data.sources["uld_teacher"] = record
+        del runtime  # the assistant is only the teacher: its log-probs are kept, its weights are not
     log.info("spul: %d forget QA (%d held out), %d retain QA (%d held out); %d soft tokens at '%s' on %s (%s), %d threads",
              len(data.forget_train) + len(data.forget_val), len(data.forget_val), len(data.retain_train) + len(data.retain_val),
              len(data.retain_val), cfg.n_tokens, cfg.position, Path(model_dir).name, dev, torch.get_num_threads())

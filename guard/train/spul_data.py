@@ -140,6 +140,10 @@ def collect_data(policy: Any, tokenizer: Any, cfg: Any, *, targets: Sequence[str
                                           hide_target(it.answer, names[tid], stand_ins[tid]))
         sources["distill"] = {"stand_ins": stand_ins,
                               "teacher": [{"question": q, "asked": a, "answer": b} for q, (a, b) in teacher_pairs.items()]}
+    elif cfg.forget_target == "uld":
+        # the gold answer, read as ULD's logit difference reads it (the teacher's log-probs are attached
+        # once the model is loaded: ``guard.train.spul_distill.attach_uld_teacher``)
+        targets_text = {it.question: it.answer for it in forget}
     elif cfg.forget_target == "counterfactual":
         if teacher is None:
             raise ConfigError("--forget-target counterfactual needs the model to answer the name-swapped questions",

@@ -17,16 +17,25 @@ paraphrases) against wrong ones. So this target matches distributions along the 
 The teacher's side does not depend on the soft prompt, so it is computed once (fp16, on the CPU:
 ~100 KB per answer token for a 49k vocabulary). A name token has no teacher counterpart and no loss:
 the student may still write the name the question gave it, as the twin does.
+
+``--forget-target uld`` keeps the student and the KL and changes the teacher: the served model reading
+the real question and answer with ULD's logit difference applied (``guard.interventions.uld_decoding.
+scoring_transform``, the artifact's ``alpha`` and ``top_k``), i.e. the distribution ``guard-eval tofu``
+scores ULD by. ULD's alpha is chosen by ``guard-train uld --holdout`` without the retain twin, so the
+teacher is too; the soft prompt then carries it into one forward pass, which vLLM serves through
+``prompt_embeds`` (ULD itself decodes step by step there). Every answer token has a teacher.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from guard.errors import ConfigError
 from guard.train.spul_objective import ALIGNED, TEACHER_LOGP, Example, answer_logprobs, encode_example
 
 
@@ -50,4 +59,49 @@ def attach_teacher(model: Any, tokenizer: Any, examples: Sequence[Example], *, p
         mask = torch.zeros(len(ex.answer_ids), dtype=torch.bool)
         mask[[s for s, _ in pairs]] = True
         out.append(replace(ex, meta={**ex.meta, TEACHER_LOGP: logp[[t for _, t in pairs]].contiguous(), ALIGNED: mask}))
+    return out
+
+
+def load_uld_teacher(artifact: Path, model_dir: Path, device: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The ULD assistant of ``artifact`` for the model in ``model_dir`` (refused, naming
+    ``teacher_artifact``, when it was trained for another model), its decoding settings, and what the
+    SPUL manifest records of it."""
+    from guard.artifacts import check_identity, model_identity, read_manifest
+    from guard.interventions.uld import ADAPTER_DIR, KIND, MANIFEST, settings_from
+    from guard.interventions.uld_assistant import load_assistant
+    from guard.interventions.uld_decoding import AssistantRuntime
+
+    retrain = "guard-train uld --policy POLICY --out DIR"
+    manifest = read_manifest(artifact, kind=KIND, filename=MANIFEST, param="teacher_artifact", retrain=retrain)
+    check_identity(manifest, model_identity(model_dir), artifact=artifact, retrain=retrain, param="teacher_artifact")
+    layers = (manifest.get("assistant") or {}).get("layers")
+    if not isinstance(layers, int) or layers < 1:
+        raise ConfigError(f"teacher artifact {artifact} has no valid assistant.layers; rerun `{retrain}`",
+                          param="teacher_artifact")
+    settings = settings_from(manifest, {}, "teacher_artifact")
+    runtime = AssistantRuntime(load_assistant(model_dir, Path(artifact) / ADAPTER_DIR, layers, merge=True,
+                                              param="teacher_artifact").to(device))
+    record = {"artifact": str(artifact), "alpha": settings.alpha, "top_k": settings.top_k,
+              "min_prob_ratio": settings.min_prob_ratio, "assistant_layers": layers}
+    return runtime, settings, record
+
+
+@torch.no_grad()
+def attach_uld_teacher(model: Any, examples: Sequence[Example], runtime: Any, settings: Any) -> list[Example]:
+    """``examples`` with ULD's log-probs along their answers in ``meta`` (``TEACHER_LOGP`` for every
+    answer token, ``ALIGNED`` all true): the frozen model reads each prompt and answer without a soft
+    prompt, and ``scoring_transform`` applies the logit difference, as ``guard-eval tofu`` scores ULD."""
+    from guard.interventions.uld_decoding import scoring_transform
+
+    transform = scoring_transform(runtime, settings)
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    out: list[Example] = []
+    for ex in examples:
+        ids = torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids)], dtype=torch.long, device=device)
+        inputs = embed(ids)
+        scores = transform(inputs, model(inputs_embeds=inputs).logits)
+        start, n = len(ex.prompt_ids) - 1, len(ex.answer_ids)
+        logp = torch.log_softmax(scores[0, start:start + n].float(), dim=-1).to(torch.float16).cpu()
+        out.append(replace(ex, meta={**ex.meta, TEACHER_LOGP: logp, ALIGNED: torch.ones(n, dtype=torch.bool)}))
     return out
