@@ -18,12 +18,16 @@ The teacher's side does not depend on the soft prompt, so it is computed once (f
 ~100 KB per answer token for a 49k vocabulary). A name token has no teacher counterpart and no loss:
 the student may still write the name the question gave it, as the twin does.
 
-``--forget-target uld`` keeps the student and the KL and changes the teacher: the served model reading
-the real question and answer with ULD's logit difference applied (``guard.interventions.uld_decoding.
+``--forget-target uld`` keeps the student and changes the teacher: the served model reading the real
+question and answer with ULD's logit difference applied (``guard.interventions.uld_decoding.
 scoring_transform``, the artifact's ``alpha`` and ``top_k``), i.e. the distribution ``guard-eval tofu``
-scores ULD by. ULD's alpha is chosen by ``guard-train uld --holdout`` without the retain twin, so the
-teacher is too; the soft prompt then carries it into one forward pass, which vLLM serves through
-``prompt_embeds`` (ULD itself decodes step by step there). Every answer token has a teacher.
+scores ULD by. ULD only re-ranks each position's plausible set (the target's ``top_k`` tokens) and is
+the target elsewhere, so the teacher is that set's distribution and the KL compares the student's over
+the same ids, both renormalised (``TEACHER_IDS``): it measured better than the whole-vocabulary KL
+(docs/spul.md) and stores ``top_k`` numbers per token instead of the vocabulary. ULD's alpha is chosen
+by ``guard-train uld --holdout`` without the retain twin, so the teacher is too; the soft prompt then
+carries it into one forward pass, which vLLM serves through ``prompt_embeds`` (ULD itself decodes
+step by step there). Every answer token has a teacher.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any, Sequence
 import torch
 
 from guard.errors import ConfigError
-from guard.train.spul_objective import ALIGNED, TEACHER_LOGP, Example, answer_logprobs, encode_example
+from guard.train.spul_objective import ALIGNED, TEACHER_IDS, TEACHER_LOGP, Example, answer_logprobs, encode_example
 
 
 def aligned_positions(student: Sequence[int], teacher: Sequence[int]) -> list[tuple[int, int]]:
@@ -88,9 +92,10 @@ def load_uld_teacher(artifact: Path, model_dir: Path, device: str) -> tuple[Any,
 
 @torch.no_grad()
 def attach_uld_teacher(model: Any, examples: Sequence[Example], runtime: Any, settings: Any) -> list[Example]:
-    """``examples`` with ULD's log-probs along their answers in ``meta`` (``TEACHER_LOGP`` for every
-    answer token, ``ALIGNED`` all true): the frozen model reads each prompt and answer without a soft
-    prompt, and ``scoring_transform`` applies the logit difference, as ``guard-eval tofu`` scores ULD."""
+    """``examples`` with ULD's distribution over each answer position's plausible set in ``meta``
+    (``TEACHER_IDS`` / ``TEACHER_LOGP`` ``[len(answer), top_k]``, ``ALIGNED`` all true): the frozen model
+    reads each prompt and answer without a soft prompt, and ``scoring_transform`` applies the logit
+    difference, as ``guard-eval tofu`` scores ULD."""
     from guard.interventions.uld_decoding import scoring_transform
 
     transform = scoring_transform(runtime, settings)
@@ -100,8 +105,11 @@ def attach_uld_teacher(model: Any, examples: Sequence[Example], runtime: Any, se
     for ex in examples:
         ids = torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids)], dtype=torch.long, device=device)
         inputs = embed(ids)
-        scores = transform(inputs, model(inputs_embeds=inputs).logits)
+        logits = model(inputs_embeds=inputs).logits
+        scores = transform(inputs, logits)
         start, n = len(ex.prompt_ids) - 1, len(ex.answer_ids)
-        logp = torch.log_softmax(scores[0, start:start + n].float(), dim=-1).to(torch.float16).cpu()
-        out.append(replace(ex, meta={**ex.meta, TEACHER_LOGP: logp, ALIGNED: torch.ones(n, dtype=torch.bool)}))
+        ids = logits[0, start:start + n].topk(min(settings.top_k, logits.shape[-1]), dim=-1).indices
+        logp = torch.log_softmax(scores[0, start:start + n].float().gather(-1, ids), dim=-1)
+        out.append(replace(ex, meta={**ex.meta, TEACHER_IDS: ids.cpu(), TEACHER_LOGP: logp.cpu(),
+                                     ALIGNED: torch.ones(n, dtype=torch.bool)}))
     return out

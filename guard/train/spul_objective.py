@@ -38,6 +38,9 @@ COMPONENTS = ("forget_ce", "retain_ce", "retain_kl")
 # ``--forget-target distill`` (``guard.train.spul_distill``): a forget example's teacher, in its ``meta``
 TEACHER_LOGP = "teacher_logp"   # [aligned answer tokens, V] fp16: the teacher's log-probs at those tokens
 ALIGNED = "aligned"             # [len(answer_ids)] bool: the answer positions that have a teacher row
+# ``--forget-target uld``: the teacher is a distribution over a few token ids per position (ULD's
+# plausible set): [aligned answer tokens, k] long ids, with TEACHER_LOGP then [.., k]
+TEACHER_IDS = "teacher_ids"
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,10 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
             # (reported under ``forget_ce``, the forget term's slot)
             mask = torch.cat([ex.meta[ALIGNED] for ex in forget]).to(device)
             teacher = torch.cat([ex.meta[TEACHER_LOGP] for ex in forget]).to(device=device, dtype=logits.dtype)
-            out["forget_ce"] = F.kl_div(F.log_softmax(logits[mask], -1), teacher, log_target=True,
+            student = logits[mask]
+            if all(TEACHER_IDS in ex.meta for ex in forget):  # the teacher's support only, renormalised
+                student = student.gather(-1, torch.cat([ex.meta[TEACHER_IDS] for ex in forget]).to(device))
+            out["forget_ce"] = F.kl_div(F.log_softmax(student, -1), teacher, log_target=True,
                                         reduction="none").sum(-1).mean()
         elif divergent is not None and weights.divergent != 1.0 and all(ex.question in divergent for ex in forget):
             mask = torch.cat([divergent[ex.question] for ex in forget]).to(device)

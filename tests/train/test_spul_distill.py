@@ -17,7 +17,7 @@ from guard.errors import ConfigError
 from guard.policy import load_policy
 from guard.train.spul import SpulConfig, collect_data, load_frozen_model
 from guard.train.spul_distill import aligned_positions, attach_teacher, attach_uld_teacher, load_uld_teacher
-from guard.train.spul_objective import ALIGNED, TEACHER_LOGP, Weights, spul_losses
+from guard.train.spul_objective import ALIGNED, TEACHER_IDS, TEACHER_LOGP, Weights, spul_losses
 from tests.train.test_spul_counterfactual import ALIASES, NAME, micro_policy
 
 
@@ -110,7 +110,10 @@ def test_uld_teacher_is_the_logit_difference_along_every_answer_token(tmp_path, 
     assert record["alpha"] == settings.alpha == 1.0 and record["top_k"] == 20
     taught = attach_uld_teacher(model, data.forget_train, runtime, settings)
     for ex in taught:
-        assert ex.answer == ex.gold and ex.meta[TEACHER_LOGP].shape[0] == len(ex.answer_ids) and bool(ex.meta[ALIGNED].all())
+        assert ex.answer == ex.gold and bool(ex.meta[ALIGNED].all())
+        # ULD's plausible set per answer token: the target's 20 most likely ids, the teacher's mass on them
+        assert ex.meta[TEACHER_LOGP].shape == ex.meta[TEACHER_IDS].shape == (len(ex.answer_ids), 20)
+        assert torch.allclose(ex.meta[TEACHER_LOGP].exp().sum(-1), torch.ones(len(ex.answer_ids)), atol=1e-4)
     empty = torch.zeros(0, model.get_input_embeddings().weight.shape[1])
     kl = float(spul_losses(model, empty, taught, [], Weights(retain=0, kl=0))["forget_ce"])
     assert kl > 0.01, "the logit difference moves the model's distribution along the true answer"
