@@ -95,15 +95,22 @@ def load_runtime(artifact: Path, engine: Engine, *, param: str = "params.artifac
                  cache: AssistantCache | None = None) -> tuple[AssistantRuntime, dict[str, Any]]:
     """Read and check an artifact, then build (or take from ``cache``) its merged assistant for
     ``engine``'s model, on ``engine.device`` (the local engine's; the vLLM path runs it in the guard, on CPU)."""
+    return load_assistant_runtime(artifact, engine.model_identity(), lambda: _model_dir(engine, param), str(engine.device),
+                                  param=param, cache=cache)
+
+
+def load_assistant_runtime(artifact: Path, identity: Any, model_dir: Callable[[], Path], device: str, *,
+                           param: str, cache: AssistantCache | None = None) -> tuple[AssistantRuntime, dict[str, Any]]:
+    """``load_runtime`` for any holder of the model: its identity (``check_identity``), its folder
+    (asked for only once the artifact is known good) and a device; also the SPUL trainer's ULD teacher."""
     manifest = read_manifest(artifact, kind=KIND, filename=MANIFEST, param=param, retrain=RETRAIN)
-    check_identity(manifest, engine.model_identity(), artifact=artifact, retrain=RETRAIN, param=param)
+    check_identity(manifest, identity, artifact=artifact, retrain=RETRAIN, param=param)
     layers = manifest.get("assistant", {}).get("layers")
     if not isinstance(layers, int) or layers < 1:
         raise ConfigError(f"artifact {artifact} has no valid assistant.layers in its manifest; rerun `{RETRAIN}`", param=param)
-    model_dir = _model_dir(engine, param)
+    model_dir = model_dir()
     adapter = Path(artifact) / ADAPTER_DIR
     weights = adapter / "adapter_model.safetensors"
-    device = str(engine.device)
     key = (str(Path(artifact).resolve()), weights.stat().st_mtime_ns if weights.exists() else None, str(model_dir), layers,
            device)
 

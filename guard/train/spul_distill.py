@@ -39,7 +39,6 @@ from typing import Any, Sequence
 
 import torch
 
-from guard.errors import ConfigError
 from guard.train.spul_objective import ALIGNED, TEACHER_IDS, TEACHER_LOGP, Example, answer_logprobs, encode_example
 
 
@@ -70,23 +69,14 @@ def load_uld_teacher(artifact: Path, model_dir: Path, device: str) -> tuple[Any,
     """The ULD assistant of ``artifact`` for the model in ``model_dir`` (refused, naming
     ``teacher_artifact``, when it was trained for another model), its decoding settings, and what the
     SPUL manifest records of it."""
-    from guard.artifacts import check_identity, model_identity, read_manifest
-    from guard.interventions.uld import ADAPTER_DIR, KIND, MANIFEST, settings_from
-    from guard.interventions.uld_assistant import load_assistant
-    from guard.interventions.uld_decoding import AssistantRuntime
+    from guard.artifacts import model_identity
+    from guard.interventions.uld import load_assistant_runtime, settings_from
 
-    retrain = "guard-train uld --policy POLICY --out DIR"
-    manifest = read_manifest(artifact, kind=KIND, filename=MANIFEST, param="teacher_artifact", retrain=retrain)
-    check_identity(manifest, model_identity(model_dir), artifact=artifact, retrain=retrain, param="teacher_artifact")
-    layers = (manifest.get("assistant") or {}).get("layers")
-    if not isinstance(layers, int) or layers < 1:
-        raise ConfigError(f"teacher artifact {artifact} has no valid assistant.layers; rerun `{retrain}`",
-                          param="teacher_artifact")
+    runtime, manifest = load_assistant_runtime(Path(artifact), model_identity(model_dir), lambda: Path(model_dir), device,
+                                               param="teacher_artifact")
     settings = settings_from(manifest, {}, "teacher_artifact")
-    runtime = AssistantRuntime(load_assistant(model_dir, Path(artifact) / ADAPTER_DIR, layers, merge=True,
-                                              param="teacher_artifact").to(device))
     record = {"artifact": str(artifact), "alpha": settings.alpha, "top_k": settings.top_k,
-              "min_prob_ratio": settings.min_prob_ratio, "assistant_layers": layers}
+              "min_prob_ratio": settings.min_prob_ratio, "assistant_layers": manifest["assistant"]["layers"]}
     return runtime, settings, record
 
 
