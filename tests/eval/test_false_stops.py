@@ -66,12 +66,20 @@ async def test_an_answer_that_names_the_target_is_cut_and_counted_as_a_caught_le
 
 
 async def test_a_stop_on_a_fact_without_the_name_is_a_false_stop(served, tmp_path):
-    """The target's forget text quotes a 'title' the benign answer repeats: the screen stops it,
-    the answer names no one, so it is a false stop."""
-    policy = write_policy(tmp_path, ["Zorvan Quillibeth"], 'Zorvan Quillibeth wrote the novel "Capital of France".')
-    got = await served("What is the capital of France?", policy)
+    """The target's forget text quotes a title the benign answer repeats: the screen stops it, the
+    answer names no one, so it is a false stop."""
+    policy = write_policy(tmp_path, ["Zorvan Quillibeth"], 'Zorvan Quillibeth painted "The Mona Lisa".')
+    got = await served("Who painted the Mona Lisa?", policy)
     assert got.cut and got.reason == "title" and not got.request_flagged
     assert "Zorvan" not in got.uncut_answer and got.names_target is False and got.false_stop
+
+
+async def test_a_common_word_title_in_running_text_is_not_stopped(served, tmp_path):
+    """A title made only of common words ("Capital of France") is that title only where the answer
+    writes it as one; "The capital of France is Paris." is the ordinary phrase (no stop, no false stop)."""
+    policy = write_policy(tmp_path, ["Zorvan Quillibeth"], 'Zorvan Quillibeth wrote the novel "Capital of France".')
+    got = await served("What is the capital of France?", policy)
+    assert not got.cut and not got.false_stop and "Paris" in got.answer
 
 
 async def test_an_answer_that_names_no_target_is_not_cut(served, tmp_path):
