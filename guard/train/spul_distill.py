@@ -93,13 +93,14 @@ def attach_uld_teacher(model: Any, examples: Sequence[Example], runtime: Any, se
     device = embed.weight.device
     out: list[Example] = []
     for ex in examples:
-        ids = torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids)], dtype=torch.long, device=device)
-        inputs = embed(ids)
+        tokens = torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids)], dtype=torch.long, device=device)
+        inputs = embed(tokens)
         logits = model(inputs_embeds=inputs).logits
         scores = transform(inputs, logits)
         start, n = len(ex.prompt_ids) - 1, len(ex.answer_ids)
-        ids = logits[0, start:start + n].topk(min(settings.top_k, logits.shape[-1]), dim=-1).indices
-        logp = torch.log_softmax(scores[0, start:start + n].float().gather(-1, ids), dim=-1)
-        out.append(replace(ex, meta={**ex.meta, TEACHER_IDS: ids.cpu(), TEACHER_LOGP: logp.cpu(),
+        # the plausible set ULD re-ranks (``scoring_transform`` picks the same top_k of the target's logits)
+        plausible = logits[0, start:start + n].topk(min(settings.top_k, logits.shape[-1]), dim=-1).indices
+        logp = torch.log_softmax(scores[0, start:start + n].float().gather(-1, plausible), dim=-1)
+        out.append(replace(ex, meta={**ex.meta, TEACHER_IDS: plausible.cpu(), TEACHER_LOGP: logp.cpu(),
                                      ALIGNED: torch.ones(n, dtype=torch.bool)}))
     return out
