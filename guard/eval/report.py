@@ -214,7 +214,8 @@ def write_rwku_report(results: dict[str, Any], out_dir: Path, command: str | Non
 
 # ---------------------------------------------------------------------------------------- TOFU
 
-TOFU_SUMMARY_COLS = (("forget_quality", "Forget quality"), ("model_utility", "Model utility"),
+TOFU_SUMMARY_COLS = (("forget_quality", "Forget quality"), ("forget_quality_even_rows", "FQ even rows"),
+                     ("forget_quality_odd_rows", "FQ odd rows"), ("model_utility", "Model utility"),
                      ("forget_Q_A_Prob", "Forget Prob"), ("forget_Q_A_ROUGE", "Forget ROUGE"),
                      ("forget_truth_ratio", "Forget truth ratio"))
 TOFU_UTILITY_COLS = (("retain_Q_A_Prob", "Retain Prob"), ("retain_Q_A_ROUGE", "Retain ROUGE"),

@@ -167,6 +167,26 @@ def forget_quality(split: SplitScores, reference: SplitScores | None) -> float |
                    truth_ratios(reference.paraphrased_loss, reference.perturbed_losses))[0]
 
 
+@register("forget_quality_rows")
+def forget_quality_rows(split: SplitScores, reference: SplitScores | None, every: int = 2, offset: int = 0) -> float | None:
+    """Forget quality on every ``every``-th forget item from ``offset`` (both models' same items). The
+    trainers' surrogate searches and the SPUL truth-ratio term read the even items of the forget split
+    (``guard.train.forget_surrogate.split_halves``), so the odd ones are what they never saw."""
+    if reference is None:
+        return None
+
+    def ratios(s: SplitScores) -> np.ndarray:
+        # the item's index in the split (``ids``: refused items are not scored, so positions shift)
+        index = [int(i) for i in s.ids] if s.ids is not None else list(range(len(s.gt_loss)))
+        rows = [k for k, i in enumerate(index) if i % every == offset]
+        return truth_ratios([s.paraphrased_loss[k] for k in rows], [s.perturbed_losses[k] for k in rows])
+
+    mine, theirs = ratios(split), ratios(reference)
+    if not len(mine) or not len(theirs):
+        return None
+    return ks_test(mine, theirs)[0]
+
+
 @register("forget_ks_statistic")
 def forget_ks_statistic(split: SplitScores, reference: SplitScores | None) -> float | None:
     if reference is None:
@@ -199,6 +219,10 @@ TOFU_CONFIG: dict[str, dict[str, Any]] = {
     "model_utility": {"metric": "hmean", "inputs": {"values": list(UTILITY_KEYS)}},
     "forget_quality": {"metric": "forget_quality", "inputs": {"split": "forget", "reference": "retain_model_forget"}},
     "forget_ks_statistic": {"metric": "forget_ks_statistic", "inputs": {"split": "forget", "reference": "retain_model_forget"}},
+    "forget_quality_even_rows": {"metric": "forget_quality_rows", "inputs": {"split": "forget", "reference": "retain_model_forget"},
+                                 "every": 2, "offset": 0},
+    "forget_quality_odd_rows": {"metric": "forget_quality_rows", "inputs": {"split": "forget", "reference": "retain_model_forget"},
+                                "every": 2, "offset": 1},
 }
 
 # open-unlearning key -> column of the legacy ``aggregate_eval_stat.py`` CSV
@@ -210,6 +234,7 @@ LEGACY_NAMES: dict[str, str] = {
     "wf_Q_A_Prob_normalised": "Prob. Real World", "wf_Q_A_ROUGE": "ROUGE Real World",
     "wf_Truth_Ratio": "Truth Ratio Real World",
     "model_utility": "Model Utility", "forget_quality": "Forget Quality", "forget_ks_statistic": "KS Test Forget",
+    "forget_quality_even_rows": "Forget Quality (even rows)", "forget_quality_odd_rows": "Forget Quality (odd rows)",
 }
 
 

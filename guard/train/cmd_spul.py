@@ -63,11 +63,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--w-divergent", type=float, default=1.0,
                    help="weight of forget label tokens the frozen model does not predict (default 1; for "
                         "--forget-target counterfactual, docs/spul.md; --holdout chooses it)")
+    m.add_argument("--w-truth-ratio", type=float, default=0.0,
+                   help="weight of the truth-ratio term (default 0: off): the forget items' log truth ratios are trained "
+                        "toward the frozen model's on the never-seen --holdout QA (docs/spul.md)")
+    m.add_argument("--truth-ratio-answers", choices=("tofu", "swapped"), default="tofu",
+                   help="the term's wrong answers: TOFU's perturbed answers beside the forget data (default; they are "
+                        "the evaluation's, so --truth-ratio-every >= 2 keeps a share out), or swapped: the true answer "
+                        "with its facts replaced by other people's (guard.train.fact_swap)")
+    m.add_argument("--truth-ratio-every", type=int, default=2,
+                   help="the truth-ratio term reads every n-th forget item (sorted by source and row); the others are "
+                        "its held-out half, reported in the manifest (default 2; 1 with swapped answers: all)")
     m.add_argument("--system-prompt", default=None, help="system message used in training prompts (default: the template's)")
-    s = p.add_argument_group("choosing --w-divergent (guard.train.spul_holdout; the retain twin and eval rows are never read)")
+    s = p.add_argument_group("never-seen QA: the truth-ratio term's level, or choosing --w-divergent "
+                             "(guard.train.spul_holdout; the retain twin and eval rows are never read)")
     s.add_argument("--holdout", type=Path, default=None,
-                   help=f"{HOLDOUT_HELP}; given: one soft prompt per --search-w-divergent weight, the one whose forget "
-                        "truth ratios match the frozen model's on these is written")
+                   help=f"{HOLDOUT_HELP}; with --w-truth-ratio: the term's level; with --forget-target counterfactual: "
+                        "one soft prompt per --search-w-divergent weight, the one whose forget truth ratios match the "
+                        "frozen model's on these is written")
     s.add_argument("--holdout-rows", default=None, help="rows of --holdout, e.g. 360:400")
     s.add_argument("--search-w-divergent", default=None,
                    help=f"comma-separated --w-divergent candidates (default {','.join(f'{w:g}' for w in DEFAULT_W_DIVERGENT)})")
@@ -88,7 +100,11 @@ def run_cli(args: argparse.Namespace) -> int:
         n_tokens=args.n_tokens, position=args.position, init=args.init, init_text=args.init_text,
         forget_target=args.forget_target, teacher_artifact=args.teacher_artifact,
         stand_ins=tuple(args.stand_in or DEFAULT_STAND_INS),
-        teacher_max_new_tokens=args.teacher_max_new_tokens, weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token, args.w_divergent),
+        teacher_max_new_tokens=args.teacher_max_new_tokens,
+        weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token, args.w_divergent, args.w_truth_ratio),
+        truth_ratio_holdout=str(args.holdout) if args.holdout is not None and args.w_truth_ratio else None,
+        truth_ratio_holdout_rows=args.holdout_rows if args.w_truth_ratio else None, truth_ratio_every=args.truth_ratio_every,
+        truth_ratio_answers=args.truth_ratio_answers,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
         system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)
@@ -123,7 +139,12 @@ def w_divergent_search(args: argparse.Namespace) -> WDivergentSearch | None:
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --holdout", param=flag)
         return None
     if args.forget_target != "counterfactual":
-        raise ConfigError("--holdout chooses --w-divergent, the weight of --forget-target counterfactual", param="forget_target")
+        if args.w_truth_ratio:  # the holdout is the truth-ratio term's level, nothing is searched
+            if args.search_w_divergent is not None:
+                raise ConfigError("--search-w-divergent needs --forget-target counterfactual", param="search_w_divergent")
+            return None
+        raise ConfigError("--holdout is the level of --w-truth-ratio, or chooses --w-divergent, the weight of "
+                          "--forget-target counterfactual: give one of them", param="forget_target")
     holdout = holdout_source(args.holdout, args.holdout_rows)
     text = args.search_w_divergent
     try:

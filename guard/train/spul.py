@@ -92,6 +92,12 @@ class SpulConfig:
     eval_max_new_tokens: int = 48
     eval_batch_size: int = 8
     reference_cache_mb: int = 1024  # cache the frozen model's retain log-probs (fp16) up to this size
+    # --w-truth-ratio (guard.train.spul_truth_ratio): the never-seen QA whose truth ratios are the level,
+    # and which forget items the term reads (every n-th; the others are its held-out half)
+    truth_ratio_holdout: str | None = None
+    truth_ratio_holdout_rows: str | None = None
+    truth_ratio_every: int = 2
+    truth_ratio_answers: str = "tofu"  # tofu: TOFU's perturbed answers; swapped: the true answer's facts swapped
 
     def validate(self) -> None:
         from guard.interventions.spul import POSITIONS
@@ -116,6 +122,12 @@ class SpulConfig:
             (self.forget_target not in ("distill", "uld") or self.weights.divergent == 1.0, "w_divergent",
              f"--w-divergent weights counterfactual labels; --forget-target {self.forget_target} matches whole "
              "distributions (drop it)"),
+            (self.weights.truth_ratio >= 0, "w_truth_ratio", "--w-truth-ratio must be >= 0"),
+            (bool(self.weights.truth_ratio) == bool(self.truth_ratio_holdout), "holdout",
+             "--w-truth-ratio W > 0 needs --holdout FILE (never-seen QA whose truth ratios are the term's level)"),
+            (self.truth_ratio_every >= (2 if self.truth_ratio_answers == "tofu" else 1), "truth_ratio_every",
+             "--truth-ratio-every must be >= 2 with TOFU's perturbed answers (they are the evaluation's: one share of "
+             "the forget items stays out of the term), >= 1 with --truth-ratio-answers swapped"),
             ((self.forget_target == "uld") == bool(self.teacher_artifact), "teacher_artifact",
              "--forget-target uld needs --teacher-artifact DIR (an artifact of `guard-train uld`), and "
              "--teacher-artifact is only read by --forget-target uld"),
@@ -228,7 +240,7 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
         for epoch in range(1, cfg.epochs + 1):
             f_order = cycle(data.forget_train, steps * half_f)
             r_order = cycle(data.retain_train, steps * half_r) if n_r else []
-            sums = {"total": 0.0, "forget_ce": 0.0, "retain_ce": 0.0, "retain_kl": 0.0}
+            sums = {"total": 0.0, "forget_ce": 0.0, "retain_ce": 0.0, "retain_kl": 0.0, "truth_ratio": 0.0}
             for step in range(steps):
                 fb = f_order[step * half_f:(step + 1) * half_f]
                 rb = r_order[step * half_r:(step + 1) * half_r] if n_r else []
@@ -242,16 +254,17 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
                     sums[k] += float(parts[k].detach())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{float(parts['total'].detach()):.3f}",
-                                forget=f"{float(parts['forget_ce'].detach()):.3f}", kl=f"{float(parts['retain_kl'].detach()):.3f}")
+                                forget=f"{float(parts['forget_ce'].detach()):.3f}", kl=f"{float(parts['retain_kl'].detach()):.3f}",
+                                **({"tr": f"{float(parts['truth_ratio'].detach()):.3f}"} if w.truth_ratio else {}))
             train = {k: v / steps for k, v in sums.items()}
             val = held_out(soft.detach()) if has_val else None
             score = val["total"] if val else train["total"]
             record = {"epoch": epoch, "train": train, "val": val, "elapsed_s": round(time.perf_counter() - started, 1)}
             history.append(record)
-            log.info("spul epoch %d: train %.4f (forget %.4f, retain %.4f, kl %.4f)%s", epoch, train["total"],
-                     train["forget_ce"], train["retain_ce"], train["retain_kl"],
+            log.info("spul epoch %d: train %.4f (forget %.4f, retain %.4f, kl %.4f, truth ratio %.4f)%s", epoch,
+                     train["total"], train["forget_ce"], train["retain_ce"], train["retain_kl"], train["truth_ratio"],
                      f"; held-out {val['total']:.4f} (forget {val['forget_ce']:.4f}, retain {val['retain_ce']:.4f}, "
-                     f"kl {val['retain_kl']:.4f})" if val else "")
+                     f"kl {val['retain_kl']:.4f}, truth ratio {val['truth_ratio']:.4f})" if val else "")
             if score < best_score - cfg.min_delta:
                 best_score, best, best_epoch, bad_epochs = score, soft.detach().clone(), epoch, 0
             else:
@@ -301,11 +314,13 @@ class SpulRun:
     device: str
     started: float
     cpu_started: float
+    truth_ratio_plan: Any = None  # --w-truth-ratio: guard.train.spul_truth_ratio.TruthRatioPlan
 
 
 def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "default", targets: Sequence[str] | None = None,
                 retain: Sequence[SourceRef] | None = None, data_dir: Path | None = None, idk_file: Path | None = None,
-                device: str = "auto", threads: int | None = None, loaded: tuple[Any, Any, Path] | None = None) -> SpulRun:
+                device: str = "auto", threads: int | None = None, loaded: tuple[Any, Any, Path] | None = None,
+                progress: bool = True) -> SpulRun:
     """Validate ``cfg``, load the policy, the model (or take ``loaded``) and the data."""
     import torch
 
@@ -314,6 +329,11 @@ def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "defaul
     cfg.validate()
     policy_path = Path(policy_path)
     policy = load_policy(policy_path)
+    truth_ratio_items = None
+    if cfg.weights.truth_ratio:  # bad data fails before the model loads
+        from guard.train.spul_truth_ratio import term_items
+
+        truth_ratio_items = term_items(policy, targets, cfg.truth_ratio_answers)
     if threads:
         if threads < 1:
             raise ConfigError("--threads must be >= 1", param="threads")
@@ -342,28 +362,19 @@ def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "defaul
         data = collect_data(policy, tokenizer, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file,
                             teacher=teacher_answers(model, tokenizer, cfg))
     freeze(model)
-    if cfg.forget_target == "distill":  # the teacher's side of the forget KL, once
-        from guard.lm.nll import supports_logits_to_keep
-        from guard.train.spul_distill import attach_teacher
+    if cfg.forget_target in ("distill", "uld"):  # the teacher's side of the forget KL, once
+        from guard.train.spul_distill import attach_teachers
 
-        def teach(examples: list) -> list:
-            return attach_teacher(model, tokenizer, examples, position=cfg.position, max_length=cfg.max_length,
-                                  system_prompt=cfg.system_prompt, batch_size=cfg.batch_size,
-                                  keep_ok=supports_logits_to_keep(model))
+        attach_teachers(model, tokenizer, cfg, data, Path(model_dir), dev)
+    plan = None
+    if truth_ratio_items is not None:
+        from guard.train.spul_truth_ratio import attach_to_data
 
-        data.forget_train, data.forget_val = teach(data.forget_train), teach(data.forget_val)
-    elif cfg.forget_target == "uld":  # the ULD assistant's logit difference along the true answers, once
-        from guard.train.spul_distill import attach_uld_teacher, load_uld_teacher
-
-        runtime, settings, record = load_uld_teacher(Path(str(cfg.teacher_artifact)), Path(model_dir), dev)
-        data.forget_train = attach_uld_teacher(model, data.forget_train, runtime, settings)
-        data.forget_val = attach_uld_teacher(model, data.forget_val, runtime, settings)
-        data.sources["uld_teacher"] = record
-        del runtime  # the assistant is only the teacher: its log-probs are kept, its weights are not
+        plan = attach_to_data(model, tokenizer, cfg, truth_ratio_items, data, progress=progress)
     log.info("spul: %d forget QA (%d held out), %d retain QA (%d held out); %d soft tokens at '%s' on %s (%s), %d threads",
              len(data.forget_train) + len(data.forget_val), len(data.forget_val), len(data.retain_train) + len(data.retain_val),
              len(data.retain_val), cfg.n_tokens, cfg.position, Path(model_dir).name, dev, torch.get_num_threads())
-    return SpulRun(policy_path, model, tokenizer, Path(model_dir), data, dev, started, cpu_started)
+    return SpulRun(policy_path, model, tokenizer, Path(model_dir), data, dev, started, cpu_started, plan)
 
 
 def fit(run: SpulRun, cfg: SpulConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -389,6 +400,11 @@ def write_artifact(run: SpulRun, cfg: SpulConfig, result: dict[str, Any], out: P
         report = generation_report(run.model, run.tokenizer, result["soft"], data.forget_val, data.retain_val,
                                    max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size, progress=progress)
         report["time_s"] = round(time.perf_counter() - t0, 1)
+    if run.truth_ratio_plan is not None:
+        from guard.train.spul_truth_ratio import truth_ratio_report
+
+        extra = {**(extra or {}), "truth_ratio": truth_ratio_report(run.model, result["soft"].to(run.device),
+                                                                     run.truth_ratio_plan)}
     summary = None
     if report:
         summary = {name: {k: v for k, v in report[name].items() if k != "items"} for name in ("forget", "retain") if name in report}
@@ -425,5 +441,5 @@ def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, m
     ``loaded`` = ``(model, tokenizer, model_dir)`` reuses a model already in memory (tests)."""
     cfg = cfg or SpulConfig()
     run = prepare_run(policy_path, cfg, model_name=model_name, targets=targets, retain=retain, data_dir=data_dir,
-                      idk_file=idk_file, device=device, threads=threads, loaded=loaded)
+                      idk_file=idk_file, device=device, threads=threads, loaded=loaded, progress=progress)
     return write_artifact(run, cfg, fit(run, cfg, progress=progress), out, progress=progress)

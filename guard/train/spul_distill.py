@@ -104,3 +104,24 @@ def attach_uld_teacher(model: Any, examples: Sequence[Example], runtime: Any, se
         out.append(replace(ex, meta={**ex.meta, TEACHER_IDS: plausible.cpu(), TEACHER_LOGP: logp.cpu(),
                                      ALIGNED: torch.ones(n, dtype=torch.bool)}))
     return out
+
+
+def attach_teachers(model: Any, tokenizer: Any, cfg: Any, data: Any, model_dir: Path, device: str) -> None:
+    """The forget examples of ``data`` (train and held out) with their teacher for ``cfg.forget_target``
+    ``distill`` (the frozen model reading the stand-in) or ``uld`` (``cfg.teacher_artifact``'s logit
+    difference; recorded in ``data.sources``), in place."""
+    if cfg.forget_target == "distill":
+        from guard.lm.nll import supports_logits_to_keep
+
+        def teach(examples: list) -> list:
+            return attach_teacher(model, tokenizer, examples, position=cfg.position, max_length=cfg.max_length,
+                                  system_prompt=cfg.system_prompt, batch_size=cfg.batch_size,
+                                  keep_ok=supports_logits_to_keep(model))
+
+        data.forget_train, data.forget_val = teach(data.forget_train), teach(data.forget_val)
+    elif cfg.forget_target == "uld":
+        runtime, settings, record = load_uld_teacher(Path(str(cfg.teacher_artifact)), model_dir, device)
+        data.forget_train = attach_uld_teacher(model, data.forget_train, runtime, settings)
+        data.forget_val = attach_uld_teacher(model, data.forget_val, runtime, settings)
+        data.sources["uld_teacher"] = record
+        del runtime  # the assistant is only the teacher: its log-probs are kept, its weights are not

@@ -263,7 +263,7 @@ def train_spul_holdout(policy_path: Path, out: Path, cfg: Any, search: WDivergen
     asyncio.run(engine.start())
     try:
         run = prepare_run(policy_path, cfg, targets=targets, retain=retain, data_dir=data_dir, idk_file=idk_file,
-                          threads=threads, loaded=(engine.model, engine.tokenizer, model_dir))
+                          threads=threads, loaded=(engine.model, engine.tokenizer, model_dir), progress=progress)
         scoring = ServedScoring(engine, load_policy(Path(policy_path)), items.target_ids, seed=0)
         say(f"{len(items.tuned)} tuned + {len(items.held_out)} held-out forget QA ({', '.join(items.target_ids)}), "
             f"{len(items.holdout)} never-seen holdout QA; w_divergent candidates "

@@ -34,13 +34,17 @@ from guard.engines.rendering import render_chat
 from guard.interventions.spul import insert_soft_prompt, insertion_index
 from guard.lm.chat_format import IGNORE_INDEX, encode_qa
 
-COMPONENTS = ("forget_ce", "retain_ce", "retain_kl")
+COMPONENTS = ("forget_ce", "retain_ce", "retain_kl", "truth_ratio")
 # ``--forget-target distill`` (``guard.train.spul_distill``): a forget example's teacher, in its ``meta``
 TEACHER_LOGP = "teacher_logp"   # [aligned answer tokens, V] fp16: the teacher's log-probs at those tokens
 ALIGNED = "aligned"             # [len(answer_ids)] bool: the answer positions that have a teacher row
 # ``--forget-target uld``: the teacher is a distribution over a few token ids per position (ULD's
 # plausible set): [aligned answer tokens, k] long ids, with TEACHER_LOGP then [.., k]
 TEACHER_IDS = "teacher_ids"
+# ``--w-truth-ratio`` (``guard.train.spul_truth_ratio``): a forget example's paraphrased and perturbed
+# answers (a tuple of ``Example``, paraphrased first) and the log truth ratio it is trained toward
+TR_EXAMPLES = "truth_ratio_examples"
+TR_TARGET = "truth_ratio_target"
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,16 @@ class Weights:
     kl: float = 1.0
     first_token: float = 1.0  # weight of each retain answer's first token in the retain CE and KL
     divergent: float = 1.0  # weight of forget label tokens the frozen model does not predict (see divergent_tokens)
+    truth_ratio: float = 0.0  # weight of the truth-ratio term (guard.train.spul_truth_ratio)
 
     def to_dict(self) -> dict[str, float]:
         return {"forget": self.forget, "retain": self.retain, "kl": self.kl, "first_token": self.first_token,
-                "divergent": self.divergent}
+                "divergent": self.divergent, "truth_ratio": self.truth_ratio}
+
+    def total(self, parts: dict[str, Any]) -> Any:
+        """The weighted sum of the components (tensors or floats)."""
+        return (self.forget * parts["forget_ce"] + self.retain * parts["retain_ce"] + self.kl * parts["retain_kl"]
+                + self.truth_ratio * parts["truth_ratio"])
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,65 @@ def divergent_tokens(model: Any, forget: Sequence[Example], *, batch_size: int =
     return out
 
 
+def shared_prompt_nll(model: Any, soft: torch.Tensor | None, examples: Sequence[Example]) -> torch.Tensor:
+    """``[len(examples)]``: each answer's token-mean NLL after their one shared prompt with ``soft``
+    inserted (differentiable in ``soft``).
+
+    A truth-ratio group is one question with six or so answers; the prompt (with the soft prompt, most
+    of the tokens) goes through the model once, and its key/value cache is repeated for the answers, so
+    a group costs about a third of six full sequences. Equal to reading each full sequence (tested)."""
+    prompt_ids = examples[0].prompt_ids
+    if any(ex.prompt_ids != prompt_ids or ex.insert_at != examples[0].insert_at for ex in examples):
+        raise ValueError("shared_prompt_nll needs examples with one prompt")
+    device = next(model.parameters()).device
+    embed = model.get_input_embeddings()
+    prompt = embed(torch.tensor(prompt_ids, dtype=torch.long, device=device))
+    if soft is not None:
+        prompt = insert_soft_prompt(prompt, examples[0].insert_at, soft)
+    head = model(inputs_embeds=prompt[None], use_cache=True, logits_to_keep=1)
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(len(examples))
+    width = max(len(ex.answer_ids) for ex in examples)
+    ids = torch.tensor([list(ex.answer_ids) + [0] * (width - len(ex.answer_ids)) for ex in examples], device=device)
+    mask = torch.tensor([[1] * (prompt.shape[0] + len(ex.answer_ids)) + [0] * (width - len(ex.answer_ids))
+                         for ex in examples], device=device)
+    tail = model(inputs_embeds=embed(ids), attention_mask=mask, past_key_values=cache, use_cache=True).logits
+    # answer token 0 is predicted by the prompt's last position, token t by answer position t - 1
+    logits = torch.cat([head.logits[:, -1:].expand(len(examples), -1, -1), tail[:, :-1]], dim=1).float()
+    nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+    lengths = torch.tensor([len(ex.answer_ids) for ex in examples], device=device)
+    keep = torch.arange(width, device=device)[None] < lengths[:, None]
+    return (nll * keep).sum(1) / lengths
+
+
+def group_log_truth_ratios(model: Any, soft: torch.Tensor | None, groups: Sequence[Sequence[Example]], *,
+                           keep_ok: bool = True) -> torch.Tensor:
+    """``[len(groups)]``: ``paraphrased NLL - mean perturbed NLL`` of each group (``shared_prompt_nll``;
+    ``keep_ok`` False: each answer as a full sequence, for models without ``logits_to_keep``)."""
+    out = []
+    for group in groups:
+        if keep_ok:
+            nll = shared_prompt_nll(model, soft, group)
+        else:
+            logits, targets = answer_logits(model, build_inputs(group, model.get_input_embeddings(), soft,
+                                                                next(model.parameters()).device), keep_ok)
+            per_token = F.cross_entropy(logits, targets, reduction="none")
+            nll = torch.stack([part.mean() for part in torch.split(per_token, [len(ex.answer_ids) for ex in group])])
+        out.append(nll[0] - nll[1:].mean())
+    return torch.stack(out)
+
+
+def truth_ratio_loss(model: Any, soft: torch.Tensor, forget: Sequence[Example], *, keep_ok: bool = True) -> tuple[torch.Tensor, int]:
+    """``mean (log TR(soft) - target)^2`` over the batch's forget examples that carry a target
+    (``TR_EXAMPLES``/``TR_TARGET``), and how many do (none: a zero tensor)."""
+    items = [ex for ex in forget if TR_EXAMPLES in ex.meta]
+    if not items:
+        return soft.sum() * 0.0, 0
+    values = group_log_truth_ratios(model, soft, [ex.meta[TR_EXAMPLES] for ex in items], keep_ok=keep_ok)
+    targets = torch.tensor([ex.meta[TR_TARGET] for ex in items], dtype=values.dtype, device=values.device)
+    return ((values - targets) ** 2).mean(), len(items)
+
+
 def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retain: Sequence[Example],
                 weights: Weights, *, keep_ok: bool = True, reference: dict[str, torch.Tensor] | None = None,
                 divergent: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -254,7 +323,9 @@ def spul_losses(model: Any, soft: torch.Tensor, forget: Sequence[Example], retai
                 ref_logp = F.log_softmax(ref_logits, -1)
             kl = F.kl_div(F.log_softmax(logits, -1), ref_logp, log_target=True, reduction="none").sum(-1)
             out["retain_kl"] = _weighted_mean(kl, first, weights.first_token)
-    out["total"] = weights.forget * out["forget_ce"] + weights.retain * out["retain_ce"] + weights.kl * out["retain_kl"]
+    if forget and weights.truth_ratio:
+        out["truth_ratio"], _ = truth_ratio_loss(model, soft, forget, keep_ok=keep_ok)
+    out["total"] = weights.total(out)
     return out
 
 
@@ -267,10 +338,11 @@ def evaluate(model: Any, soft: torch.Tensor, forget: Sequence[Example], retain: 
     for start in range(0, max(len(forget), len(retain)), batch_size):
         f, r = forget[start:start + batch_size], retain[start:start + batch_size]
         parts = spul_losses(model, soft, f, r, weights, keep_ok=keep_ok, divergent=divergent)
-        for name, n in (("forget_ce", len(f)), ("retain_ce", len(r)), ("retain_kl", len(r))):
+        n_tr = sum(TR_EXAMPLES in ex.meta for ex in f)
+        for name, n in (("forget_ce", len(f)), ("retain_ce", len(r)), ("retain_kl", len(r)), ("truth_ratio", n_tr)):
             if n:
                 sums[name] += float(parts[name]) * n
                 counts[name] += n
     out = {name: sums[name] / counts[name] if counts[name] else 0.0 for name in COMPONENTS}
-    out["total"] = weights.forget * out["forget_ce"] + weights.retain * out["retain_ce"] + weights.kl * out["retain_kl"]
+    out["total"] = weights.total(out)
     return out

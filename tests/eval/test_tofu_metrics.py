@@ -228,3 +228,31 @@ def test_rouge_recall_reproduces_the_logged_scores(logs):
         assert ours == pytest.approx((r1, rl), abs=1e-12)
         partial += 0 < rl < 1
     assert partial > 100
+
+
+def test_forget_quality_on_the_even_and_odd_rows_reads_only_those_items():
+    from guard.eval.tofu_metrics import SplitScores, aggregate_tofu, forget_quality_rows
+
+    n = 10
+    twin = SplitScores(gt_loss=[1.0] * n, paraphrased_loss=[1.0] * n, perturbed_losses=[[1.0, 1.0]] * n,
+                       rougeL_recall=[0.5] * n)
+    # the even items are the twin's, the odd ones far from it
+    method = SplitScores(gt_loss=[1.0] * n, paraphrased_loss=[1.0 if i % 2 == 0 else 0.0 for i in range(n)],
+                         perturbed_losses=[[1.0, 1.0]] * n, rougeL_recall=[0.5] * n)
+    assert forget_quality_rows(method, twin, every=2, offset=0) == pytest.approx(1.0)
+    assert forget_quality_rows(method, twin, every=2, offset=1) < 0.05
+    assert forget_quality_rows(method, None) is None
+    got = aggregate_tofu(method, twin, twin, twin, retain_model_forget=twin)
+    assert got["forget_quality_even_rows"] == pytest.approx(1.0) and got["forget_quality_odd_rows"] < 0.05
+
+
+def test_forget_quality_rows_follow_the_item_ids_when_items_were_not_scored():
+    from guard.eval.tofu_metrics import SplitScores, forget_quality_rows
+
+    twin = SplitScores(gt_loss=[1.0] * 6, paraphrased_loss=[1.0, 0.0] * 3, perturbed_losses=[[1.0]] * 6,
+                       rougeL_recall=[0.5] * 6, ids=[str(i) for i in range(6)])
+    # items 1 and 3 were refused (not scored): the remaining odd item is 5, like the twin's odd items
+    method = SplitScores(gt_loss=[1.0] * 4, paraphrased_loss=[1.0, 1.0, 1.0, 0.0], perturbed_losses=[[1.0]] * 4,
+                         rougeL_recall=[0.5] * 4, ids=["0", "2", "4", "5"])
+    assert forget_quality_rows(method, twin, every=2, offset=0) == pytest.approx(1.0)
+    assert forget_quality_rows(method, twin, every=2, offset=1) == pytest.approx(1.0)
