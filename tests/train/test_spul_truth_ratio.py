@@ -97,6 +97,11 @@ def test_the_term_needs_its_level(tmp_path, data_dir, capsys):
     with pytest.raises(ConfigError) as err:
         SpulConfig(weights=Weights(truth_ratio=1.0), truth_ratio_holdout="x", truth_ratio_every=1).validate()
     assert err.value.param == "truth_ratio_every"
+    # the term alone may make the model forget; without it, --w-forget 0 is refused
+    SpulConfig(weights=Weights(forget=0.0, truth_ratio=1.0), truth_ratio_holdout="x").validate()
+    with pytest.raises(ConfigError) as err:
+        SpulConfig(weights=Weights(forget=0.0)).validate()
+    assert err.value.param == "w_forget"
     # --holdout with neither --w-truth-ratio nor a counterfactual search to feed is refused, naming the fix
     rc = guard_train(["spul", "--policy", str(micro_policy(tmp_path, data_dir)), "--model", "tofu-micro-target",
                       "--holdout", str(data_dir / "tofu" / "retain_perturbed.json"), "--out", str(tmp_path / "x")])
