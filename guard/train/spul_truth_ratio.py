@@ -171,8 +171,8 @@ def plan_truth_ratio(model: Any, tokenizer: Any, cfg: Any, term: TruthRatioTerm,
     holdout = never_seen_holdout(term.holdout, {it.question for it in forget}, PURPOSE)
     readout = None
     if term.answers == "swapped":
-        held = {h.question for h in holdout}
-        pool = span_pool(a for a in pool_answers if a not in {h.answer for h in holdout})
+        holdout_answers = {h.answer for h in holdout}  # the level's own facts never become its wrong answers
+        pool = span_pool(a for a in pool_answers if a not in holdout_answers)
         if not any(pool.values()):
             raise ConfigError("--truth-ratio-answers swapped draws wrong facts from the retain QA, and they have none",
                               param="truth_ratio_answers")
@@ -180,7 +180,6 @@ def plan_truth_ratio(model: Any, tokenizer: Any, cfg: Any, term: TruthRatioTerm,
             if term.every > 1 else (swapped_items(forget, pool, term.n_wrong, term.seed), [])
         level_items = swapped_items(holdout, pool, term.n_wrong, term.seed + 1)
         readout = [it for it in forget if it.perturbed and it.paraphrased != it.answer] or None
-        assert not (held & {it.question for it in tuned})
     else:
         tuned, held_out = split_halves(list(forget), term.every)
         level_items = holdout
