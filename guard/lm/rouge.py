@@ -2,9 +2,12 @@
 ``RougeScorer(['rouge1', 'rougeL'], use_stemmer=True).score(reference, prediction)``; recall =
 overlap / number of reference tokens (lower-cased, punctuation dropped, Porter-stemmed).
 
-A scorer costs a few microseconds to build, so each call builds its own: no shared state."""
+A scorer costs a few microseconds to build, so each call builds its own: no shared state (and
+``mean_rouge_l_recall`` one per list, which keeps ``rouge_score``'s "Using default tokenizer" log line to one)."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 
 def rouge_recall(prediction: str, reference: str) -> tuple[float, float]:
@@ -18,3 +21,13 @@ def rouge_recall(prediction: str, reference: str) -> tuple[float, float]:
 def rouge_l_recall(prediction: str, reference: str) -> float:
     """ROUGE-L recall of ``prediction`` against ``reference`` (stemmed)."""
     return rouge_recall(prediction, reference)[1]
+
+
+def mean_rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L recall of ``predictions`` against ``references`` (pairwise, stemmed), one scorer."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError("mean_rouge_l_recall needs as many predictions as references, at least one")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return sum(float(scorer.score(r, p)["rougeL"].recall) for p, r in zip(predictions, references)) / len(predictions)

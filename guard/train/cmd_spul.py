@@ -20,7 +20,8 @@ from guard.train.cli_args import (
 from guard.errors import ConfigError
 from guard.train.method_data import retain_override
 from guard.devices import resolve_device
-from guard.train.spul import DEFAULT_INIT_TEXT, FORGET_TARGETS, SpulConfig, load_frozen_model, train_spul
+from guard.train.spul import load_frozen_model, train_spul
+from guard.train.spul_config import DEFAULT_INIT_TEXT, FORGET_TARGETS, SpulConfig
 from guard.train.spul_counterfactual import DEFAULT_STAND_INS
 from guard.train.spul_holdout import DEFAULT_W_DIVERGENT, WDivergentSearch, train_spul_holdout
 from guard.train.spul_data import QAItem, encode_example_checked, load_qa_source
@@ -84,6 +85,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--search-w-divergent", default=None,
                    help=f"comma-separated --w-divergent candidates (default {','.join(f'{w:g}' for w in DEFAULT_W_DIVERGENT)})")
     add_retain_check_args(s, what="the soft prompt", min_agreement=0.9)
+    c = p.add_argument_group("which epoch's soft prompt is written (guard.train.spul_epoch_choice)")
+    c.add_argument("--choose-epoch", choices=("val-loss", "never-seen"), default="val-loss",
+                   help="val-loss: the best held-out objective (default); never-seen (with --w-truth-ratio): among "
+                        "epochs whose greedy forget ROUGE-L is within --rouge-band of the frozen model's on the "
+                        "--holdout questions, the smallest KS statistic of the term's truth ratios against its level")
+    c.add_argument("--choose-from-epoch", type=int, default=3, help="never-seen: score epochs from this one on (default 3)")
+    c.add_argument("--rouge-band", type=float, default=0.1, help="never-seen: the ROUGE-L band around the level (default 0.1)")
+    c.add_argument("--choose-max-new-tokens", type=int, default=64,
+                   help="never-seen: greedy answer length for the ROUGE-L (default 64, as guard-eval tofu is run)")
     add_optimisation_args(p, epochs=6, lr=3e-2, lr_note="", val_fraction=0.2, max_retain=40, unit="QA")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto (GPU if visible, default), cpu, cuda or cuda:N")
@@ -104,7 +114,8 @@ def run_cli(args: argparse.Namespace) -> int:
         weights=Weights(args.w_forget, args.w_retain, args.w_kl, args.w_first_token, args.w_divergent, args.w_truth_ratio),
         truth_ratio_holdout=str(args.holdout) if args.holdout is not None and args.w_truth_ratio else None,
         truth_ratio_holdout_rows=args.holdout_rows if args.w_truth_ratio else None, truth_ratio_every=args.truth_ratio_every,
-        truth_ratio_answers=args.truth_ratio_answers,
+        truth_ratio_answers=args.truth_ratio_answers, choose_epoch=args.choose_epoch,
+        choose_from_epoch=args.choose_from_epoch, rouge_band=args.rouge_band, choose_max_new_tokens=args.choose_max_new_tokens,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
         system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)
@@ -127,7 +138,9 @@ def run_cli(args: argparse.Namespace) -> int:
                       "total_time_s": metrics["total_time_s"],
                       "device": metrics["device"], "generation": metrics["generation"],
                       "w_divergent_search": {"chosen": found["chosen"]["w_divergent"], "ks_d": found["chosen"]["ks_d"],
-                                             "rule": found["rule"]} if found else None}, indent=2))
+                                             "rule": found["rule"]} if found else None,
+                      "epoch_choice": {k: v for k, v in manifest["epoch_choice"].items() if k != "trace"}
+                      if manifest.get("epoch_choice") else None}, indent=2))
     return 0
 
 

@@ -22,11 +22,13 @@ Data:
 * a held-out split (``--val-fraction``, default 0.2, of both sets) drives early stopping (best
   held-out objective, ``--patience`` epochs) and the report.
 
-The module holds SPUL's configuration, its optimisation loop and the run; the data is
-``guard.train.spul_data``, the objective ``guard.train.spul_objective``, the before/after report
+The module holds SPUL's optimisation loop and the run; the configuration is ``guard.train.spul_config``,
+the data ``guard.train.spul_data``, the objective ``guard.train.spul_objective``, the before/after report
 ``guard.train.spul_report`` and the command line ``guard.train.cmd_spul``. A run is ``prepare_run``
 (policy, model, data), ``fit`` (one soft prompt) and ``write_artifact``, so ``guard-train spul --holdout``
 (``guard.train.spul_holdout``) trains one soft prompt per ``w_divergent`` on one loaded model and data.
+``--choose-epoch never-seen`` (``guard.train.spul_epoch_choice``) picks the epoch whose forget answers
+look most like a never-seen model's instead of the best held-out objective.
 
 Output (``--out DIR``, written atomically): ``soft_prompt.safetensors`` + ``manifest.json`` (base
 model identity with its embedding hash, where the vectors go, data, hyperparameters, losses per
@@ -42,7 +44,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,9 +53,9 @@ from guard.errors import ConfigError
 from guard.train.artifact_files import loop_summary, policy_stamp, utc_now
 from guard.train.method_data import SourceRef
 from guard.train.progress import progress_bar
-from guard.train.spul_counterfactual import DEFAULT_STAND_INS
 from guard.train.spul_data import QAItem, SpulData, collect_data, load_qa_source, perturbed_answers
-from guard.train.spul_objective import Example, Weights
+from guard.train.spul_config import DEFAULT_INIT_TEXT, SpulConfig
+from guard.train.spul_objective import Example
 
 __all__ = ["DEFAULT_INIT_TEXT", "EVAL_FILE", "QAItem", "SpulConfig", "SpulData", "SpulRun", "collect_data", "fit", "freeze",
            "initial_soft_prompt", "load_frozen_model", "load_qa_source", "perturbed_answers", "prepare_run", "train_soft_prompt",
@@ -61,86 +63,7 @@ __all__ = ["DEFAULT_INIT_TEXT", "EVAL_FILE", "QAItem", "SpulConfig", "SpulData",
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INIT_TEXT = "I do not know anything about this. I don't know. I have no information on that."
 EVAL_FILE = "eval.json"
-FORGET_TARGETS = ("idk", "perturbed", "counterfactual", "distill", "uld")
-
-
-@dataclass
-class SpulConfig:
-    n_tokens: int = 20
-    position: str = "user"
-    init: str = "text"  # text | vocab
-    init_text: str = DEFAULT_INIT_TEXT
-    forget_target: str = "idk"  # idk | perturbed | counterfactual | distill | uld
-    teacher_artifact: str | None = None  # uld: the `guard-train uld` artifact whose logit difference is the teacher
-    stand_ins: tuple[str, ...] = DEFAULT_STAND_INS  # counterfactual: invented names the teacher is asked about
-    teacher_max_new_tokens: int = 64  # counterfactual: length of the teacher's greedy answers
-    weights: Weights = field(default_factory=Weights)
-    epochs: int = 6
-    lr: float = 3e-2
-    batch_size: int = 8  # per step: half forget, half retain
-    max_grad_norm: float = 1.0
-    val_fraction: float = 0.2
-    patience: int = 2
-    min_delta: float = 1e-3
-    max_retain: int | None = 40
-    max_length: int = 192
-    seed: int = 0
-    system_prompt: str | None = None
-    eval_generate: bool = True
-    eval_max_new_tokens: int = 48
-    eval_batch_size: int = 8
-    reference_cache_mb: int = 1024  # cache the frozen model's retain log-probs (fp16) up to this size
-    # --w-truth-ratio (guard.train.spul_truth_ratio): the never-seen QA whose truth ratios are the level,
-    # and which forget items the term reads (every n-th; the others are its held-out half)
-    truth_ratio_holdout: str | None = None
-    truth_ratio_holdout_rows: str | None = None
-    truth_ratio_every: int = 2
-    truth_ratio_answers: str = "tofu"  # tofu: TOFU's perturbed answers; swapped: the true answer's facts swapped
-
-    def validate(self) -> None:
-        from guard.interventions.spul import POSITIONS
-
-        checks = [
-            (self.n_tokens >= 1, "n_tokens", "--n-tokens must be >= 1"),
-            (self.position in POSITIONS, "position", f"--position must be one of {', '.join(POSITIONS)}"),
-            (self.init in ("text", "vocab"), "init", "--init must be 'text' or 'vocab'"),
-            (self.forget_target in FORGET_TARGETS, "forget_target", f"--forget-target must be one of {', '.join(FORGET_TARGETS)}"),
-            (self.teacher_max_new_tokens >= 1, "teacher_max_new_tokens", "--teacher-max-new-tokens must be >= 1"),
-            (self.epochs >= 1, "epochs", "--epochs must be >= 1"),
-            (self.lr > 0, "lr", "--lr must be > 0"),
-            (self.batch_size >= 2, "batch_size", "--batch-size must be >= 2 (half forget, half retain)"),
-            (0.0 <= self.val_fraction < 1.0, "val_fraction", "--val-fraction must be in [0, 1)"),
-            (self.patience >= 1, "patience", "--patience must be >= 1"),
-            (self.max_retain is None or self.max_retain >= 1, "max_retain", "--max-retain must be >= 1"),
-            (self.max_length >= 32, "max_length", "--max-length must be >= 32"),
-            (min(self.weights.forget, self.weights.retain, self.weights.kl) >= 0, "weights", "loss weights must be >= 0"),
-            (self.weights.forget > 0 or self.weights.truth_ratio > 0, "w_forget",
-             "--w-forget must be > 0 (it is what makes the model forget), unless --w-truth-ratio is"),
-            (self.weights.first_token > 0, "w_first_token", "--w-first-token must be > 0"),
-            (self.weights.divergent > 0, "w_divergent", "--w-divergent must be > 0"),
-            (self.forget_target not in ("distill", "uld") or self.weights.divergent == 1.0, "w_divergent",
-             f"--w-divergent weights counterfactual labels; --forget-target {self.forget_target} matches whole "
-             "distributions (drop it)"),
-            (self.weights.truth_ratio >= 0, "w_truth_ratio", "--w-truth-ratio must be >= 0"),
-            (bool(self.weights.truth_ratio) == bool(self.truth_ratio_holdout), "holdout",
-             "--w-truth-ratio W > 0 needs --holdout FILE (never-seen QA whose truth ratios are the term's level)"),
-            (self.truth_ratio_every >= (2 if self.truth_ratio_answers == "tofu" else 1), "truth_ratio_every",
-             "--truth-ratio-every must be >= 2 with TOFU's perturbed answers (they are the evaluation's: one share of "
-             "the forget items stays out of the term), >= 1 with --truth-ratio-answers swapped"),
-            ((self.forget_target == "uld") == bool(self.teacher_artifact), "teacher_artifact",
-             "--forget-target uld needs --teacher-artifact DIR (an artifact of `guard-train uld`), and "
-             "--teacher-artifact is only read by --forget-target uld"),
-        ]
-        for ok, param, message in checks:
-            if not ok:
-                raise ConfigError(message, param=param)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["weights"] = self.weights.to_dict()
-        return out
 
 
 def load_frozen_model(model_dir: Path, device: str) -> Any:
@@ -176,13 +99,17 @@ def initial_soft_prompt(model: Any, tokenizer: Any, cfg: SpulConfig):
     return emb[torch.tensor(ids, device=emb.device)].detach().clone().float()
 
 
-def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, progress: bool = True) -> dict[str, Any]:
+def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, progress: bool = True,
+                      scorer: Any = None) -> dict[str, Any]:
     """Optimise the soft prompt; returns ``{"soft": best [n, H] (CPU), "history": [...], ...}``.
 
     Each step takes ``batch_size/2`` forget and ``batch_size/2`` retain examples (the smaller set
     is cycled). After every epoch the held-out objective is measured; the best soft prompt is kept
     and training stops after ``patience`` epochs without an improvement of ``min_delta``. Without
-    a held-out set, the training objective of the epoch is used instead.
+    a held-out set, the training objective of the epoch is used instead. With ``scorer``
+    (``guard.train.spul_epoch_choice.EpochScorer``) every epoch it scores is a candidate and its rule
+    picks the soft prompt (``epoch_choice`` in the result); patience then reads the training objective
+    and the held-out one is measured for the chosen epoch only (it chooses nothing).
     """
     import torch
 
@@ -203,6 +130,8 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
     n_r = len(data.retain_train) if use_retain else 0
     steps = max(math.ceil(n_f / half_f), math.ceil(n_r / half_r) if n_r else 0)
     has_val = bool(data.forget_val or data.retain_val)
+    # with a scorer the held-out objective chooses nothing: it is measured once, for the chosen epoch
+    val_each_epoch = has_val and scorer is None
     started = time.perf_counter()
     cpu_started = time.process_time()
     # the KL's fixed side, computed once (it does not depend on the soft prompt) unless too large
@@ -230,12 +159,14 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
         return order[:count]
 
     history: list[dict[str, Any]] = []
-    initial = held_out(soft.detach()) if has_val else None
+    initial = held_out(soft.detach()) if val_each_epoch else None
     best_score = initial["total"] if initial else math.inf
     best = soft.detach().clone()
     best_epoch = 0
     bad_epochs = 0
     stopped_early = False
+    scored: list[dict[str, Any]] = []
+    candidates: dict[int, Any] = {}
     bar = progress_bar(steps * cfg.epochs, "spul", progress)
     try:
         for epoch in range(1, cfg.epochs + 1):
@@ -258,7 +189,7 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
                                 forget=f"{float(parts['forget_ce'].detach()):.3f}", kl=f"{float(parts['retain_kl'].detach()):.3f}",
                                 **({"tr": f"{float(parts['truth_ratio'].detach()):.3f}"} if w.truth_ratio else {}))
             train = {k: v / steps for k, v in sums.items()}
-            val = held_out(soft.detach()) if has_val else None
+            val = held_out(soft.detach()) if val_each_epoch else None
             score = val["total"] if val else train["total"]
             record = {"epoch": epoch, "train": train, "val": val, "elapsed_s": round(time.perf_counter() - started, 1)}
             history.append(record)
@@ -266,6 +197,12 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
                      train["total"], train["forget_ce"], train["retain_ce"], train["retain_kl"], train["truth_ratio"],
                      f"; held-out {val['total']:.4f} (forget {val['forget_ce']:.4f}, retain {val['retain_ce']:.4f}, "
                      f"kl {val['retain_kl']:.4f}, truth ratio {val['truth_ratio']:.4f})" if val else "")
+            row = scorer.score(epoch, soft.detach()) if scorer is not None else None
+            if row is not None:
+                scored.append(row)
+                candidates[epoch] = soft.detach().clone()
+                log.info("spul epoch %d: forget ROUGE-L %.3f (never-seen level %.3f), truth ratios KS D %.3f",
+                         epoch, row["rouge"], scorer.rouge_level, row["ks_d"])
             if score < best_score - cfg.min_delta:
                 best_score, best, best_epoch, bad_epochs = score, soft.detach().clone(), epoch, 0
             else:
@@ -280,7 +217,15 @@ def train_soft_prompt(model: Any, init, data: SpulData, cfg: SpulConfig, *, prog
     if best_epoch == 0 and not has_val:
         best = soft.detach().clone()
         best_epoch = len(history)
-    return {"soft": best.cpu(), "history": history, "initial_val": initial, "best_epoch": best_epoch,
+    choice = None
+    if scored:
+        from guard.train.spul_epoch_choice import choose
+
+        chosen = choose(scored, scorer.rouge_level, scorer.band)
+        best, best_epoch = candidates[chosen["epoch"]], chosen["epoch"]
+        best_score = held_out(best)["total"] if has_val else history[best_epoch - 1]["train"]["total"]
+        choice = scorer.record(scored, chosen)
+    return {"epoch_choice": choice, "soft": best.cpu(), "history": history, "initial_val": initial, "best_epoch": best_epoch,
             "best_score": best_score, "stopped_early": stopped_early, "steps_per_epoch": steps,
             "train_time_s": round(time.perf_counter() - started, 1),
             "train_cpu_time_s": round(time.process_time() - cpu_started, 1)}
@@ -316,6 +261,7 @@ class SpulRun:
     started: float
     cpu_started: float
     truth_ratio_plan: Any = None  # --w-truth-ratio: guard.train.spul_truth_ratio.TruthRatioPlan
+    epoch_scorer: Any = None  # --choose-epoch never-seen: guard.train.spul_epoch_choice.EpochScorer
 
 
 def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "default", targets: Sequence[str] | None = None,
@@ -372,15 +318,21 @@ def prepare_run(policy_path: Path, cfg: SpulConfig, *, model_name: str = "defaul
         from guard.train.spul_truth_ratio import attach_to_data
 
         plan = attach_to_data(model, tokenizer, cfg, truth_ratio_items, data, progress=progress)
+    scorer = None
+    if cfg.choose_epoch == "never-seen":
+        from guard.train.spul_epoch_choice import EpochScorer
+
+        scorer = EpochScorer.build(model, tokenizer, cfg, plan, progress=progress)
     log.info("spul: %d forget QA (%d held out), %d retain QA (%d held out); %d soft tokens at '%s' on %s (%s), %d threads",
              len(data.forget_train) + len(data.forget_val), len(data.forget_val), len(data.retain_train) + len(data.retain_val),
              len(data.retain_val), cfg.n_tokens, cfg.position, Path(model_dir).name, dev, torch.get_num_threads())
-    return SpulRun(policy_path, model, tokenizer, Path(model_dir), data, dev, started, cpu_started, plan)
+    return SpulRun(policy_path, model, tokenizer, Path(model_dir), data, dev, started, cpu_started, plan, scorer)
 
 
 def fit(run: SpulRun, cfg: SpulConfig, *, progress: bool = True) -> dict[str, Any]:
     """One soft prompt on the run's data (``train_soft_prompt`` from ``initial_soft_prompt``)."""
-    return train_soft_prompt(run.model, initial_soft_prompt(run.model, run.tokenizer, cfg), run.data, cfg, progress=progress)
+    return train_soft_prompt(run.model, initial_soft_prompt(run.model, run.tokenizer, cfg), run.data, cfg, progress=progress,
+                             scorer=run.epoch_scorer)
 
 
 def write_artifact(run: SpulRun, cfg: SpulConfig, result: dict[str, Any], out: Path, *, progress: bool = True,
@@ -406,6 +358,8 @@ def write_artifact(run: SpulRun, cfg: SpulConfig, result: dict[str, Any], out: P
 
         extra = {**(extra or {}), "truth_ratio": truth_ratio_report(run.model, result["soft"].to(run.device),
                                                                      run.truth_ratio_plan)}
+    if result.get("epoch_choice"):
+        extra = {**(extra or {}), "epoch_choice": result["epoch_choice"]}
     summary = None
     if report:
         summary = {name: {k: v for k, v in report[name].items() if k != "items"} for name in ("forget", "retain") if name in report}

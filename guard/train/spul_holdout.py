@@ -46,13 +46,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from classifiers.sources import read_qa
 from guard.errors import ConfigError
-from guard.train.eco_holdout import describe_truth_ratios, with_perturbed
+from guard.train.eco_holdout import describe_truth_ratios
 from guard.train.forget_surrogate import (
     Level, TruthRatioItem, check_forget_every, item_truth_ratios, lexicographic_choice, never_seen_holdout, split_halves,
 )
-from guard.train.method_data import SourceRef, forget_sources, select_targets, with_forget_data
+from guard.train.method_data import SourceRef, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +94,13 @@ class SearchItems:
 
 def search_items(policy: Any, targets: Sequence[str] | None, search: WDivergentSearch) -> SearchItems:
     """The search's items, checked before any model loads (the targets ``collect_data`` trains on)."""
-    chosen = with_forget_data(select_targets(policy, targets), "no selected target has forget_data: the w_divergent "
-                              "search scores the forget QA")
-    forget: list[tuple[TruthRatioItem, str]] = []
-    seen: set[str] = set()
-    for ref in forget_sources(chosen):
-        for it in with_perturbed(read_qa(ref.source, ref.param, purpose=PURPOSE), ref.param):
-            if it.question not in seen:  # one item per distinct question, as the trainer's data
-                seen.add(it.question)
-                forget.append((it, str(ref.target_id)))
-    forget.sort(key=lambda x: (x[0].source, x[0].row))
+    from guard.train.spul_truth_ratio import forget_items_by_target
+
+    forget = forget_items_by_target(policy, targets, purpose=PURPOSE, none_found="the w_divergent search scores the forget QA")
+    seen = {it.question for it, _ in forget}
     tuned, held_out = split_halves(forget, search.forget_every)
     holdout = never_seen_holdout(search.holdout, seen, PURPOSE)
-    return SearchItems(tuned, held_out, holdout, [t.id for _, t in chosen])
+    return SearchItems(tuned, held_out, holdout, [t.id for _, t in select_targets(policy, targets) if t.forget_data])
 
 
 def _round(row: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ The retain twin and the evaluation's forget quality are never read.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,22 +114,29 @@ class TruthRatioPlan:
     # never trained on), when the data has TOFU's perturbed answers
     readout: list[tuple[TruthRatioItem, tuple[Example, ...]]] | None = None
     readout_level: np.ndarray | None = None
+    holdout: list[TruthRatioItem] = field(default_factory=list)  # the never-seen QA (``--choose-epoch``'s ROUGE level)
 
 
-def forget_truth_ratio_items(policy: Any, targets: Sequence[str] | None) -> list[TruthRatioItem]:
-    """The selected targets' forget QA with TOFU's paraphrased/perturbed answers, one per question,
-    sorted by source and row (the order every half is cut from)."""
+def forget_items_by_target(policy: Any, targets: Sequence[str] | None, *, purpose: str = PURPOSE,
+                           none_found: str = "the truth-ratio term reads the forget QA") -> list[tuple[TruthRatioItem, str]]:
+    """The selected targets' forget QA with TOFU's paraphrased/perturbed answers, one per question (the
+    first target that lists it), with that target's id, sorted by source and row (the order every half
+    is cut from). ``purpose`` and ``none_found`` say who reads them in the errors."""
     from classifiers.sources import read_qa
     from guard.train.eco_holdout import with_perturbed
     from guard.train.method_data import forget_sources, select_targets, with_forget_data
 
-    chosen = with_forget_data(select_targets(policy, targets), "no selected target has forget_data: the truth-ratio "
-                              "term reads the forget QA")
-    out: dict[str, TruthRatioItem] = {}
+    chosen = with_forget_data(select_targets(policy, targets), f"no selected target has forget_data: {none_found}")
+    out: dict[str, tuple[TruthRatioItem, str]] = {}
     for ref in forget_sources(chosen):
-        for it in with_perturbed(read_qa(ref.source, ref.param, purpose=PURPOSE), ref.param):
-            out.setdefault(it.question, it)
-    return sorted(out.values(), key=lambda it: (it.source, it.row))
+        for it in with_perturbed(read_qa(ref.source, ref.param, purpose=purpose), ref.param):
+            out.setdefault(it.question, (it, str(ref.target_id)))
+    return sorted(out.values(), key=lambda x: (x[0].source, x[0].row))
+
+
+def forget_truth_ratio_items(policy: Any, targets: Sequence[str] | None) -> list[TruthRatioItem]:
+    """``forget_items_by_target`` without the target ids."""
+    return [it for it, _ in forget_items_by_target(policy, targets)]
 
 
 def term_items(policy: Any, targets: Sequence[str] | None, answers: str) -> list[TruthRatioItem]:
@@ -199,7 +206,8 @@ def plan_truth_ratio(model: Any, tokenizer: Any, cfg: Any, term: TruthRatioTerm,
     goal = rank_matched_targets(initial, level)
     return TruthRatioPlan(level=level, tuned=list(zip(tuned, tuned_groups, goal.tolist())),
                           held_out=list(zip(held_out, encode(held_out))), initial=initial,
-                          readout=list(zip(readout, readout_groups)) if readout else None, readout_level=readout_level)
+                          readout=list(zip(readout, readout_groups)) if readout else None, readout_level=readout_level,
+                          holdout=list(holdout))
 
 
 def attach_truth_ratio(examples: Sequence[Example], plan: TruthRatioPlan) -> tuple[list[Example], int]:
@@ -243,7 +251,7 @@ def attach_to_data(model: Any, tokenizer: Any, cfg: Any, items: Sequence[TruthRa
     return plan
 
 
-def _describe(log_tr: np.ndarray, level: np.ndarray) -> dict[str, float]:
+def describe_log_truth_ratios(log_tr: np.ndarray, level: np.ndarray) -> dict[str, float]:
     from guard.train.forget_surrogate import Level, surrogate
 
     tr = np.exp(log_tr)
@@ -267,7 +275,8 @@ def truth_ratio_report(model: Any, soft: torch.Tensor, plan: TruthRatioPlan, *, 
     after_tuned = log_truth_ratios(model, soft, tuned_groups, keep_ok=keep_ok)
     out: dict[str, Any] = {
         "level": {"n": int(len(plan.level)), "mean_log_truth_ratio": round(float(np.mean(plan.level)), 6)},
-        "tuned_half": {"before": _describe(plan.initial, plan.level), "after": _describe(after_tuned, plan.level),
+        "tuned_half": {"before": describe_log_truth_ratios(plan.initial, plan.level),
+                       "after": describe_log_truth_ratios(after_tuned, plan.level),
                        "items": [{"source": it.source, "row": it.row, "target": round(goal, 6),
                                   "before": round(float(b), 6), "after": round(float(a), 6)}
                                  for (it, _, goal), b, a in zip(plan.tuned, plan.initial, after_tuned)]},
@@ -275,7 +284,8 @@ def truth_ratio_report(model: Any, soft: torch.Tensor, plan: TruthRatioPlan, *, 
     if held_groups:
         before = log_truth_ratios(model, None, held_groups, keep_ok=keep_ok)
         after = log_truth_ratios(model, soft, held_groups, keep_ok=keep_ok)
-        out["held_out_half"] = {"before": _describe(before, plan.level), "after": _describe(after, plan.level),
+        out["held_out_half"] = {"before": describe_log_truth_ratios(before, plan.level),
+                                "after": describe_log_truth_ratios(after, plan.level),
                                 "rows": [{"source": it.source, "row": it.row} for it, _ in plan.held_out]}
     if plan.readout and plan.readout_level is not None:
         groups = [g for _, g in plan.readout]
@@ -286,6 +296,7 @@ def truth_ratio_report(model: Any, soft: torch.Tensor, plan: TruthRatioPlan, *, 
             "note": "TOFU's paraphrased vs perturbed answers of every forget item (never trained on) against the "
                     "frozen model's on the holdout: forget quality's surrogate",
             "level": {"n": int(len(plan.readout_level)), "mean_log_truth_ratio": round(float(np.mean(plan.readout_level)), 6)},
-            **{name: {"before": _describe(before[cut], plan.readout_level), "after": _describe(after[cut], plan.readout_level)}
+            **{name: {"before": describe_log_truth_ratios(before[cut], plan.readout_level),
+                      "after": describe_log_truth_ratios(after[cut], plan.readout_level)}
                for name, cut in every.items()}}
     return out
