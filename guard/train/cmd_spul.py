@@ -24,6 +24,7 @@ from guard.train.spul import load_frozen_model, train_spul
 from guard.train.spul_config import DEFAULT_INIT_TEXT, FORGET_TARGETS, SpulConfig
 from guard.train.spul_counterfactual import DEFAULT_STAND_INS
 from guard.train.spul_holdout import DEFAULT_W_DIVERGENT, WDivergentSearch, train_spul_holdout
+from guard.train.spul_weight_search import parse_candidates
 from guard.train.spul_data import QAItem, encode_example_checked, load_qa_source
 from guard.train.spul_objective import Weights
 from guard.train.spul_report import generation_report
@@ -94,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--rouge-band", type=float, default=0.1, help="never-seen: the ROUGE-L band around the level (default 0.1)")
     c.add_argument("--choose-max-new-tokens", type=int, default=64,
                    help="never-seen: greedy answer length for the ROUGE-L (default 64, as guard-eval tofu is run)")
+    c.add_argument("--search-w-forget", default=None, metavar="W1,W2,...",
+                   help="never-seen: one soft prompt per --w-forget value, the rule's choice over all their epochs is "
+                        "written (guard.train.spul_weight_search; one training per value)")
     add_optimisation_args(p, epochs=6, lr=3e-2, lr_note="", val_fraction=0.2, max_retain=40, unit="QA")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto (GPU if visible, default), cpu, cuda or cuda:N")
@@ -120,10 +124,14 @@ def run_cli(args: argparse.Namespace) -> int:
         patience=args.patience, max_retain=args.max_retain or None, max_length=args.max_length, seed=args.seed,
         system_prompt=args.system_prompt, eval_generate=not args.no_eval, eval_max_new_tokens=args.eval_max_new_tokens)
     search = w_divergent_search(args)
+    if search is not None and args.search_w_forget is not None:
+        raise ConfigError("--search-w-forget searches the truth-ratio preset's forget weight (with --choose-epoch "
+                          "never-seen); --search-w-divergent is the counterfactual search: give one", param="search_w_forget")
     if search is None:
+        weights = parse_candidates(args.search_w_forget) if args.search_w_forget is not None else None
         manifest = train_spul(args.policy, args.out, cfg, model_name=args.model, targets=args.target, retain=retain,
                               data_dir=args.data, idk_file=args.idk_file, device=args.device, threads=args.threads,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, search_w_forget=weights)
     else:
         manifest = train_spul_holdout(args.policy, args.out, cfg, search, model_name=args.model, targets=args.target,
                                       retain=retain, data_dir=args.data, idk_file=args.idk_file, device=args.device,
@@ -140,7 +148,9 @@ def run_cli(args: argparse.Namespace) -> int:
                       "w_divergent_search": {"chosen": found["chosen"]["w_divergent"], "ks_d": found["chosen"]["ks_d"],
                                              "rule": found["rule"]} if found else None,
                       "epoch_choice": {k: v for k, v in manifest["epoch_choice"].items() if k != "trace"}
-                      if manifest.get("epoch_choice") else None}, indent=2))
+                      if manifest.get("epoch_choice") else None,
+                      "w_forget_search": manifest["w_forget_search"]["chosen"] if manifest.get("w_forget_search") else None},
+                     indent=2))
     return 0
 
 

@@ -390,11 +390,23 @@ def write_artifact(run: SpulRun, cfg: SpulConfig, result: dict[str, Any], out: P
 def train_spul(policy_path: Path, out: Path, cfg: SpulConfig | None = None, *, model_name: str = "default",
                targets: Sequence[str] | None = None, retain: Sequence[SourceRef] | None = None,
                data_dir: Path | None = None, idk_file: Path | None = None, device: str = "auto",
-               threads: int | None = None, progress: bool = True, loaded: tuple[Any, Any, Path] | None = None) -> dict[str, Any]:
+               threads: int | None = None, progress: bool = True, loaded: tuple[Any, Any, Path] | None = None,
+               search_w_forget: Sequence[float] | None = None) -> dict[str, Any]:
     """Train a soft prompt for the policy's targets and write the artifact to ``out``; returns its manifest.
 
-    ``loaded`` = ``(model, tokenizer, model_dir)`` reuses a model already in memory (tests)."""
+    ``loaded`` = ``(model, tokenizer, model_dir)`` reuses a model already in memory (tests).
+    ``search_w_forget``: one soft prompt per forget weight, the rule's choice written
+    (``guard.train.spul_weight_search``)."""
     cfg = cfg or SpulConfig()
+    if search_w_forget:
+        from guard.train.spul_weight_search import check_search
+
+        check_search(cfg, search_w_forget)  # before any model loads
     run = prepare_run(policy_path, cfg, model_name=model_name, targets=targets, retain=retain, data_dir=data_dir,
                       idk_file=idk_file, device=device, threads=threads, loaded=loaded, progress=progress)
-    return write_artifact(run, cfg, fit(run, cfg, progress=progress), out, progress=progress)
+    if not search_w_forget:
+        return write_artifact(run, cfg, fit(run, cfg, progress=progress), out, progress=progress)
+    from guard.train.spul_weight_search import search_w_forget as search
+
+    result, chosen_cfg, record = search(run, cfg, search_w_forget, fit, progress=progress, say=log.info)
+    return write_artifact(run, chosen_cfg, result, out, progress=progress, extra={"w_forget_search": record})
