@@ -61,14 +61,15 @@ def check_choice(rule: str, from_epoch: int, band: float, max_new_tokens: int, t
                           param="choose_epoch")
 
 
-def choose(rows: Sequence[dict[str, Any]], level: float, band: float) -> dict[str, Any]:
-    """The row ``RULE`` picks (rows carry ``epoch``, ``rouge`` and ``ks_d``)."""
+def choose(rows: Sequence[dict[str, Any]], level: float, band: float, ties: Sequence[str] = ("epoch",)) -> dict[str, Any]:
+    """The row ``RULE`` picks (rows carry ``rouge``, ``ks_d`` and the ``ties`` keys, smaller first:
+    ``guard.train.spul_weight_search`` breaks ties by weight, then epoch)."""
     if not rows:
         raise ValueError("no epoch was scored")
     inside = [r for r in rows if abs(r["rouge"] - level) <= band + 1e-12]
     if inside:
-        return min(inside, key=lambda r: (round(float(r["ks_d"]), 9), r["epoch"]))
-    return min(rows, key=lambda r: (round(abs(r["rouge"] - level), 9), round(float(r["ks_d"]), 9), r["epoch"]))
+        return min(inside, key=lambda r: (round(float(r["ks_d"]), 9), *(r[k] for k in ties)))
+    return min(rows, key=lambda r: (round(abs(r["rouge"] - level), 9), round(float(r["ks_d"]), 9), *(r[k] for k in ties)))
 
 
 @dataclass

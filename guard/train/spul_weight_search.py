@@ -30,14 +30,18 @@ RULE = ("every candidate weight's scored epochs under the epoch rule: forget ROU
         "never-seen level, then the smallest KS statistic, ties to the smaller w_forget, then the earlier epoch")
 
 
+def _check_weights(values: Sequence[float]) -> None:
+    if not values or any(not (math.isfinite(float(v)) and float(v) > 0) for v in values):
+        raise ConfigError("--search-w-forget needs one or more finite weights > 0", param="search_w_forget")
+
+
 def parse_candidates(text: str) -> tuple[float, ...]:
     """``"2,3,4"`` → ``(2.0, 3.0, 4.0)``: finite, > 0, at least one (the error names ``search_w_forget``)."""
     try:
         values = tuple(sorted({float(x) for x in text.split(",") if x.strip()}))
     except ValueError:
         raise ConfigError(f"--search-w-forget takes comma-separated numbers, got {text!r}", param="search_w_forget") from None
-    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
-        raise ConfigError("--search-w-forget needs one or more finite weights > 0", param="search_w_forget")
+    _check_weights(values)
     return values
 
 
@@ -46,19 +50,17 @@ def check_search(cfg: Any, candidates: Sequence[float]) -> None:
     if cfg.choose_epoch != "never-seen":
         raise ConfigError("--search-w-forget applies the epoch rule to every weight: it needs --choose-epoch never-seen",
                           param="search_w_forget")
-    if not candidates or any(not (math.isfinite(float(w)) and float(w) > 0) for w in candidates):
-        raise ConfigError("--search-w-forget needs one or more finite weights > 0", param="search_w_forget")
+    _check_weights(candidates)
 
 
 def choose_candidate(chosen_rows: Sequence[dict[str, Any]], level: float, band: float) -> dict[str, Any]:
-    """The candidate row (``w_forget``, ``epoch``, ``rouge``, ``ks_d``) the module's rule picks."""
+    """The candidate row (``w_forget``, ``epoch``, ``rouge``, ``ks_d``) the module's rule picks: the epoch
+    rule with ties to the smaller weight, then the earlier epoch."""
+    from guard.train.spul_epoch_choice import choose
+
     if not chosen_rows:
         raise ValueError("no candidate was trained")
-    inside = [r for r in chosen_rows if abs(r["rouge"] - level) <= band + 1e-12]
-    if inside:
-        return min(inside, key=lambda r: (round(float(r["ks_d"]), 9), r["w_forget"], r["epoch"]))
-    return min(chosen_rows, key=lambda r: (round(abs(r["rouge"] - level), 9), round(float(r["ks_d"]), 9), r["w_forget"],
-                                           r["epoch"]))
+    return choose(chosen_rows, level, band, ties=("w_forget", "epoch"))
 
 
 def search_w_forget(run: Any, cfg: Any, candidates: Sequence[float], fit: Callable[..., dict[str, Any]], *,
